@@ -1,0 +1,182 @@
+"""VGG feature extractors built from ``keras.applications``, called statelessly inside jit.
+
+A :class:`VGG` holds a full ``include_top=False`` network with its weights.  Its
+:meth:`VGG.extractor` builds a Keras functional model that stops at the deepest requested layer
+(nothing after it runs) and optionally swaps max pooling for average pooling, as Gatys et al.
+(2016, sec. 2) recommend.  The extractor's :meth:`FeatureExtractor.apply` is a pure function of
+``(params, images)`` that does the Caffe preprocessing itself, so callers pass RGB images in
+``[0, 1]`` and weights as an argument (never closed over: that would bake 80 MB of constants into
+every compiled program).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import NamedTuple, Optional, Sequence, Union  # noqa: E402
+
+import jax.numpy as jnp  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .errors import ConfigError, WeightsError  # noqa: E402
+from .layers import CONVS_PER_BLOCK, canonical_layer_name, keras_layer_names  # noqa: E402
+from .weights import load_matconvnet, load_npy_dict, resolve_imagenet  # noqa: E402
+
+# Mean pixel of the ImageNet training set in BGR order, as subtracted by Caffe's VGG models and by
+# ``keras.applications.vgg19.preprocess_input`` (mode "caffe").
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+_APPLICATIONS = {
+    "vgg16": keras.applications.VGG16,
+    "vgg19": keras.applications.VGG19,
+}
+
+
+def caffe_preprocess(images: jnp.ndarray) -> jnp.ndarray:
+    """RGB in ``[0, 1]`` -> BGR in ``[0, 255]`` minus the ImageNet mean (Keras "caffe" mode)."""
+    return images[..., ::-1] * 255.0 - jnp.asarray(CAFFE_MEAN_BGR, dtype=images.dtype)
+
+
+class BackboneParams(NamedTuple):
+    """The frozen weights of an extractor, in the order ``stateless_call`` expects."""
+
+    trainable: list
+    non_trainable: list
+
+
+class FeatureExtractor:
+    """A VGG network cut after the deepest of ``layers``; see :meth:`apply`."""
+
+    def __init__(self, model: keras.Model, layers: tuple[str, ...], arch: str, pooling: str,
+                 weights_source: str = ""):
+        self.model = model
+        self.layers = layers
+        self.arch = arch
+        self.pooling = pooling
+        self.weights_source = weights_source
+
+    @property
+    def params(self) -> BackboneParams:
+        """Current weights as JAX arrays (pass them to :meth:`apply` and to compiled steps)."""
+        return BackboneParams(
+            [jnp.asarray(v.value) for v in self.model.trainable_variables],
+            [jnp.asarray(v.value) for v in self.model.non_trainable_variables],
+        )
+
+    def apply(self, params: BackboneParams, images: jnp.ndarray) -> dict[str, jnp.ndarray]:
+        """Features ``{keras layer name: (B, h, w, c)}`` of RGB ``images`` (B, H, W, 3) in [0, 1]."""
+        outputs, _ = self.model.stateless_call(
+            params.trainable, params.non_trainable, caffe_preprocess(images)
+        )
+        if not isinstance(outputs, (list, tuple)):
+            outputs = [outputs]
+        return dict(zip(self.layers, outputs))
+
+    def __repr__(self) -> str:
+        return f"FeatureExtractor({self.arch}, pooling={self.pooling!r}, layers={list(self.layers)})"
+
+
+@dataclass
+class VGG:
+    """A ``keras.applications`` VGG16/VGG19 without its classifier, with weights loaded.
+
+    Args:
+      arch: ``"vgg19"`` or ``"vgg16"``.
+      weights: ``"imagenet"`` (see :mod:`neuralstyle.weights` for how it is found), ``None`` for
+        random weights (tests only), or a path to a Keras ``.h5``, tensorflow-vgg ``.npy`` or
+        MatConvNet ``.mat`` file.
+      pooling: ``"max"`` (the network as trained) or ``"avg"`` (Gatys et al. 2016).
+    """
+
+    arch: str = "vgg19"
+    weights: Optional[Union[str, Path]] = "imagenet"
+    pooling: str = "max"
+    seed: int = 0
+    weights_source: str = field(init=False, default="")
+
+    def __post_init__(self):
+        if self.arch not in _APPLICATIONS:
+            raise ConfigError(
+                f"unknown backbone architecture {self.arch!r}; expected one of {sorted(_APPLICATIONS)}"
+            )
+        if self.pooling not in ("max", "avg"):
+            raise ConfigError(f"pooling must be 'max' or 'avg', got {self.pooling!r}")
+        keras.utils.set_random_seed(self.seed)
+        self.model = _APPLICATIONS[self.arch](
+            include_top=False, weights=None, input_shape=(None, None, 3)
+        )
+        self.weights_source = self._load_weights()
+
+    def _load_weights(self) -> str:
+        if self.weights is None or str(self.weights).lower() in ("none", "null", "random"):
+            return f"random (seed {self.seed})"
+        if str(self.weights) == "imagenet":
+            resolved = resolve_imagenet(self.arch)
+            self.model.load_weights(str(resolved.path))
+            return f"imagenet: {resolved.source}"
+        path = Path(self.weights).expanduser()
+        if not path.is_file():
+            raise WeightsError(
+                f"weights file {path} does not exist (weights must be 'imagenet', null, or a path "
+                "to a .h5, .npy or .mat file)"
+            )
+        suffix = path.suffix.lower()
+        if suffix in (".h5", ".hdf5", ".keras") or path.name.endswith(".weights.h5"):
+            try:
+                self.model.load_weights(str(path))
+            except Exception as err:
+                raise WeightsError(f"could not load Keras weights from {path}: {err}") from None
+        elif suffix == ".npy":
+            self._assign(load_npy_dict(path), path)
+        elif suffix == ".mat":
+            self._assign(load_matconvnet(path), path)
+        else:
+            raise WeightsError(f"unsupported weights file {path}: expected .h5, .npy or .mat")
+        return f"file: {path}"
+
+    def _assign(self, arrays: dict[str, list[np.ndarray]], path: Path) -> None:
+        """Set each conv layer from a ``{"conv<b>_<i>": [kernel, bias]}`` dict."""
+        for block, n in enumerate(CONVS_PER_BLOCK[self.arch], start=1):
+            for i in range(1, n + 1):
+                paper = f"conv{block}_{i}"
+                if paper not in arrays:
+                    raise WeightsError(f"{path} has no weights for layer {paper}")
+                layer = self.model.get_layer(f"block{block}_conv{i}")
+                kernel, bias = (np.asarray(a, np.float32) for a in arrays[paper][:2])
+                expected = tuple(tuple(v.shape) for v in layer.weights)
+                if (kernel.shape, bias.reshape(-1).shape) != expected:
+                    raise WeightsError(
+                        f"{path}: layer {paper} has shapes {kernel.shape}, {bias.shape}; "
+                        f"{self.arch} expects {expected[0]}, {expected[1]}"
+                    )
+                layer.set_weights([kernel, bias.reshape(-1)])
+
+    @property
+    def layer_names(self) -> list[str]:
+        return keras_layer_names(self.arch)
+
+    def extractor(self, layers: Sequence[str]) -> FeatureExtractor:
+        """A :class:`FeatureExtractor` returning ``layers`` (Keras or paper names).
+
+        The returned extractor shares this network's weights; its model ends at the deepest
+        requested layer.
+        """
+        if not layers:
+            raise ConfigError("at least one layer must be requested from the backbone")
+        names = tuple(dict.fromkeys(canonical_layer_name(n, self.arch) for n in layers))
+        order = self.layer_names
+        deepest = max(order.index(n) for n in names)
+        inputs = keras.Input(shape=(None, None, 3), name="image")
+        x, outputs = inputs, {}
+        for layer in self.model.layers[1 : deepest + 2]:  # layers[0] is the InputLayer
+            if isinstance(layer, keras.layers.MaxPooling2D) and self.pooling == "avg":
+                layer = keras.layers.AveragePooling2D(2, 2, name=layer.name)
+            x = layer(x)
+            outputs[layer.name] = x
+        model = keras.Model(inputs, [outputs[n] for n in names], name=f"{self.arch}_features")
+        return FeatureExtractor(model, names, self.arch, self.pooling, self.weights_source)

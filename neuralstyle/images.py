@@ -1,0 +1,223 @@
+"""Reading, resizing and atomically writing images, and resolving named example images.
+
+Images are float32 ``(H, W, 3)`` RGB arrays in ``[0, 1]``.  Any file Pillow reads is accepted:
+EXIF orientation is applied, grayscale, palette, CMYK and 16-bit images become RGB, transparent
+images are composited onto white.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+PathLike = Union[str, os.PathLike]
+
+#: Environment variable naming a local folder of example images (used before any download).
+IMAGE_DIR_ENV = "NEURALSTYLE_IMAGE_DIR"
+
+#: Named example images: name -> (file name, URL).  The files are public domain or CC0;
+#: ``../shared/assets/images`` of this project holds the same files for offline machines.
+KNOWN_IMAGES = {
+    "great_wave": (
+        "great_wave.jpg",
+        "https://storage.googleapis.com/download.tensorflow.org/example_images/"
+        "The_Great_Wave_off_Kanagawa.jpg",
+    ),
+    "starry_night": (
+        "starry_night.jpg",
+        "https://upload.wikimedia.org/wikipedia/commons/thumb/e/ea/"
+        "Van_Gogh_-_Starry_Night_-_Google_Art_Project.jpg/"
+        "1024px-Van_Gogh_-_Starry_Night_-_Google_Art_Project.jpg",
+    ),
+    "the_scream": (
+        "the_scream.jpg",
+        "https://upload.wikimedia.org/wikipedia/commons/c/c5/"
+        "Edvard_Munch%2C_1893%2C_The_Scream%2C_oil%2C_tempera_and_pastel_on_cardboard%2C_91_x_73_cm%2C_National_Gallery_of_Norway.jpg",
+    ),
+    "shipwreck": (
+        "shipwreck.jpg",
+        "https://upload.wikimedia.org/wikipedia/commons/2/2e/"
+        "Shipwreck_turner.jpg",
+    ),
+    "astronaut": (
+        "astronaut.png",
+        "https://raw.githubusercontent.com/scikit-image/scikit-image/v0.22.0/"
+        "skimage/data/astronaut.png",
+    ),
+    "coffee": (
+        "coffee.png",
+        "https://raw.githubusercontent.com/scikit-image/scikit-image/v0.22.0/"
+        "skimage/data/coffee.png",
+    ),
+    "chelsea": (
+        "chelsea.png",
+        "https://raw.githubusercontent.com/scikit-image/scikit-image/v0.22.0/"
+        "skimage/data/chelsea.png",
+    ),
+}
+
+
+def image_cache_dir() -> Path:
+    """Where downloaded example images are cached: ``$KERAS_HOME/datasets/neuralstyle``."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "datasets" / "neuralstyle"
+
+
+def resolve_image(name_or_path: PathLike, image_dir: Optional[PathLike] = None,
+                  download: bool = True) -> Path:
+    """Path of an image given as a file path or as the name of a known example image.
+
+    A name (see :data:`KNOWN_IMAGES`) is looked up in ``image_dir`` (default: the
+    ``NEURALSTYLE_IMAGE_DIR`` environment variable), then in the download cache, then downloaded
+    into the cache, like the TensorFlow tutorial's ``keras.utils.get_file``.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    name = str(name_or_path)
+    if name not in KNOWN_IMAGES:
+        raise ImageError(
+            f"image {name!r} not found: no such file, and not one of the named example images "
+            f"({', '.join(sorted(KNOWN_IMAGES))})"
+        )
+    filename, url = KNOWN_IMAGES[name]
+    tried = []
+    folder = image_dir if image_dir is not None else os.environ.get(IMAGE_DIR_ENV)
+    if folder:
+        candidate = Path(folder).expanduser() / filename
+        if candidate.is_file():
+            return candidate
+        tried.append(f"{candidate} (image folder) does not exist")
+    else:
+        tried.append(f"no local image folder set ({IMAGE_DIR_ENV} is unset)")
+    cached = image_cache_dir() / filename
+    if cached.is_file():
+        return cached
+    tried.append(f"{cached} (download cache) does not exist")
+    if download:
+        try:
+            _download(url, cached)
+            return cached
+        except OSError as err:
+            tried.append(f"download from {url} failed: {err}")
+    raise ImageError(
+        f"example image {name!r} ({filename}) could not be found:\n  - "
+        + "\n  - ".join(tried)
+        + f"\nWithout internet, point {IMAGE_DIR_ENV} (or the config key image_dir) at a folder "
+        f"holding {filename}, e.g. {IMAGE_DIR_ENV}=../shared/assets/images"
+    )
+
+
+def _download(url: str, target: Path, timeout: float = 20.0) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    request = urllib.request.Request(url, headers={"User-Agent": "neuralstyle"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        data = response.read()
+    _check_decodable(data, url)
+    atomic_write(target, data)
+
+
+def _check_decodable(data: bytes, origin: str) -> None:
+    try:
+        Image.open(io.BytesIO(data)).verify()
+    except Exception as err:
+        raise OSError(f"{origin} did not return an image ({err})") from None
+
+
+def load_image(path: PathLike, long_edge: Optional[int] = None) -> np.ndarray:
+    """Read ``path`` as float32 ``(H, W, 3)`` RGB in ``[0, 1]``, optionally resized.
+
+    ``long_edge`` resizes so that the longer side has that many pixels, keeping the aspect ratio.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"image file {path} does not exist")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            image = to_rgb_array(ImageOps.exif_transpose(im))
+    except UnidentifiedImageError:
+        raise ImageError(f"{path} is not an image file Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"could not read image {path}: {err}") from None
+    return resize_long_edge(image, long_edge) if long_edge else image
+
+
+def to_rgb_array(im: Image.Image) -> np.ndarray:
+    """Any Pillow image -> float32 RGB ``[0, 1]``; alpha is composited onto white."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        data = np.asarray(im, dtype=np.float64)
+        scale = 65535.0 if im.mode.startswith("I;16") or data.max() > 255 else 255.0
+        gray = np.clip(data / scale, 0.0, 1.0).astype(np.float32)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if im.mode == "F":
+        gray = np.clip(np.asarray(im, np.float32), 0.0, 1.0)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = np.asarray(im.convert("RGBA"), np.float32) / 255.0
+        alpha = rgba[..., 3:]
+        return rgba[..., :3] * alpha + (1.0 - alpha)
+    return np.asarray(im.convert("RGB"), np.float32) / 255.0
+
+
+def resize_long_edge(image: np.ndarray, long_edge: int) -> np.ndarray:
+    """Resize so that ``max(H, W) == long_edge``, keeping the aspect ratio (bicubic, antialiased)."""
+    h, w = image.shape[:2]
+    scale = long_edge / max(h, w)
+    return resize(image, (max(1, round(h * scale)), max(1, round(w * scale))))
+
+
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a float ``(H, W, 3)`` image to ``size = (height, width)`` with Pillow's bicubic filter."""
+    if tuple(image.shape[:2]) == tuple(size):
+        return image.astype(np.float32)
+    channels = [
+        np.asarray(Image.fromarray(image[..., c].astype(np.float32), mode="F").resize(
+            (size[1], size[0]), Image.Resampling.BICUBIC))
+        for c in range(image.shape[-1])
+    ]
+    return np.clip(np.stack(channels, axis=-1), 0.0, 1.0).astype(np.float32)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(np.asarray(image, np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def save_image(image: np.ndarray, path: PathLike) -> Path:
+    """Write ``image`` (float RGB in [0, 1]) atomically: a crash never leaves a truncated file.
+
+    The image is written to a temporary file in the same folder and renamed over ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pil = Image.fromarray(to_uint8(image), mode="RGB")
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ImageError(f"cannot save {path}: unknown image extension {path.suffix!r}")
+    buffer = io.BytesIO()
+    pil.save(buffer, format=fmt)
+    atomic_write(path, buffer.getvalue())
+    return path
+
+
+def atomic_write(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

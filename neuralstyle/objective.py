@@ -1,0 +1,110 @@
+r"""The style-transfer objective: weighted content, style and total-variation terms.
+
+.. math::
+
+   \mathcal{L}(x) = \alpha \sum_{l \in C} w_l\, \mathcal{L}_c(F^l(x), P^l)
+                  + \beta  \sum_{l \in S} w_l\, \mathcal{L}_s(F^l(x), A^l)
+                  + \gamma\, \mathrm{TV}(x)
+
+(Gatys et al. 2016, eq. 7, with the total-variation regularizer of Johnson et al. 2016 and of
+the TensorFlow tutorial).  :math:`P^l` are the content image's features and :math:`A^l` the style
+image's statistics (Gram matrices for the Gram loss), computed once by :meth:`StyleObjective.targets`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple, Sequence, Union
+
+import jax.numpy as jnp
+
+from .backbones import VGG, BackboneParams, FeatureExtractor
+from .layers import canonical_layer_name, layer_weights
+from .losses import StyleLoss, content_loss, gram_loss, total_variation_loss
+
+
+class Targets(NamedTuple):
+    """What the generated image is compared with: content features and style statistics."""
+
+    content: dict
+    style: dict
+
+
+@dataclass(frozen=True)
+class StyleObjective:
+    """A pure objective ``(params, image, targets) -> (total, terms)``; build it with :meth:`build`.
+
+    ``terms`` holds the weighted contributions ``content``, ``style`` and ``tv`` (they add up to
+    ``total``).  Images are ``(B, H, W, 3)`` RGB in ``[0, 1]``; the total is summed over the batch.
+    """
+
+    extractor: FeatureExtractor
+    content_layers: tuple[str, ...]
+    content_layer_weights: tuple[float, ...]
+    style_layers: tuple[str, ...]
+    style_layer_weights: tuple[float, ...]
+    content_weight: float = 1e4
+    style_weight: float = 1e-2
+    tv_weight: float = 30.0
+    content_loss: Callable = field(default_factory=lambda: content_loss("mean"))
+    style_loss: StyleLoss = field(default_factory=lambda: gram_loss("hw"))
+    tv_loss: Callable = field(default_factory=lambda: total_variation_loss("l1"))
+
+    @classmethod
+    def build(
+        cls,
+        backbone: VGG,
+        content_layers: Sequence[str] = ("block5_conv2",),
+        style_layers: Sequence[str] = (
+            "block1_conv1", "block2_conv1", "block3_conv1", "block4_conv1", "block5_conv1",
+        ),
+        content_layer_weights: Union[str, Sequence[float]] = "mean",
+        style_layer_weights: Union[str, Sequence[float]] = "mean",
+        **weights_and_losses,
+    ) -> "StyleObjective":
+        """Resolve layer names (Keras or paper), per-layer weights, and cut the backbone once."""
+        content = tuple(canonical_layer_name(n, backbone.arch) for n in content_layers)
+        style = tuple(canonical_layer_name(n, backbone.arch) for n in style_layers)
+        extractor = backbone.extractor(content + style)
+        return cls(
+            extractor=extractor,
+            content_layers=content,
+            content_layer_weights=layer_weights(content_layer_weights, content, "content layer"),
+            style_layers=style,
+            style_layer_weights=layer_weights(style_layer_weights, style, "style layer"),
+            **weights_and_losses,
+        )
+
+    @property
+    def params(self) -> BackboneParams:
+        return self.extractor.params
+
+    def targets(self, params: BackboneParams, content: jnp.ndarray, style: jnp.ndarray) -> Targets:
+        """Content features of ``content`` and style statistics of ``style`` (both (1, H, W, 3))."""
+        content_features = self.extractor.apply(params, content)
+        style_features = self.extractor.apply(params, style)
+        return Targets(
+            content={n: content_features[n] for n in self.content_layers},
+            style={n: self.style_loss.target(style_features[n]) for n in self.style_layers},
+        )
+
+    def terms(self, params: BackboneParams, image: jnp.ndarray, targets: Targets) -> dict:
+        """Weighted content, style and TV terms, each summed over the batch."""
+        features = self.extractor.apply(params, image)
+        content = sum(
+            w * self.content_loss(features[n], targets.content[n])
+            for n, w in zip(self.content_layers, self.content_layer_weights)
+        )
+        style = sum(
+            w * self.style_loss.loss(features[n], targets.style[n])
+            for n, w in zip(self.style_layers, self.style_layer_weights)
+        )
+        return {
+            "content": self.content_weight * jnp.sum(content),
+            "style": self.style_weight * jnp.sum(style),
+            "tv": self.tv_weight * jnp.sum(self.tv_loss(image)),
+        }
+
+    def __call__(self, params: BackboneParams, image: jnp.ndarray, targets: Targets):
+        terms = self.terms(params, image, targets)
+        return terms["content"] + terms["style"] + terms["tv"], terms

@@ -1,0 +1,255 @@
+"""The optimization loop of Gatys et al.: ``stylize(objective, content, style, ...)``.
+
+Hydra-free; :mod:`neuralstyle.run` is a thin command-line layer over it.  The loop compiles its
+step once (ahead of time, so compile time is measured apart from step time), shows a progress bar
+with the current losses and an ETA, writes periodic snapshots, and stops with
+:class:`~neuralstyle.errors.NonFiniteLossError` (carrying the last finite image) if the loss
+becomes NaN or infinite.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from .errors import ConfigError, NonFiniteLossError
+from .images import load_image, resize, resize_long_edge, resolve_image, save_image
+from .objective import StyleObjective
+from .optim import LBFGS, make_lbfgs_functions, make_step
+
+INIT_KINDS = ("content", "style", "noise", "file")
+
+
+@dataclass
+class StylizeResult:
+    """The stylized image (float32 ``(H, W, 3)`` in [0, 1]) and the run's metrics."""
+
+    image: np.ndarray
+    metrics: dict
+
+
+def load_content_and_style(content, style, size: Optional[int] = None, style_scale: float = 1.0,
+                           image_dir=None) -> tuple[np.ndarray, np.ndarray]:
+    """Load the content image at long edge ``size`` and the style image at ``style_scale`` times it.
+
+    ``content`` and ``style`` are file paths or names of example images (see
+    :func:`neuralstyle.images.resolve_image`).  As in jcjohnson/neural-style, the style image's
+    long edge is ``ceil(style_scale * content long edge)``.
+    """
+    if not style_scale > 0:
+        raise ConfigError(f"style_scale must be positive, got {style_scale}")
+    content_image = load_image(resolve_image(content, image_dir), size)
+    style_long = math.ceil(style_scale * max(content_image.shape[:2]))
+    style_image = load_image(resolve_image(style, image_dir), style_long)
+    return content_image, style_image
+
+
+def initial_image(kind: str, content: np.ndarray, style: np.ndarray, seed: int = 0,
+                  noise_mean: float = 0.5, noise_std: float = 0.25,
+                  path: Union[str, Path, None] = None) -> np.ndarray:
+    """The starting point: the content image, the style image resized to it, seeded noise, or a file.
+
+    Noise is ``clip(N(noise_mean, noise_std^2))`` per pixel from ``jax.random.key(seed)``.
+    """
+    shape = content.shape
+    if kind == "content":
+        return content
+    if kind == "style":
+        return resize(style, shape[:2])
+    if kind == "noise":
+        noise = noise_mean + noise_std * jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+        return np.clip(np.asarray(noise), 0.0, 1.0)
+    if kind == "file":
+        if path is None:
+            raise ConfigError("init kind 'file' needs a path (init.path=...)")
+        return resize(load_image(path), shape[:2])
+    raise ConfigError(f"unknown init {kind!r}; expected one of {INIT_KINDS}")
+
+
+def _floats(terms: dict) -> dict:
+    return {k: float(v) for k, v in terms.items()}
+
+
+def _format(loss: float, terms: dict) -> str:
+    return f"loss={loss:.4g} " + " ".join(f"{k}={v:.3g}" for k, v in terms.items())
+
+
+def stylize(
+    objective: StyleObjective,
+    content: np.ndarray,
+    style: np.ndarray,
+    optimizer: Union[optax.GradientTransformation, LBFGS, None] = None,
+    steps: int = 100,
+    init: Union[str, np.ndarray] = "content",
+    seed: int = 0,
+    snapshot_every: int = 0,
+    snapshot_dir: Union[str, Path, None] = None,
+    progress: bool = True,
+    callback: Optional[Callable[[int, np.ndarray, float], None]] = None,
+) -> StylizeResult:
+    """Optimize the pixels of an image so that ``objective`` is minimal.
+
+    Args:
+      objective: a :class:`~neuralstyle.objective.StyleObjective`.
+      content, style: float32 ``(H, W, 3)`` images in [0, 1] (see :func:`load_content_and_style`).
+      optimizer: an optax ``GradientTransformation`` (default: the TensorFlow tutorial's
+        ``optax.adam(0.02, b1=0.99, eps=0.1)``) or an :class:`~neuralstyle.optim.LBFGS`.
+      steps: optimizer iterations.
+      init: ``"content"``, ``"style"``, ``"noise"`` or an image array of the content's shape.
+      seed: seed of the noise initialization.
+      snapshot_every: save ``snapshot_dir/step_NNNNN.png`` every that many steps (0: never).
+      progress: show a tqdm progress bar with the losses and an ETA.
+      callback: called as ``callback(step, image, loss)`` after every step.
+
+    Returns:
+      :class:`StylizeResult` with the final image and metrics (initial and final loss terms,
+      per-step loss history, compile time, time per step, sizes, backbone, weights source).
+    """
+    if steps < 0:
+        raise ConfigError(f"steps must be >= 0, got {steps}")
+    if optimizer is None:
+        optimizer = optax.adam(0.02, b1=0.99, eps=0.1)
+    start = initial_image(init, content, style, seed) if isinstance(init, str) else init
+    if tuple(start.shape) != tuple(content.shape):
+        raise ConfigError(f"initial image has shape {start.shape}, content has {content.shape}")
+
+    params = objective.params
+    targets = jax.jit(objective.targets)(params, jnp.asarray(content)[None], jnp.asarray(style)[None])
+    image = jnp.asarray(start, jnp.float32)[None]
+    snapshots = Path(snapshot_dir) if snapshot_dir and snapshot_every else None
+
+    driver = _run_lbfgs if isinstance(optimizer, LBFGS) else _run_optax
+    loop = driver(objective, optimizer, image, params, targets, steps, progress, snapshots,
+                  snapshot_every, callback)
+    final_image, history, compile_time, wall, evaluations, completed = loop
+
+    final_loss, final_terms = history[-1]
+    metrics = {
+        "final": {"total": final_loss, **final_terms},
+        "initial": {"total": history[0][0], **history[0][1]} if history else None,
+        "steps": completed,
+        "steps_requested": steps,
+        "function_evaluations": evaluations,
+        "wall_time_s": wall,
+        "time_per_step_s": wall / completed if completed else None,
+        "compile_time_s": compile_time,
+        "image_size": list(content.shape[:2]),
+        "style_size": list(style.shape[:2]),
+        "backbone": {
+            "arch": objective.extractor.arch,
+            "pooling": objective.extractor.pooling,
+            "weights": objective.extractor.weights_source,
+            "layers": list(objective.extractor.layers),
+        },
+        "optimizer": type(optimizer).__name__ if isinstance(optimizer, LBFGS) else "optax",
+        "history": [h[0] for h in history],
+    }
+    return StylizeResult(np.asarray(final_image[0]), metrics)
+
+
+class _Progress:
+    """The progress bar, snapshots, callback and non-finite check shared by both loops."""
+
+    def __init__(self, steps, show, snapshots, snapshot_every, callback):
+        self.bar = tqdm(total=steps, desc="stylize", disable=not show, dynamic_ncols=True,
+                        unit="step")
+        self.snapshots, self.every, self.callback = snapshots, snapshot_every, callback
+        self.history: list = []
+
+    def record(self, step: int, image, loss, terms, last_good):
+        """Record the loss of the image after ``step`` updates; raise if it is not finite."""
+        loss, terms = float(loss), _floats(terms)
+        if not math.isfinite(loss):
+            self.bar.close()
+            good_image, good_step = last_good
+            raise NonFiniteLossError(
+                step, None if good_image is None else np.asarray(good_image[0]), good_step, terms
+            )
+        self.history.append((loss, terms))
+        self.bar.set_postfix_str(_format(loss, terms), refresh=False)
+
+    def after_step(self, step: int, image):
+        self.bar.update(1)
+        if self.snapshots is not None and step % self.every == 0:
+            save_image(np.asarray(image[0]), self.snapshots / f"step_{step:05d}.png")
+        if self.callback is not None:
+            self.callback(step, np.asarray(image[0]), self.history[-1][0] if self.history else None)
+
+    def close(self):
+        self.bar.close()
+
+
+def _run_optax(objective, tx, image, params, targets, steps, show, snapshots, every, callback):
+    step_fn = jax.jit(make_step(objective, tx))
+    opt_state = tx.init(image)
+    t0 = time.perf_counter()
+    compiled = step_fn.lower(image, opt_state, params, targets).compile()
+    evaluate = jax.jit(objective).lower(params, image, targets).compile()
+    compile_time = time.perf_counter() - t0
+
+    progress = _Progress(steps, show, snapshots, every, callback)
+    previous = (None, -1)
+    t0 = time.perf_counter()
+    for i in range(1, steps + 1):
+        new_image, opt_state, loss, terms = compiled(image, opt_state, params, targets)
+        progress.record(i - 1, image, loss, terms, previous)  # loss of the image after i-1 steps
+        previous = (image, i - 1)
+        image = new_image
+        progress.after_step(i, image)
+    loss, terms = evaluate(params, image, targets)
+    progress.record(steps, image, loss, terms, previous)
+    wall = time.perf_counter() - t0
+    progress.close()
+    return image, progress.history, compile_time, wall, steps, steps
+
+
+def _run_lbfgs(objective, opt: LBFGS, image, params, targets, steps, show, snapshots, every,
+               callback):
+    direction_fn, trial_fn = make_lbfgs_functions(objective, opt)
+    state = opt.direction_transform.init(image)
+    zeros = jnp.zeros_like(image)
+    t0 = time.perf_counter()
+    trial = jax.jit(trial_fn).lower(image, zeros, zeros, 0.0, params, targets).compile()
+    direction = jax.jit(direction_fn).lower(zeros, state, image).compile()
+    compile_time = time.perf_counter() - t0
+
+    progress = _Progress(steps, show, snapshots, every, callback)
+    t0 = time.perf_counter()
+    current = trial(image, zeros, zeros, 0.0, params, targets)  # loss and gradient at the start
+    evaluations = 1
+    progress.record(0, image, current.loss, current.terms, (None, -1))
+    i = 0
+    while i < steps:
+        d, new_state = direction(current.grad, state, current.image)
+        t, accepted, last = 1.0, None, None
+        for _ in range(opt.max_linesearch):
+            last = trial(current.image, current.grad, d, t, params, targets)
+            evaluations += 1
+            value = float(last.loss)
+            if math.isfinite(value) and value <= float(current.loss) + opt.c1 * float(last.slope):
+                accepted = last
+                break
+            t *= opt.shrink
+        if accepted is None:
+            if int(state.count) > 0:  # a stale curvature memory: restart from steepest descent
+                state = opt.direction_transform.init(current.image)
+                continue
+            if not math.isfinite(float(last.loss)):
+                progress.record(i + 1, last.image, last.loss, last.terms, (current.image, i))
+            break  # no decrease along the gradient within the box: a (projected) stationary point
+        i += 1
+        progress.record(i, accepted.image, accepted.loss, accepted.terms, (current.image, i - 1))
+        current, state = accepted, new_state
+        progress.after_step(i, current.image)
+    wall = time.perf_counter() - t0
+    progress.close()
+    return current.image, progress.history, compile_time, wall, evaluations, i

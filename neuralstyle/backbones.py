@@ -39,7 +39,8 @@ _APPLICATIONS = {
 
 def caffe_preprocess(images: jnp.ndarray) -> jnp.ndarray:
     """RGB in ``[0, 1]`` -> BGR in ``[0, 255]`` minus the ImageNet mean (Keras "caffe" mode)."""
-    return images[..., ::-1] * 255.0 - jnp.asarray(CAFFE_MEAN_BGR, dtype=images.dtype)
+    mean = jnp.asarray(CAFFE_MEAN_BGR, dtype=images.dtype).reshape((1,) * (images.ndim - 1) + (3,))
+    return images[..., ::-1] * 255.0 - mean
 
 
 class BackboneParams(NamedTuple):

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from .errors import ConfigError, NonFiniteLossError
+from .errors import ConfigError, ImageError, NonFiniteLossError
 from .images import load_image, resize, resize_long_edge, resolve_image, save_image
 from .objective import StyleObjective
 from .optim import LBFGS, make_lbfgs_functions, make_step
@@ -47,10 +47,16 @@ def load_content_and_style(content, style, size: Optional[int] = None, style_sca
     """
     if not style_scale > 0:
         raise ConfigError(f"style_scale must be positive, got {style_scale}")
-    content_image = load_image(resolve_image(content, image_dir), size)
+    content_image = _load_named("content", content, image_dir, size)
     style_long = math.ceil(style_scale * max(content_image.shape[:2]))
-    style_image = load_image(resolve_image(style, image_dir), style_long)
-    return content_image, style_image
+    return content_image, _load_named("style", style, image_dir, style_long)
+
+
+def _load_named(role: str, name, image_dir, long_edge) -> np.ndarray:
+    try:
+        return load_image(resolve_image(name, image_dir), long_edge)
+    except ImageError as err:
+        raise ImageError(f"{role}: {err}") from None
 
 
 def initial_image(kind: str, content: np.ndarray, style: np.ndarray, seed: int = 0,
@@ -128,6 +134,10 @@ def stylize(
     snapshots = Path(snapshot_dir) if snapshot_dir and snapshot_every else None
 
     driver = _run_lbfgs if isinstance(optimizer, LBFGS) else _run_optax
+    if not isinstance(optimizer, (LBFGS, optax.GradientTransformation)):
+        raise ConfigError(
+            f"optimizer must be an optax GradientTransformation or neuralstyle.LBFGS, got {optimizer!r}"
+        )
     loop = driver(objective, optimizer, image, params, targets, steps, progress, snapshots,
                   snapshot_every, callback)
     final_image, history, compile_time, wall, evaluations, completed = loop
@@ -188,12 +198,23 @@ class _Progress:
         self.bar.close()
 
 
+def _compile(fn, *args):
+    """``jax.jit(fn)`` compiled ahead of time for ``args``; a type error becomes a ConfigError."""
+    try:
+        return jax.jit(fn).lower(*args).compile()
+    except (TypeError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0]
+        raise ConfigError(
+            f"could not compile the update step ({first_line}); check the optimizer and loss "
+            "settings (e.g. a learning rate given as a string)"
+        ) from None
+
+
 def _run_optax(objective, tx, image, params, targets, steps, show, snapshots, every, callback):
-    step_fn = jax.jit(make_step(objective, tx))
-    opt_state = tx.init(image)
     t0 = time.perf_counter()
-    compiled = step_fn.lower(image, opt_state, params, targets).compile()
-    evaluate = jax.jit(objective).lower(params, image, targets).compile()
+    opt_state = tx.init(image)
+    compiled = _compile(make_step(objective, tx), image, opt_state, params, targets)
+    evaluate = _compile(objective, params, image, targets)
     compile_time = time.perf_counter() - t0
 
     progress = _Progress(steps, show, snapshots, every, callback)
@@ -218,8 +239,8 @@ def _run_lbfgs(objective, opt: LBFGS, image, params, targets, steps, show, snaps
     state = opt.direction_transform.init(image)
     zeros = jnp.zeros_like(image)
     t0 = time.perf_counter()
-    trial = jax.jit(trial_fn).lower(image, zeros, zeros, 0.0, params, targets).compile()
-    direction = jax.jit(direction_fn).lower(zeros, state, image).compile()
+    trial = _compile(trial_fn, image, zeros, zeros, 0.0, params, targets)
+    direction = _compile(direction_fn, zeros, state, image)
     compile_time = time.perf_counter() - t0
 
     progress = _Progress(steps, show, snapshots, every, callback)

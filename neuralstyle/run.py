@@ -1,0 +1,134 @@
+"""Command-line entry: ``python -m neuralstyle.run +experiment=vgg19_wave [key=value ...]``.
+
+Hydra stays at this edge: :func:`main` composes the config and calls :func:`run_from_config`,
+which instantiates the components and calls the Hydra-free :func:`neuralstyle.stylize`.
+A run writes into its Hydra run directory ``result.png``, ``metrics.json``, ``config.yaml``
+(the resolved config) and ``snapshots/step_NNNNN.png``, then prints the path of ``result.png``.
+``main`` returns the final loss, so sweepers can minimize it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.errors import InstantiationException  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import DictConfig, ListConfig, OmegaConf  # noqa: E402
+
+from .errors import ConfigError, NeuralStyleError, NonFiniteLossError  # noqa: E402
+from .images import atomic_write, save_image  # noqa: E402
+from .objective import StyleObjective  # noqa: E402
+from .stylize import initial_image, load_content_and_style, stylize  # noqa: E402
+
+
+def config_dir() -> Path:
+    """The config tree: shipped inside the package in a wheel, ``conf/`` in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise RuntimeError(f"neuralstyle's config tree is missing (looked in {here / 'conf'})")
+
+
+def _instantiate(node: DictConfig, key: str):
+    """``hydra.utils.instantiate`` that reports our own errors without Hydra's wrapping."""
+    try:
+        return instantiate(node)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, NeuralStyleError):
+            raise type(cause)(f"{key}: {cause}") from None
+        raise ConfigError(f"{key}: {err}") from None
+
+
+def _plain(value):
+    return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+def build_objective(cfg: DictConfig) -> StyleObjective:
+    """The objective described by ``cfg`` (backbone, layers, weights and loss components)."""
+    backbone = _instantiate(cfg.backbone, "backbone")
+    return StyleObjective.build(
+        backbone,
+        content_layers=list(cfg.content_layers),
+        style_layers=list(cfg.style_layers),
+        content_layer_weights=_plain(cfg.content_layer_weights),
+        style_layer_weights=_plain(cfg.style_layer_weights),
+        content_weight=float(cfg.content_weight),
+        style_weight=float(cfg.style_weight),
+        tv_weight=float(cfg.tv_weight),
+        content_loss=_instantiate(cfg.content_loss, "content_loss"),
+        style_loss=_instantiate(cfg.style_loss, "style_loss"),
+        tv_loss=_instantiate(cfg.tv_loss, "tv_loss"),
+    )
+
+
+def run_from_config(cfg: DictConfig, output_dir: Path) -> float:
+    """Run one stylization described by ``cfg`` into ``output_dir``; return the final loss."""
+    output_dir = Path(output_dir)
+    content, style = load_content_and_style(
+        cfg.content, cfg.style, size=int(cfg.size), style_scale=float(cfg.style_scale),
+        image_dir=cfg.image_dir,
+    )
+    start = initial_image(
+        cfg.init.kind, content, style, seed=int(cfg.seed),
+        noise_mean=float(cfg.init.get("mean", 0.5)), noise_std=float(cfg.init.get("std", 0.25)),
+        path=cfg.init.get("path"),
+    )
+    objective = build_objective(cfg)
+    optimizer = _instantiate(cfg.optimizer, "optimizer")
+    atomic_write(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+    try:
+        result = stylize(
+            objective, content, style, optimizer=optimizer, steps=int(cfg.steps), init=start,
+            seed=int(cfg.seed), snapshot_every=int(cfg.snapshot_every),
+            snapshot_dir=output_dir / "snapshots", progress=bool(cfg.progress),
+        )
+    except NonFiniteLossError as err:
+        if err.last_good_image is not None:
+            kept = save_image(err.last_good_image, output_dir / "last_finite.png")
+            raise NonFiniteLossError(err.step, err.last_good_image, err.last_good_step, err.terms) \
+                from ValueError(f"last finite image saved to {kept}")
+        raise
+    metrics = {
+        "content": str(cfg.content),
+        "style": str(cfg.style),
+        "experiment": _experiment_name(),
+        **result.metrics,
+    }
+    atomic_write(output_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
+    result_path = save_image(result.image, output_dir / "result.png")
+    print(result_path.resolve())
+    return metrics["final"]["total"]
+
+
+def _experiment_name():
+    try:
+        choices = HydraConfig.get().runtime.choices
+    except ValueError:  # not running under Hydra
+        return None
+    return choices.get("experiment")
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+def main(cfg: DictConfig) -> float:
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        return run_from_config(cfg, output_dir)
+    except NeuralStyleError as err:
+        message = f"neuralstyle: error: {err}"
+        if err.__cause__ is not None:
+            message += f"; {err.__cause__}"
+        print(message, file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

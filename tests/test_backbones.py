@@ -1,0 +1,111 @@
+"""The VGG extractor: preprocessing, cutting, pooling, and agreement with keras.applications."""
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+import pytest
+
+from neuralstyle import ConfigError, LayerError, VGG, caffe_preprocess
+
+RNG = np.random.default_rng(0)
+
+
+def test_caffe_preprocess_matches_keras():
+    rgb = RNG.uniform(size=(2, 5, 4, 3)).astype(np.float32)
+    expected = keras.applications.vgg19.preprocess_input(rgb * 255.0)
+    np.testing.assert_allclose(caffe_preprocess(jnp.asarray(rgb)), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_extractor_is_cut_after_deepest_layer(random_vgg19):
+    extractor = random_vgg19.extractor(["conv1_1", "conv3_1"])
+    names = [layer.name for layer in extractor.model.layers]
+    assert names[-1] == "block3_conv1"
+    assert "block3_conv2" not in names and "block4_conv1" not in names
+    assert len(extractor.model.trainable_variables) == 2 * 5  # 5 convs up to conv3_1
+
+
+@pytest.mark.parametrize("size", [(32, 32), (37, 53), (17, 9)])
+def test_any_input_size(random_vgg19, size):
+    extractor = random_vgg19.extractor(["block1_conv1", "block2_conv2", "block3_pool"])
+    features = extractor.apply(extractor.params, jnp.zeros((1, *size, 3)))
+    h, w = size
+    assert features["block1_conv1"].shape == (1, h, w, 64)
+    assert features["block2_conv2"].shape == (1, h // 2, w // 2, 128)
+    assert features["block3_pool"].shape == (1, h // 8, w // 8, 256)
+
+
+def test_extractor_matches_full_keras_model(random_vgg19):
+    """Our stateless, cut model gives the same features as the keras.applications model."""
+    x = RNG.uniform(size=(1, 32, 40, 3)).astype(np.float32)
+    extractor = random_vgg19.extractor(["relu2_1", "conv4_2"])
+    ours = jax.jit(extractor.apply)(extractor.params, x)
+    full = keras.Model(random_vgg19.model.input,
+                       [random_vgg19.model.get_layer(n).output for n in ("block2_conv1", "block4_conv2")])
+    theirs = full(keras.applications.vgg19.preprocess_input(x * 255.0))
+    np.testing.assert_allclose(ours["block2_conv1"], theirs[0], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(ours["block4_conv2"], theirs[1], rtol=1e-4, atol=1e-3)
+
+
+def test_average_pooling_swaps_only_the_pools(random_vgg19):
+    avg = VGG("vgg19", weights=None, pooling="avg")
+    for layer in ("block1_conv1", "block1_conv2"):  # before any pooling: identical weights, same output
+        np.testing.assert_allclose(avg.model.get_layer(layer).get_weights()[0],
+                                   random_vgg19.model.get_layer(layer).get_weights()[0])
+    x = jnp.asarray(RNG.uniform(size=(1, 8, 8, 3)).astype(np.float32))
+    ex_avg, ex_max = avg.extractor(["pool1"]), random_vgg19.extractor(["pool1"])
+    pre = ex_max.apply(ex_max.params, x)  # reference: pool the same conv1_2 output by hand
+    conv = random_vgg19.extractor(["conv1_2"])
+    c = np.asarray(conv.apply(conv.params, x)["block1_conv2"])
+    blocks = c.reshape(1, 4, 2, 4, 2, 64)
+    np.testing.assert_allclose(pre["block1_pool"], blocks.max(axis=(2, 4)), rtol=1e-5)
+    np.testing.assert_allclose(ex_avg.apply(ex_avg.params, x)["block1_pool"], blocks.mean(axis=(2, 4)),
+                               rtol=1e-5, atol=1e-5)
+    assert any(isinstance(l, keras.layers.AveragePooling2D) for l in ex_avg.model.layers)
+
+
+def test_bad_backbone_arguments():
+    with pytest.raises(ConfigError, match="pooling must be 'max' or 'avg'"):
+        VGG("vgg19", weights=None, pooling="min")
+    with pytest.raises(ConfigError, match="unknown backbone architecture 'resnet50'"):
+        VGG("resnet50", weights=None)
+
+
+def test_unknown_layer_is_rejected_by_extractor(random_vgg19):
+    with pytest.raises(LayerError, match="conv6_1.*valid Keras names"):
+        random_vgg19.extractor(["conv6_1"])
+
+
+@pytest.mark.slow
+def test_imagenet_features_match_keras_preprocessing_pipeline(imagenet_vgg19, image_dir):
+    """Real weights on a real photo: our pipeline equals keras.applications' own.
+
+    This catches a wrong channel order or mean (preprocessing), a wrong layer mapping, and a
+    wrong weights file: features are compared against the canonical Keras VGG19 fed with
+    ``keras.applications.vgg19.preprocess_input``.
+    """
+    from neuralstyle import load_image
+
+    photo = load_image(image_dir / "chelsea.png", 96)[None]
+    extractor = imagenet_vgg19.extractor(["conv1_1", "relu3_1", "conv5_2"])
+    ours = jax.jit(extractor.apply)(extractor.params, jnp.asarray(photo))
+    model = imagenet_vgg19.model
+    full = keras.Model(model.input, [model.get_layer(n).output
+                                     for n in ("block1_conv1", "block3_conv1", "block5_conv2")])
+    theirs = full(keras.applications.vgg19.preprocess_input(photo * 255.0))
+    for name, ref in zip(("block1_conv1", "block3_conv1", "block5_conv2"), theirs):
+        ref = np.asarray(ref)
+        assert np.abs(ref).max() > 1.0  # real weights give real activations
+        np.testing.assert_allclose(ours[name], ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+    # and the swap that this would catch does change them
+    swapped = extractor.apply(extractor.params, jnp.asarray(photo[..., ::-1]))
+    assert not np.allclose(swapped["block1_conv1"], ours["block1_conv1"], atol=1.0)
+
+
+@pytest.mark.slow
+def test_imagenet_weights_are_the_published_file(imagenet_vgg19):
+    assert "imagenet" in imagenet_vgg19.weights_source
+    from neuralstyle.weights import IMAGENET_WEIGHTS, keras_cache_dir, md5sum
+
+    spec = IMAGENET_WEIGHTS["vgg19"]
+    assert md5sum(keras_cache_dir() / spec.filename) == spec.md5

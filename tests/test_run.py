@@ -1,0 +1,139 @@
+"""The Hydra entry: every experiment composes and runs; the CLI writes its outputs; bad input
+gives one clear error line and leaves no result behind."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from neuralstyle import ConfigError, ImageError, LayerError, NonFiniteLossError
+from neuralstyle.run import config_dir, run_from_config
+
+EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+TINY = ["size=32", "steps=2", "backbone.weights=null", "snapshot_every=1", "progress=false"]
+
+
+def compose_config(overrides):
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def test_known_experiments_are_present():
+    assert {"vgg19_wave", "gatys2016", "vgg16_v1"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_runs_two_steps(experiment, image_dir, tmp_path):
+    cfg = compose_config([f"+experiment={experiment}", f"image_dir={image_dir}", *TINY])
+    loss = run_from_config(cfg, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and metrics["final"]["total"] == pytest.approx(loss)
+    assert max(metrics["image_size"]) == 32
+    assert (tmp_path / "result.png").is_file() and (tmp_path / "config.yaml").is_file()
+    assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == [
+        "step_00001.png", "step_00002.png"]
+
+
+def test_experiment_recipes_hold_their_papers_values():
+    wave = compose_config(["+experiment=vgg19_wave"])
+    assert (wave.content_weight, wave.style_weight, wave.tv_weight) == (1e4, 1e-2, 30.0)
+    assert (wave.optimizer.learning_rate, wave.optimizer.b1, wave.optimizer.eps) == (0.02, 0.99, 0.1)
+    assert wave.content_layers == ["block5_conv2"] and len(wave.style_layers) == 5
+    gatys = compose_config(["+experiment=gatys2016"])
+    assert gatys.backbone.pooling == "avg" and gatys.optimizer._target_.endswith("lbfgs")
+    assert gatys.content_layers == ["conv4_2"] and gatys.style_loss.normalization == "paper"
+    v1 = compose_config(["+experiment=vgg16_v1"])
+    assert v1.backbone.arch == "vgg16" and v1.size == 224 and v1.init.kind == "noise"
+    assert v1.optimizer.learning_rate == pytest.approx(10 / 255)
+
+
+def test_overrides_reach_the_components(image_dir, tmp_path):
+    cfg = compose_config([f"image_dir={image_dir}", *TINY, "optimizer=lbfgs", "init=noise",
+                          "style_loss.normalization=paper", "backbone.pooling=avg",
+                          "style_layers=[relu1_1,relu2_1]", "style_layer_weights=[0.7,0.3]"])
+    run_from_config(cfg, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["optimizer"] == "LBFGS"
+    assert metrics["backbone"]["pooling"] == "avg"
+    assert metrics["backbone"]["layers"] == ["block5_conv2", "block1_conv1", "block2_conv1"]
+
+
+@pytest.mark.parametrize("overrides,error,pattern", [
+    (["content=/no/such/photo.jpg"], ImageError, "content: image '/no/such/photo.jpg' not found"),
+    (["style=/etc/hostname"], ImageError, "style: .*not an image"),
+    (["style_layers=[conv1_1,conv9_9]"], LayerError, "conv9_9"),
+    (["style_loss.normalization=bogus"], ConfigError, "style_loss: .*bogus"),
+    (["init=file"], Exception, "path"),
+    (["optimizer.learning_rate=nan"], NonFiniteLossError, "non-finite at step 1"),
+    (["optimizer.learning_rate=fast"], ConfigError, "could not compile the update step"),
+])
+def test_bad_input_raises_clearly_and_writes_no_result(overrides, error, pattern, image_dir, tmp_path):
+    cfg = compose_config([f"image_dir={image_dir}", *TINY, *overrides])
+    with pytest.raises(error, match=pattern):
+        run_from_config(cfg, tmp_path)
+    assert not (tmp_path / "result.png").exists()
+    assert not (tmp_path / "metrics.json").exists()
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_non_finite_keeps_last_finite_image(image_dir, tmp_path):
+    cfg = compose_config([f"image_dir={image_dir}", *TINY, "optimizer.learning_rate=nan"])
+    with pytest.raises(NonFiniteLossError) as info:
+        run_from_config(cfg, tmp_path)
+    assert info.value.last_good_step == 0
+    assert (tmp_path / "last_finite.png").is_file()
+
+
+# ----------------------------------------------------------------------------- the real CLI
+
+def cli(args, cwd, image_dir):
+    env = {**os.environ, "NEURALSTYLE_IMAGE_DIR": str(image_dir)}
+    return subprocess.run([sys.executable, "-m", "neuralstyle.run", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_flagship_writes_outputs_and_prints_result_path(image_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = cli(["+experiment=vgg19_wave", "size=32", "steps=3", "backbone.weights=null",
+                "snapshot_every=2", f"hydra.run.dir={run_dir}"], tmp_path, image_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == str((run_dir / "result.png").resolve())
+    assert "stylize" in proc.stderr and "loss=" in proc.stderr  # the progress bar
+    for name in ("result.png", "metrics.json", "config.yaml", "snapshots/step_00002.png",
+                 ".hydra/config.yaml"):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("final", "steps", "wall_time_s", "time_per_step_s", "compile_time_s",
+                "image_size", "backbone"):
+        assert key in metrics
+    assert metrics["experiment"] == "vgg19_wave" and metrics["steps"] == 3
+
+
+def test_cli_multirun_sweeps_one_directory_each(image_dir, tmp_path):
+    proc = cli(["-m", "style_weight=1e-3,1e-1", "size=32", "steps=1", "backbone.weights=null",
+                "progress=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, image_dir)
+    assert proc.returncode == 0, proc.stderr
+    runs = sorted(p.parent for p in (tmp_path / "sweep").rglob("metrics.json"))
+    assert len(runs) == 2
+    styles = sorted(float(next(line.split(": ")[1] for line in (r / "config.yaml").read_text().splitlines()
+                               if line.startswith("style_weight:"))) for r in runs)
+    assert styles == [1e-3, 1e-1]
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["+experiment=no_such_recipe"], "no_such_recipe"),
+    (["no_such_key=1"], "no_such_key"),
+    (["content=/no/such/photo.jpg"], "neuralstyle: error: content: image '/no/such/photo.jpg' not found"),
+])
+def test_cli_bad_input_gives_a_clear_error(args, pattern, image_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = cli([*args, "size=32", "steps=1", "backbone.weights=null", f"hydra.run.dir={run_dir}"],
+               tmp_path, image_dir)
+    assert proc.returncode != 0
+    assert pattern in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (run_dir / "result.png").exists()

@@ -149,13 +149,14 @@ class VGG:
                     raise WeightsError(f"{path} has no weights for layer {paper}")
                 layer = self.model.get_layer(f"block{block}_conv{i}")
                 kernel, bias = (np.asarray(a, np.float32) for a in arrays[paper][:2])
+                bias = bias.reshape(-1)
                 expected = tuple(tuple(v.shape) for v in layer.weights)
-                if (kernel.shape, bias.reshape(-1).shape) != expected:
+                if (kernel.shape, bias.shape) != expected:
                     raise WeightsError(
                         f"{path}: layer {paper} has shapes {kernel.shape}, {bias.shape}; "
                         f"{self.arch} expects {expected[0]}, {expected[1]}"
                     )
-                layer.set_weights([kernel, bias.reshape(-1)])
+                layer.set_weights([kernel, bias])
 
     @property
     def layer_names(self) -> list[str]:

@@ -198,11 +198,10 @@ def save_image(image: np.ndarray, path: PathLike) -> Path:
     The image is written to a temporary file in the same folder and renamed over ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pil = Image.fromarray(to_uint8(image), mode="RGB")
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ImageError(f"cannot save {path}: unknown image extension {path.suffix!r}")
+    pil = Image.fromarray(to_uint8(image))
     buffer = io.BytesIO()
     pil.save(buffer, format=fmt)
     atomic_write(path, buffer.getvalue())

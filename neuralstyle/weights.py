@@ -199,13 +199,22 @@ def load_npy_dict(path: Path) -> dict[str, list[np.ndarray]]:
     kernels in ``(height, width, in, out)`` order, expecting BGR input minus the ImageNet mean,
     which is exactly the Keras VGG convention.
     """
+    readers = {(1, 0): np.lib.format.read_array_header_1_0,
+               (2, 0): np.lib.format.read_array_header_2_0}
     with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        shape, _, dtype = np.lib.format._read_array_header(f, version)
-        if dtype.hasobject and shape == ():
-            obj = _ArraysOnlyUnpickler(f, encoding="latin1").load()
-        else:
+        try:
+            version = np.lib.format.read_magic(f)
+        except ValueError as err:
+            raise WeightsError(f"{path} is not a .npy file: {err}") from None
+        if version not in readers:
+            raise WeightsError(f"{path}: unsupported .npy format version {version}")
+        shape, _, dtype = readers[version](f)
+        if not (dtype.hasobject and shape == ()):
             raise WeightsError(f"{path} holds a {dtype} array of shape {shape}, not a dict of layers")
+        try:
+            obj = _ArraysOnlyUnpickler(f, encoding="latin1").load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
+            raise WeightsError(f"{path}: cannot read its layer dictionary safely: {err}") from None
     if isinstance(obj, np.ndarray):
         obj = obj.item()
     if not isinstance(obj, dict):

@@ -111,7 +111,9 @@ def test_exif_orientation_is_applied(tmp_path):
 
 def test_grayscale_becomes_three_equal_channels(tmp_path):
     gray = np.arange(0, 240, 10, dtype=np.uint8).reshape(4, 6)
-    image = load_image(write_pil(Image.fromarray(gray, mode="L"), tmp_path / "gray.png"))
+    im = Image.fromarray(gray)
+    assert im.mode == "L"
+    image = load_image(write_pil(im, tmp_path / "gray.png"))
     check_rgb_float(image, (4, 6))
     for c in range(3):
         np.testing.assert_allclose(image[..., c], gray / 255.0, atol=1e-6)
@@ -137,7 +139,9 @@ def test_palette_transparency_is_composited_onto_white(tmp_path):
 
 def test_rgba_alpha_is_composited_onto_white(tmp_path):
     rgba = np.array([[[255, 0, 0, 0], [0, 0, 0, 0], [255, 0, 0, 255], [0, 0, 0, 128]]], np.uint8)
-    image = load_image(write_pil(Image.fromarray(rgba, mode="RGBA"), tmp_path / "alpha.png"))
+    im = Image.fromarray(rgba)
+    assert im.mode == "RGBA"
+    image = load_image(write_pil(im, tmp_path / "alpha.png"))
     check_rgb_float(image, (1, 4))
     np.testing.assert_allclose(image[0, 0], [1, 1, 1], atol=1e-6)  # transparent red -> white
     np.testing.assert_allclose(image[0, 1], [1, 1, 1], atol=1e-6)  # transparent black -> white

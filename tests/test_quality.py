@@ -1,0 +1,108 @@
+"""What optimization claims, measured with real ImageNet VGG19 weights on small images.
+
+These tests catch what unit tests cannot: a wrong preprocessing, a wrong layer, a sign error or
+a broken optimizer all leave the style distance high or destroy the content.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from neuralstyle import StyleObjective, lbfgs, load_content_and_style, stylize
+
+pytestmark = pytest.mark.slow
+
+TUTORIAL_ADAM = dict(learning_rate=0.02, b1=0.99, eps=0.1)
+
+
+@pytest.fixture(scope="module")
+def tutorial_objective(imagenet_vgg19):
+    """The TensorFlow tutorial objective (the defaults of StyleObjective.build)."""
+    return StyleObjective.build(imagenet_vgg19)
+
+
+def relative_content_error(objective, image, content):
+    """||F(x) - F(c)||^2 / ||F(c)||^2 at the content layer: 0 at the content, ~1 for unrelated images."""
+    params = objective.params
+    layer = objective.content_layers[0]
+    fx = objective.extractor.apply(params, jnp.asarray(image)[None])[layer]
+    fc = objective.extractor.apply(params, jnp.asarray(content)[None])[layer]
+    return float(jnp.sum((fx - fc) ** 2) / jnp.sum(fc**2))
+
+
+def test_adam_lowers_style_tenfold_and_keeps_content(tutorial_objective, image_dir):
+    content, style = load_content_and_style("chelsea", "great_wave", size=96, image_dir=image_dir)
+    result = stylize(tutorial_objective, content, style, optax.adam(**TUTORIAL_ADAM), steps=100,
+                     progress=False)
+    m = result.metrics
+    print("style", m["initial"]["style"], "->", m["final"]["style"])
+    assert m["final"]["style"] < m["initial"]["style"] / 10
+    # The photo stays recognisable: its content features move by well under their own size,
+    # while a different photo is far away.
+    other, _ = load_content_and_style("coffee", "great_wave", size=96, image_dir=image_dir)
+    other = np.asarray(jnp.asarray(np.resize(other, content.shape)))
+    kept = relative_content_error(tutorial_objective, result.image, content)
+    unrelated = relative_content_error(tutorial_objective, other, content)
+    print("relative content error", kept, "unrelated photo", unrelated)
+    assert kept < 0.5, kept
+    assert unrelated > 2 * kept, (unrelated, kept)
+
+
+def test_style_statistics_move_towards_the_painting(tutorial_objective, image_dir):
+    """The stylized photo's colours approach the Great Wave's (a check a sign error would fail).
+
+    Measured: the summed per-channel mean difference falls from 0.44 to 0.37 in 60 steps (the
+    tutorial's content weight keeps much of the photo's palette)."""
+    content, style = load_content_and_style("astronaut", "great_wave", size=96, image_dir=image_dir)
+    result = stylize(tutorial_objective, content, style, optax.adam(**TUTORIAL_ADAM), steps=60,
+                     progress=False)
+    before = np.abs(content.mean(axis=(0, 1)) - style.mean(axis=(0, 1))).sum()
+    after = np.abs(result.image.mean(axis=(0, 1)) - style.mean(axis=(0, 1))).sum()
+    print("colour distance to the painting", before, "->", after)
+    assert after < 0.9 * before, (before, after)
+
+
+def test_lbfgs_beats_adam_at_equal_iterations(tutorial_objective, image_dir):
+    """jcjohnson/neural-style's default optimizer: 30 L-BFGS iterations vs 30 Adam steps.
+
+    Measured at 256 px: about 2.5x lower loss; at the 128 px used here the test asks for 2x.
+    """
+    content, style = load_content_and_style("astronaut", "great_wave", size=128, image_dir=image_dir)
+    adam = stylize(tutorial_objective, content, style, optax.adam(**TUTORIAL_ADAM), steps=30,
+                   progress=False)
+    quasi_newton = stylize(tutorial_objective, content, style, lbfgs(), steps=30, progress=False)
+    print("adam", adam.metrics["final"]["total"], "lbfgs", quasi_newton.metrics["final"]["total"])
+    assert quasi_newton.metrics["final"]["total"] < adam.metrics["final"]["total"] / 2
+    # one forward/backward pass per iteration, almost always
+    assert quasi_newton.metrics["function_evaluations"] <= 1.2 * 30 + 1
+
+
+def gatys_objective(content_weight):
+    from neuralstyle import VGG, content_loss, gram_loss
+
+    return StyleObjective.build(
+        VGG("vgg19", weights="imagenet", pooling="avg"),
+        content_layers=["conv4_2"], style_layers=["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"],
+        content_weight=content_weight, style_weight=1e3, tv_weight=0.0,
+        content_loss=content_loss("paper"), style_loss=gram_loss("paper"),
+    )
+
+
+def test_gatys_recipe_from_noise(image_dir):
+    """Paper setting (avg pooling, conv4_2, eq. 1 and eq. 4 normalizations, L-BFGS from noise).
+
+    With alpha/beta = 1e-3 the style term falls by ~46x in 40 iterations at 64 px (measured).
+    The content term pulls the image towards the photo: with alpha/beta = 0.1 the relative
+    content error after 40 iterations is 0.85 against 1.66 without a content term (measured; on
+    this unnormalized network the paper's 1e-3 barely moves it in 40 iterations, see
+    conf/experiment/gatys2016.yaml).
+    """
+    content, style = load_content_and_style("chelsea", "starry_night", size=64, image_dir=image_dir)
+    runs = {cw: stylize(gatys_objective(cw), content, style, lbfgs(), steps=40, init="noise",
+                        progress=False) for cw in (0.0, 1.0, 100.0)}
+    m = runs[1.0].metrics
+    assert m["final"]["style"] < m["initial"]["style"] / 10
+    reference = gatys_objective(1.0)
+    distance = {cw: relative_content_error(reference, r.image, content) for cw, r in runs.items()}
+    assert distance[100.0] < 0.7 * distance[0.0], distance

@@ -1,0 +1,888 @@
+"""Speed benchmark of one style-transfer step on the CPU: ``python -m benchmarks.speed``.
+
+Measures, for VGG19 (ImageNet weights) and the TensorFlow-tutorial recipe (the
+:meth:`neuralstyle.StyleObjective.build` defaults: content ``block5_conv2``, style
+``block1_conv1..block5_conv1``, weights 1e4 / 1e-2 / 30, Gram "hw", content "mean", TV "l1"):
+
+1. the compiled Adam step (:func:`neuralstyle.optim.make_step` + ``jax.jit``,
+   ``optax.adam(0.02, b1=0.99, eps=0.1)``): AOT compile time, then warm-up and timed steps;
+2. one L-BFGS iteration (:class:`neuralstyle.optim.LBFGS` through
+   :func:`neuralstyle.optim.make_lbfgs_functions`, driven exactly like ``stylize``'s loop:
+   one ``direction`` call plus the line-search ``trial`` evaluations, usually one);
+3. yardstick A: fp32 matmul throughput of NumPy's BLAS and of ``jnp.matmul`` on XLA CPU;
+4. yardstick B: the same Adam step in PyTorch eager (:mod:`benchmarks.torch_reference`, same
+   weights and losses; its objective is checked against the JAX objective), if torch is installed;
+5. the FLOPs of one step (XLA's cost analysis, and an analytic count);
+6. XLA_FLAGS variants, each in a fresh subprocess (XLA reads XLA_FLAGS once, at start-up).
+
+Every measurement runs in a subprocess of this script (``--worker``), so that XLA_FLAGS,
+thread pools and the two frameworks never share a process.  Results go to
+``benchmarks/results/speed.json`` and ``speed.md`` (or ``--out DIR``).
+
+Examples::
+
+    python -m benchmarks.speed                      # full run (about 10 minutes on 2 cores)
+    python -m benchmarks.speed --quick --out /tmp/b  # smoke test, well under a minute
+    python -m benchmarks.speed --sizes 256 --variants none --xla-flags "--xla_cpu_enable_fast_math=true"
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "benchmarks" / "results"
+DEFAULT_IMAGE_DIR = REPO.parent / "shared" / "assets" / "images"
+CONTENT_IMAGE, STYLE_IMAGE = "astronaut", "great_wave"
+TORCH_HINT = "pip install torch==2.13.0"
+
+# XLA_FLAGS variants tried by default (name, XLA_FLAGS, extra environment, note).  A variant
+# whose flags this jaxlib does not know is reported as unavailable and not run (XLA aborts on
+# unknown flags).
+VARIANTS = [
+    ("default (repeat)", "", {}, "same as the main run: shows the run-to-run spread"),
+    ("no YNNPACK (Eigen convs)", "--xla_cpu_experimental_ynn_fusion_type=", {},
+     "empty YNN fusion list: convolutions and dots go back to XLA's own Eigen-based thunks"),
+    ("YNNPACK dots only", "--xla_cpu_experimental_ynn_fusion_type=individual_dot", {},
+     "convolutions on Eigen, single dots on YNNPACK"),
+    ("no YNNPACK, single-threaded Eigen",
+     "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_multi_thread_eigen=false", {},
+     "Eigen convolutions without the intra-op thread pool"),
+    ("xla_cpu_multi_thread_eigen=false", "--xla_cpu_multi_thread_eigen=false", {}, ""),
+    ("xla_cpu_use_xnnpack=false", "--xla_cpu_use_xnnpack=false", {}, ""),
+    ("oneDNN (use_onednn + onednn_custom_call)",
+     "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true", {}, ""),
+    ("xla_cpu_use_mkl_dnn=true", "--xla_cpu_use_mkl_dnn=true", {}, "the pre-2023 flag name"),
+    ("xla_cpu_use_thunk_runtime=false", "--xla_cpu_use_thunk_runtime=false", {},
+     "the legacy (non-thunk) CPU runtime"),
+    ("xla_cpu_enable_fast_math=true", "--xla_cpu_enable_fast_math=true", {}, ""),
+    ("xla_cpu_prefer_vector_width=512", "--xla_cpu_prefer_vector_width=512", {}, ""),
+    ("XNN graph fusion GREEDY",
+     "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY", {}, ""),
+    ("jax_default_matmul_precision=bfloat16", "", {"JAX_DEFAULT_MATMUL_PRECISION": "bfloat16"},
+     "a jax config option, not an XLA flag"),
+    ("bf16 experiment (Keras mixed_bfloat16)", "", {"_DTYPE_POLICY": "mixed_bfloat16"},
+     "NOT acceptable for results: features and losses in bfloat16"),
+]
+
+
+# ============================================================================ helpers
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _cpu_snapshot():
+    """(busy jiffies of the whole machine, own CPU seconds, wall time)."""
+    try:
+        with open("/proc/stat") as f:
+            vals = [int(v) for v in f.readline().split()[1:]]
+        busy = sum(vals[:8]) - vals[3] - vals[4]
+    except OSError:
+        busy = None
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return busy, ru.ru_utime + ru.ru_stime, time.perf_counter()
+
+
+def _foreign_load(a, b) -> float | None:
+    """Fraction of the machine's CPU time that *other* processes used between two snapshots."""
+    if a[0] is None or b[0] is None:
+        return None
+    wall = b[2] - a[2]
+    busy = (b[0] - a[0]) / os.sysconf("SC_CLK_TCK")
+    foreign = busy - (b[1] - a[1])
+    return round(max(0.0, foreign) / (wall * (os.cpu_count() or 1)), 3) if wall > 0 else None
+
+
+def _stats(seconds: list[float]) -> dict:
+    ms = [1000.0 * s for s in seconds]
+    return {
+        "ms": [round(v, 2) for v in ms],
+        "median_ms": round(statistics.median(ms), 2),
+        "mean_ms": round(statistics.fmean(ms), 2),
+        "min_ms": round(min(ms), 2),
+        "stdev_ms": round(statistics.stdev(ms), 2) if len(ms) > 1 else 0.0,
+    }
+
+
+def _best_matmul_gflops(fn, n: int, repeats: int) -> float:
+    fn()  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return round(2.0 * n**3 / best / 1e9, 1)
+
+
+def numpy_matmul_yardstick(sizes=(2048, 4096), repeats=5) -> dict:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    out = {}
+    for n in sizes:
+        a = rng.random((n, n), dtype=np.float32)
+        b = rng.random((n, n), dtype=np.float32)
+        out[str(n)] = _best_matmul_gflops(lambda: a @ b, n, repeats)
+    blas = "unknown"
+    try:
+        cfg = np.show_config(mode="dicts")
+        dep = cfg.get("Build Dependencies", {}).get("blas", {})
+        blas = f"{dep.get('name', '?')} {dep.get('version', '')}".strip()
+    except Exception:  # pragma: no cover - older NumPy
+        pass
+    return {"gflops": out, "best_gflops": max(out.values()), "library": blas,
+            "numpy": np.__version__}
+
+
+def _load_images(spec: dict, size: int):
+    """Content and style images (H, W, 3) in [0, 1] and a description of what they are."""
+    import numpy as np
+
+    if spec["images"] == "photo":
+        try:
+            import neuralstyle
+
+            content, style = neuralstyle.load_content_and_style(
+                CONTENT_IMAGE, STYLE_IMAGE, size=size, image_dir=spec["image_dir"])
+            return content, style, (f"content {CONTENT_IMAGE} {content.shape[1]}x{content.shape[0]}, "
+                                    f"style {STYLE_IMAGE} {style.shape[1]}x{style.shape[0]} (W x H)")
+        except Exception as err:  # no network and no local copy
+            _log(f"WARNING: could not load the example images ({err}); using random images")
+    rng = np.random.default_rng(size)
+    content = rng.random((size, size, 3), dtype=np.float32)
+    style = rng.random((size, size, 3), dtype=np.float32)
+    return content, style, f"random square images {size}x{size} (seeded)"
+
+
+def _build_objective(spec: dict):
+    import neuralstyle
+
+    warnings = []
+    policy = spec.get("dtype_policy")
+    if policy:
+        import keras
+
+        keras.config.set_dtype_policy(policy)
+    weights = spec["weights"]
+    try:
+        backbone = neuralstyle.VGG("vgg19", weights=None if weights == "random" else weights)
+    except Exception as err:
+        msg = f"WARNING: VGG19 weights {weights!r} unavailable ({err}); using random weights"
+        _log(msg)
+        warnings.append(msg)
+        backbone = neuralstyle.VGG("vgg19", weights=None)
+    return neuralstyle.StyleObjective.build(backbone), backbone.weights_source, warnings
+
+
+def analytic_flops(image_shape, objective) -> dict:
+    """FLOPs of one value-and-gradient evaluation, counted from the layer shapes.
+
+    Every 3x3 convolution up to the deepest requested layer costs ``2*9*Cin*Cout*H*W`` forward
+    and the same again for the gradient with respect to its input (no weight gradients are
+    needed), so convolutions cost 2x their forward FLOPs.  Each style layer's Gram matrix costs
+    ``2*H*W*C^2`` forward and the same backward.  Element-wise work (ReLU, pooling, losses,
+    Adam) is ignored.
+    """
+    h, w = image_shape[:2]
+    conv_fwd = gram = 0.0
+    style_layers = set(objective.style_layers)
+    for layer in objective.extractor.model.layers:
+        kind = type(layer).__name__
+        if kind == "Conv2D":
+            kh, kw, cin, cout = layer.kernel.shape
+            conv_fwd += 2.0 * kh * kw * cin * cout * h * w
+            if layer.name in style_layers:
+                gram += 2.0 * 2.0 * h * w * cout * cout
+        elif kind in ("MaxPooling2D", "AveragePooling2D"):
+            h, w = h // 2, w // 2
+    total = 2.0 * conv_fwd + gram
+    return {"conv_forward_gflop": round(conv_fwd / 1e9, 3), "gram_gflop": round(gram / 1e9, 3),
+            "total_gflop": round(total / 1e9, 3),
+            "formula": "2 x sum_conv(2*9*Cin*Cout*H*W) + sum_style(4*H*W*C^2)"}
+
+
+def _cost_flops(compiled) -> float | None:
+    try:
+        ca = compiled.cost_analysis()
+        if isinstance(ca, (list, tuple)):
+            ca = ca[0]
+        return float(ca["flops"])
+    except Exception:
+        return None
+
+
+# ============================================================================ workers
+
+
+def worker_jax(spec: dict) -> dict:
+    """Adam step (and optionally L-BFGS iterations and a matmul yardstick) in JAX/XLA."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from neuralstyle.optim import make_step
+
+    result = {"xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__,
+              "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+              "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
+              "sizes": {}}
+    t0 = time.perf_counter()
+    objective, weights_source, warnings = _build_objective(spec)
+    result.update(weights=weights_source, warnings=warnings,
+                  build_s=round(time.perf_counter() - t0, 2))
+    params = objective.params
+    tx = optax.adam(0.02, b1=0.99, eps=0.1)
+
+    for size in spec["sizes"]:
+        out = result["sizes"][str(size)] = {}
+        content, style, desc = _load_images(spec, size)
+        out["images"] = desc
+        out["shape"] = list(content.shape)
+        out["analytic_flops"] = analytic_flops(content.shape, objective)
+        targets = jax.jit(objective.targets)(params, jnp.asarray(content)[None],
+                                              jnp.asarray(style)[None])
+        image = jnp.asarray(content, jnp.float32)[None]
+
+        # ---- Adam
+        opt_state = tx.init(image)
+        t = time.perf_counter()
+        compiled = jax.jit(make_step(objective, tx)).lower(image, opt_state, params, targets).compile()
+        compile_s = time.perf_counter() - t
+        losses, times = [], []
+        x, s = image, opt_state
+        for i in range(spec["warmup"] + spec["steps"]):
+            if i == spec["warmup"]:
+                snap = _cpu_snapshot()
+            t = time.perf_counter()
+            x, s, loss, _ = jax.block_until_ready(compiled(x, s, params, targets))
+            times.append(time.perf_counter() - t)
+            losses.append(float(loss))
+        adam = {"compile_s": round(compile_s, 2), "warmup": spec["warmup"],
+                "warmup_ms": [round(1000 * v, 1) for v in times[: spec["warmup"]]],
+                **_stats(times[spec["warmup"]:]), "xla_flops": _cost_flops(compiled),
+                "losses": losses, "foreign_cpu_load": _foreign_load(snap, _cpu_snapshot())}
+        out["adam"] = adam
+        _log(f"  [jax {size}px] Adam: compile {adam['compile_s']} s, median "
+             f"{adam['median_ms']:.0f} ms/step, foreign CPU load {adam['foreign_cpu_load']}")
+        del compiled
+
+        # ---- objective at the content image (for the PyTorch check)
+        value, terms = jax.jit(objective)(params, image, targets)
+        out["objective_at_content"] = {"total": float(value), **{k: float(v) for k, v in terms.items()}}
+
+        # ---- L-BFGS
+        if spec.get("lbfgs_steps", 0) > 0:
+            out["lbfgs"] = _lbfgs_iterations(objective, params, targets, image, spec)
+            lb = out["lbfgs"]
+            _log(f"  [jax {size}px] L-BFGS: compile {lb['compile_s']} s, median "
+                 f"{lb['median_ms']:.0f} ms/iteration, {lb['evaluations_per_iteration']} "
+                 f"evaluations/iteration")
+
+    if spec.get("matmul_sizes"):
+        mm = {}
+        f = jax.jit(jnp.matmul)
+        for n in spec["matmul_sizes"]:
+            a = jnp.asarray(np.random.default_rng(n).random((n, n), dtype=np.float32))
+            mm[str(n)] = _best_matmul_gflops(lambda: f(a, a).block_until_ready(), n,
+                                             spec["matmul_repeats"])
+        result["jnp_matmul_gflops"] = mm
+    return result
+
+
+def _lbfgs_iterations(objective, params, targets, image, spec) -> dict:
+    """Time L-BFGS iterations exactly as ``neuralstyle.stylize`` drives them."""
+    import jax
+    import jax.numpy as jnp
+
+    from neuralstyle.optim import LBFGS, make_lbfgs_functions
+
+    opt = LBFGS()
+    direction_fn, trial_fn = make_lbfgs_functions(objective, opt)
+    state = opt.direction_transform.init(image)
+    zeros = jnp.zeros_like(image)
+    t = time.perf_counter()
+    trial = jax.jit(trial_fn).lower(image, zeros, zeros, 0.0, params, targets).compile()
+    direction = jax.jit(direction_fn).lower(zeros, state, image).compile()
+    compile_s = time.perf_counter() - t
+    current = trial(image, zeros, zeros, 0.0, params, targets)
+    jax.block_until_ready(current)
+
+    def iterate(current, state):
+        d, new_state = direction(current.grad, state, current.image)
+        step, evaluations = 1.0, 0
+        for _ in range(opt.max_linesearch):
+            last = trial(current.image, current.grad, d, step, params, targets)
+            evaluations += 1
+            value = float(last.loss)
+            if math.isfinite(value) and value <= float(current.loss) + opt.c1 * float(last.slope):
+                return last, new_state, evaluations
+            step *= opt.shrink
+        return current, opt.direction_transform.init(current.image), evaluations  # reset
+
+    warm, n = spec.get("lbfgs_warmup", 1), spec["lbfgs_steps"]
+    times, evals = [], []
+    for i in range(warm + n):
+        if i == warm:
+            snap = _cpu_snapshot()
+        t = time.perf_counter()
+        current, state, e = iterate(current, state)
+        times.append(time.perf_counter() - t)
+        evals.append(e)
+    load = _foreign_load(snap, _cpu_snapshot())
+    # breakdown: one trial evaluation and one direction call, each synchronized
+    d_times, t_times = [], []
+    for _ in range(2):
+        t = time.perf_counter()
+        d, _ = jax.block_until_ready(direction(current.grad, state, current.image))
+        d_times.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        jax.block_until_ready(trial(current.image, current.grad, d, 1.0, params, targets))
+        t_times.append(time.perf_counter() - t)
+    return {"compile_s": round(compile_s, 2), "warmup": warm, **_stats(times[warm:]),
+            "evaluations": evals[warm:],
+            "evaluations_per_iteration": round(sum(evals[warm:]) / n, 2),
+            "trial_ms": round(1000 * min(t_times), 1), "direction_ms": round(1000 * min(d_times), 1),
+            "xla_flops_trial": _cost_flops(trial), "xla_flops_direction": _cost_flops(direction),
+            "final_loss": float(current.loss), "foreign_cpu_load": load,
+            "memory_size": opt.memory_size}
+
+
+def worker_torch(spec: dict) -> dict:
+    """The Adam step in PyTorch eager, with the JAX objective as a correctness check."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import torch
+
+    from benchmarks import torch_reference as tr
+
+    threads = tr.set_threads(os.cpu_count())
+    result = {"torch": torch.__version__, "threads": threads, "sizes": {},
+              "mkldnn": bool(torch.backends.mkldnn.is_available())}
+    objective, weights_source, warnings = _build_objective(spec)
+    result.update(weights=weights_source, warnings=warnings)
+    params = objective.params
+    tobj = tr.TorchObjective.from_jax_objective(objective)
+    for size in spec["sizes"]:
+        out = result["sizes"][str(size)] = {}
+        content, style, desc = _load_images(spec, size)
+        out["images"] = desc
+        targets = jax.jit(objective.targets)(params, jnp.asarray(content)[None],
+                                              jnp.asarray(style)[None])
+        jax_value, jax_terms = jax.jit(objective)(params, jnp.asarray(content)[None], targets)
+        c, s = tr.to_nchw(content), tr.to_nchw(style)
+        tobj.set_targets(c, s)
+        with torch.no_grad():
+            tterms = {k: float(v) for k, v in tobj.terms(c).items()}
+        tval = sum(tterms.values())
+        out["check"] = {
+            "jax_objective": float(jax_value), "torch_objective": tval,
+            "relative_difference": abs(tval - float(jax_value)) / abs(float(jax_value)),
+            "jax_terms": {k: float(v) for k, v in jax_terms.items()}, "torch_terms": tterms,
+        }
+        _log(f"  [torch {size}px] objective at the content image: JAX {float(jax_value):.7g}, "
+             f"torch {tval:.7g} (relative difference {out['check']['relative_difference']:.2e})")
+        x, step = tr.make_adam_step(tobj, c)
+        losses, times = [], []
+        for i in range(spec["warmup"] + spec["steps"]):
+            if i == spec["warmup"]:
+                snap = _cpu_snapshot()
+            t = time.perf_counter()
+            losses.append(float(step()))
+            times.append(time.perf_counter() - t)
+        out["adam"] = {"warmup": spec["warmup"],
+                       "warmup_ms": [round(1000 * v, 1) for v in times[: spec["warmup"]]],
+                       **_stats(times[spec["warmup"]:]), "losses": losses,
+                       "foreign_cpu_load": _foreign_load(snap, _cpu_snapshot())}
+        _log(f"  [torch {size}px] Adam: median {out['adam']['median_ms']:.0f} ms/step, "
+             f"foreign CPU load {out['adam']['foreign_cpu_load']}")
+    if spec.get("matmul_sizes"):
+        mm = {}
+        for n in spec["matmul_sizes"]:
+            a = torch.rand(n, n, generator=torch.Generator().manual_seed(n))
+            mm[str(n)] = _best_matmul_gflops(lambda: a @ a, n, spec["matmul_repeats"])
+        result["torch_matmul_gflops"] = mm
+    return result
+
+
+WORKERS = {"jax": worker_jax, "torch": worker_torch}
+
+
+def run_worker(kind: str, spec: dict, xla_flags: str | None, extra_env: dict | None = None,
+               timeout: float = 1800) -> dict:
+    """Run ``worker_<kind>(spec)`` in a fresh interpreter with the given XLA_FLAGS."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
+    env.setdefault("KERAS_BACKEND", "jax")
+    if xla_flags is None:
+        env.pop("XLA_FLAGS", None)
+    else:
+        env["XLA_FLAGS"] = xla_flags
+    spec = dict(spec)
+    for k, v in (extra_env or {}).items():
+        if k == "_DTYPE_POLICY":
+            spec["dtype_policy"] = v
+        else:
+            env[k] = v
+    with tempfile.TemporaryDirectory() as tmp:
+        result_path = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "benchmarks.speed", "--worker", kind,
+               "--spec", json.dumps(spec), "--result", str(result_path)]
+        t = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout:.0f} s"}
+        wall = time.perf_counter() - t
+        for line in proc.stdout.splitlines():
+            if line.startswith(("  [", "WARNING")):
+                _log(line)
+        if proc.returncode != 0 or not result_path.exists():
+            tail = "\n".join(proc.stdout.strip().splitlines()[-8:])
+            return {"error": f"worker exited with status {proc.returncode}", "output_tail": tail}
+        result = json.loads(result_path.read_text())
+        result["process_wall_s"] = round(wall, 1)
+        return result
+
+
+# ============================================================================ XLA flags
+
+
+def known_xla_flags() -> set[str] | None:
+    """Names of the XLA flags this jaxlib accepts (XLA prints them all on an unknown flag)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_benchmarks_speed_probe_unknown_flag=1")
+    code = "import jax.numpy as jnp; jnp.zeros(1).block_until_ready()"
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return None
+    names = set(re.findall(r"--(xla_[a-z0-9_]+)=", proc.stdout + proc.stderr))
+    names.discard("xla_benchmarks_speed_probe_unknown_flag")
+    return names or None
+
+
+def flag_names(xla_flags: str) -> list[str]:
+    return [f.lstrip("-").split("=", 1)[0] for f in shlex.split(xla_flags)]
+
+
+# ============================================================================ report
+
+
+def machine_info() -> dict:
+    info = {"nproc": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version()}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        get = lambda key: (re.search(rf"^{key}\s*:\s*(.*)$", cpuinfo, re.M) or [None, "?"])[1]
+        flags = get("flags").split()
+        info["cpu_model"] = get("model name")
+        info["cpu_family_model"] = f"family {get('cpu family')} model {get('model')}"
+        info["simd"] = " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
+                                if f in flags)
+        info["hypervisor"] = "hypervisor" in flags
+    except OSError:
+        info["cpu_model"] = platform.processor() or "?"
+    try:
+        mem = Path("/proc/meminfo").read_text()
+        kb = int(re.search(r"MemTotal:\s+(\d+)", mem).group(1))
+        info["ram_gib"] = round(kb / 2**20, 1)
+    except (OSError, AttributeError):
+        pass
+    try:
+        info["loadavg_at_start"] = Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        pass
+    return info
+
+
+def versions() -> dict:
+    from importlib import metadata
+
+    out = {}
+    for pkg in ("jax", "jaxlib", "keras", "optax", "numpy", "torch"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _fmt(v, spec="{:.0f}", dash="–"):
+    return dash if v is None else spec.format(v)
+
+
+def build_rows(report: dict) -> list[dict]:
+    blas = report["yardsticks"]["numpy_blas"]["best_gflops"]
+    rows = []
+    jax_res = report.get("jax", {})
+    torch_res = report.get("torch") or {}
+    torch_ms = {}
+    for size, t in (torch_res.get("sizes") or {}).items():
+        torch_ms[size] = t["adam"]["median_ms"]
+
+    def row(size, optimizer, impl, compile_s, r, flops, note=""):
+        ms = r["median_ms"]
+        gflops = flops / 1e9 / (ms / 1000) if flops else None
+        ref = torch_ms.get(str(size))
+        return {"size": int(size), "optimizer": optimizer, "implementation": impl,
+                "compile_s": compile_s, "median_ms": ms, "mean_ms": r["mean_ms"],
+                "min_ms": r["min_ms"], "gflop_per_step": round(flops / 1e9, 2) if flops else None,
+                "gflops": round(gflops, 1) if gflops else None,
+                "pct_blas": round(100 * gflops / blas, 1) if gflops else None,
+                "time_vs_torch": round(ms / ref, 3) if (ref and optimizer == "Adam") else None,
+                "foreign_cpu_load": r.get("foreign_cpu_load"), "note": note}
+
+    step_flops = {}
+    for size, r in (jax_res.get("sizes") or {}).items():
+        flops = r["adam"]["xla_flops"] or r["analytic_flops"]["total_gflop"] * 1e9
+        step_flops[size] = flops
+        rows.append(row(size, "Adam", "JAX/XLA (make_step + jit)", r["adam"]["compile_s"],
+                        r["adam"], flops))
+        if "lbfgs" in r:
+            lb = r["lbfgs"]
+            it_flops = None
+            if lb["xla_flops_trial"]:
+                it_flops = (lb["xla_flops_trial"] * lb["evaluations_per_iteration"]
+                            + (lb["xla_flops_direction"] or 0.0))
+            rows.append(row(size, "L-BFGS", "JAX/XLA (LBFGS: direction + trial)", lb["compile_s"],
+                            lb, it_flops,
+                            f"{lb['evaluations_per_iteration']} evaluations/iteration; "
+                            f"trial {lb['trial_ms']:.0f} ms, direction {lb['direction_ms']:.0f} ms"))
+        if size in torch_ms:
+            rows.append(row(size, "Adam", "PyTorch eager (torch_reference)", None,
+                            torch_res["sizes"][size]["adam"], flops))
+    for v in report.get("variants", []):
+        if "adam" not in v:
+            continue
+        size = str(v["size"])
+        rows.append(row(size, "Adam", f"XLA variant: {v['name']}", v["adam"]["compile_s"],
+                        v["adam"], step_flops.get(size) or v["adam"].get("xla_flops"),
+                        v.get("xla_flags") or v.get("env", "")))
+    return rows
+
+
+def markdown(report: dict) -> str:
+    m, ver, cfg = report["machine"], report["versions"], report["config"]
+    y = report["yardsticks"]
+    lines = [
+        "# neuralstyle CPU speed benchmark",
+        "",
+        f"- date: {report['date']}",
+        f"- command: `{report['command']}`",
+        f"- machine: {m['nproc']} CPUs, {m.get('cpu_model', '?')} ({m.get('cpu_family_model', '')}; "
+        f"{m.get('simd', '')}{'; VM' if m.get('hypervisor') else ''}), {m.get('ram_gib', '?')} GiB RAM, "
+        f"load average at start {' '.join(m.get('loadavg_at_start', []))}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in ver.items() if v),
+        f"- model: VGG19, weights {report.get('weights', '?')}; TF-tutorial recipe (content "
+        "block5_conv2; style block1_conv1..block5_conv1; weights 1e4/1e-2/30; Gram 'hw', content "
+        "'mean', TV 'l1'); batch 1, float32",
+        f"- images: {report.get('images', '?')}",
+        f"- main-run XLA_FLAGS: `{cfg['xla_flags'] or '(none)'}`; steps: {cfg['steps_desc']}",
+        "",
+        "| size | optimizer | implementation / variant | compile s | ms/step (median) | ms/step (mean) "
+        "| GFLOP/s | % of BLAS matmul | time vs PyTorch eager |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["rows"]:
+        lines.append(
+            f"| {r['size']} | {r['optimizer']} | {r['implementation']} | "
+            f"{_fmt(r['compile_s'], '{:.1f}')} | {r['median_ms']:.0f} | {r['mean_ms']:.0f} | "
+            f"{_fmt(r['gflops'], '{:.1f}')} | {_fmt(r['pct_blas'], '{:.0f}%')} | "
+            f"{_fmt(r['time_vs_torch'], '{:.2f}')} |")
+    lines += [
+        "",
+        "ms/step of L-BFGS is per accepted iteration (one `direction` call plus its line-search "
+        "trials). GFLOP/s uses the FLOPs of the math (XLA cost analysis of the default-flags "
+        "JAX step), also for PyTorch and the variants. \"time vs PyTorch eager\" is this row's "
+        "median time divided by PyTorch's at the same size (below 1 = faster than PyTorch).",
+        "",
+        "## Yardsticks and FLOPs",
+        "",
+        f"- NumPy BLAS ({y['numpy_blas']['library']}) fp32 matmul GFLOP/s: "
+        + ", ".join(f"{n}: {g}" for n, g in y["numpy_blas"]["gflops"].items())
+        + f" (best {y['numpy_blas']['best_gflops']}, the 100% of the table)",
+    ]
+    if y.get("jnp_matmul"):
+        lines.append("- `jnp.matmul` under jit (XLA CPU) GFLOP/s: "
+                     + ", ".join(f"{n}: {g}" for n, g in y["jnp_matmul"].items()))
+    if y.get("torch_matmul"):
+        lines.append("- `torch.matmul` GFLOP/s: "
+                     + ", ".join(f"{n}: {g}" for n, g in y["torch_matmul"].items()))
+    for size, f in report.get("flops", {}).items():
+        lines.append(f"- {size} px: XLA cost analysis {_fmt(f['xla_gflop'], '{:.1f}')} GFLOP/step; "
+                     f"analytic {f['analytic']['total_gflop']:.1f} GFLOP "
+                     f"(conv forward {f['analytic']['conv_forward_gflop']:.1f} x 2 + Gram "
+                     f"{f['analytic']['gram_gflop']:.1f}; {f['analytic']['formula']})")
+    checks = report.get("checks", {})
+    if checks:
+        lines += ["", "## PyTorch reference check", ""]
+        for size, c in checks.items():
+            lines.append(f"- {size} px: objective at the content image: JAX {c['jax_objective']:.7g}, "
+                         f"PyTorch {c['torch_objective']:.7g}, relative difference "
+                         f"{c['relative_difference']:.1e} ({'OK' if c['ok'] else 'MISMATCH'}); "
+                         f"loss after {c['trajectory_steps']} Adam steps: JAX {c['jax_last_loss']:.6g}, "
+                         f"PyTorch {c['torch_last_loss']:.6g}")
+    if report.get("variants"):
+        lines += ["", "## XLA_FLAGS variants", "",
+                  "| variant | XLA_FLAGS / env | result |", "|---|---|---|"]
+        for v in report["variants"]:
+            flags = v.get("xla_flags") or v.get("env") or ""
+            if "adam" in v:
+                res = (f"{v['adam']['median_ms']:.0f} ms/step (compile {v['adam']['compile_s']:.1f} s)"
+                       + (f"; XLA FLOPs {v['adam']['xla_flops'] / 1e9:.1f} G"
+                          if v["adam"].get("xla_flops") else ""))
+            else:
+                res = v.get("skipped") or v.get("error", "?")
+            note = f" — {v['note']}" if v.get("note") else ""
+            lines.append(f"| {v['name']}{note} | `{flags}` | {res} |")
+    if report.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(report: dict) -> None:
+    head = ("size", "optimizer", "implementation / variant", "compile s", "ms/step", "mean ms",
+            "GFLOP/s", "%BLAS", "vs torch")
+    rows = [(str(r["size"]), r["optimizer"], r["implementation"], _fmt(r["compile_s"], "{:.1f}"),
+             f"{r['median_ms']:.0f}", f"{r['mean_ms']:.0f}", _fmt(r["gflops"], "{:.1f}"),
+             _fmt(r["pct_blas"], "{:.0f}%"), _fmt(r["time_vs_torch"], "{:.2f}")) for r in report["rows"]]
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    for line in [head] + rows:
+        print("  ".join(x.ljust(w) for x, w in zip(line, widths)))
+
+
+# ============================================================================ main
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", help="long edges in px (default: 256 512)")
+    p.add_argument("--steps", type=int, help="timed Adam steps per size (default: 10 up to 256 px, 5 above)")
+    p.add_argument("--warmup", type=int, help="warm-up Adam steps (default: 5 up to 256 px, 3 above)")
+    p.add_argument("--lbfgs-steps", type=int, help="timed L-BFGS iterations (default: 5 up to 256 px, 3 above; 0: skip)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: 64 px, 2 steps, no XLA variants (well under a minute)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: benchmarks/results)")
+    p.add_argument("--xla-flags", default="",
+                   help="XLA_FLAGS of the main JAX run (appended to any XLA_FLAGS in the environment)")
+    p.add_argument("--variants", default="all",
+                   help="'all', 'none', or comma-separated indices into the variant list (see --list-variants)")
+    p.add_argument("--variant-size", type=int, help="size of the variant runs (default: 256, or the smallest size)")
+    p.add_argument("--variant-steps", type=int, default=5, help="timed steps per variant (after 2 warm-up steps)")
+    p.add_argument("--list-variants", action="store_true", help="print the XLA_FLAGS variants and exit")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager reference")
+    p.add_argument("--weights", default="imagenet", help="'imagenet' (default), 'random' or a weights file")
+    p.add_argument("--images", choices=("photo", "random"), default="photo",
+                   help=f"'photo': {CONTENT_IMAGE} content + {STYLE_IMAGE} style (default); 'random': square noise")
+    p.add_argument("--image-dir", default=os.environ.get("NEURALSTYLE_IMAGE_DIR", str(DEFAULT_IMAGE_DIR)))
+    p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    p.add_argument("--spec", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def _steps_for(size: int, args) -> tuple[int, int, int]:
+    small = size <= 256
+    warmup = args.warmup if args.warmup is not None else (5 if small else 3)
+    steps = args.steps if args.steps is not None else (10 if small else 5)
+    lbfgs = args.lbfgs_steps if args.lbfgs_steps is not None else (5 if small else 3)
+    return warmup, steps, lbfgs
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        spec = json.loads(args.spec)
+        result = WORKERS[args.worker](spec)
+        Path(args.result).write_text(json.dumps(result))
+        return 0
+    if args.list_variants:
+        for i, (name, flags, env, note) in enumerate(VARIANTS):
+            print(f"{i:2d}  {name}: XLA_FLAGS={flags!r} env={env} {note}")
+        return 0
+
+    started = time.perf_counter()
+    if args.quick:
+        sizes = args.sizes or [64]
+        args.warmup = 1 if args.warmup is None else args.warmup
+        args.steps = 2 if args.steps is None else args.steps
+        args.lbfgs_steps = 2 if args.lbfgs_steps is None else args.lbfgs_steps
+        if args.variants == "all":
+            args.variants = "none"
+        matmul_sizes, matmul_repeats = [1024], 2
+    else:
+        sizes = args.sizes or [256, 512]
+        matmul_sizes, matmul_repeats = [2048, 4096], 5
+    sizes = sorted(set(sizes))
+    plan = {s: _steps_for(s, args) for s in sizes}
+    argv_list = sys.argv[1:] if argv is None else list(argv)
+    command = " ".join(["python -m benchmarks.speed"] + [shlex.quote(a) for a in argv_list])
+    env_flags = os.environ.get("XLA_FLAGS", "")
+    main_flags = " ".join(f for f in (env_flags, args.xla_flags) if f)
+    report = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": command, "machine": machine_info(), "versions": versions(),
+        "config": {"sizes": sizes, "plan": {str(s): dict(zip(("warmup", "steps", "lbfgs_steps"), p))
+                                            for s, p in plan.items()},
+                   "xla_flags": main_flags, "weights": args.weights, "images": args.images,
+                   "steps_desc": "; ".join(f"{s} px: {w} warm-up + {n} timed Adam steps, 1 + {lb} "
+                                           f"L-BFGS iterations" for s, (w, n, lb) in plan.items())},
+        "warnings": [],
+    }
+    _log(f"neuralstyle speed benchmark: sizes {sizes}, {report['machine'].get('nproc')} CPUs, "
+         f"{report['machine'].get('cpu_model')}")
+
+    # ---- which XLA flags exist
+    wanted_variants = []
+    if args.variants != "none":
+        idx = range(len(VARIANTS)) if args.variants == "all" else [int(i) for i in args.variants.split(",")]
+        wanted_variants = [VARIANTS[i] for i in idx]
+    known = None
+    if wanted_variants or main_flags:
+        known = known_xla_flags()
+        report["xla_flags_known_count"] = len(known) if known else None
+        if known and main_flags:
+            unknown = [f for f in flag_names(main_flags) if f not in known]
+            if unknown:
+                print(f"error: this jaxlib does not know the XLA flag(s) {unknown}", file=sys.stderr)
+                return 2
+
+    # ---- yardstick A (NumPy BLAS, in this process: NumPy only, no jax)
+    _log("yardstick A: NumPy BLAS fp32 matmul ...")
+    report["yardsticks"] = {"numpy_blas": numpy_matmul_yardstick(matmul_sizes, matmul_repeats)}
+    _log(f"  NumPy BLAS: {report['yardsticks']['numpy_blas']['gflops']} GFLOP/s")
+
+    base_spec = {"weights": args.weights, "images": args.images, "image_dir": args.image_dir,
+                 "matmul_sizes": matmul_sizes, "matmul_repeats": matmul_repeats}
+
+    # ---- main JAX run: one process per size so each starts from the same state
+    report["jax"] = {"sizes": {}}
+    for s in sizes:
+        w, n, lb = plan[s]
+        _log(f"JAX/XLA {s} px (XLA_FLAGS={main_flags!r}) ...")
+        spec = dict(base_spec, sizes=[s], warmup=w, steps=n, lbfgs_steps=lb, lbfgs_warmup=1,
+                    matmul_sizes=matmul_sizes if s == sizes[0] else [])
+        res = run_worker("jax", spec, main_flags)
+        if "error" in res:
+            print(f"error: the JAX run failed: {res['error']}\n{res.get('output_tail', '')}", file=sys.stderr)
+            return 1
+        report["jax"]["sizes"].update(res.pop("sizes"))
+        if "jnp_matmul_gflops" in res:
+            report["yardsticks"]["jnp_matmul"] = res.pop("jnp_matmul_gflops")
+        report["jax"].update(res)
+        report["warnings"] += res.get("warnings", [])
+    report["weights"] = report["jax"].get("weights")
+    report["images"] = "; ".join(f"{s} px: {report['jax']['sizes'][str(s)]['images']}" for s in sizes)
+    report["flops"] = {str(s): {"xla_gflop": (report["jax"]["sizes"][str(s)]["adam"]["xla_flops"] or 0) / 1e9 or None,
+                                "analytic": report["jax"]["sizes"][str(s)]["analytic_flops"]}
+                       for s in sizes}
+
+    # ---- yardstick B: PyTorch eager
+    report["torch"] = None
+    if args.no_torch:
+        _log("PyTorch reference: skipped (--no-torch)")
+    elif importlib.util.find_spec("torch") is None:
+        msg = f"PyTorch reference skipped: torch is not installed ({TORCH_HINT} to include it)"
+        _log(msg)
+        report["warnings"].append(msg)
+    else:
+        report["torch"] = {"sizes": {}}
+        report["checks"] = {}
+        for s in sizes:
+            w, n, _ = plan[s]
+            _log(f"PyTorch eager {s} px ...")
+            spec = dict(base_spec, sizes=[s], warmup=w, steps=n,
+                        matmul_sizes=matmul_sizes if s == sizes[0] else [])
+            res = run_worker("torch", spec, None)
+            if "error" in res:
+                msg = f"PyTorch reference at {s} px failed: {res['error']}"
+                _log(msg + "\n" + res.get("output_tail", ""))
+                report["warnings"].append(msg)
+                continue
+            report["torch"]["sizes"].update(res.pop("sizes"))
+            if "torch_matmul_gflops" in res:
+                report["yardsticks"]["torch_matmul"] = res.pop("torch_matmul_gflops")
+            report["torch"].update(res)
+            t = report["torch"]["sizes"][str(s)]
+            jl, tl = report["jax"]["sizes"][str(s)]["adam"]["losses"], t["adam"]["losses"]
+            k = min(len(jl), len(tl))
+            c = dict(t["check"])
+            c.update(ok=c["relative_difference"] < 1e-3, trajectory_steps=k,
+                     jax_last_loss=jl[k - 1], torch_last_loss=tl[k - 1],
+                     trajectory_max_relative_difference=max(abs(a - b) / abs(a) for a, b in zip(jl[:k], tl[:k])))
+            report["checks"][str(s)] = c
+            if not c["ok"]:
+                report["warnings"].append(f"{s} px: PyTorch objective differs from JAX by "
+                                          f"{c['relative_difference']:.2e} (relative)")
+
+    # ---- XLA_FLAGS variants
+    report["variants"] = []
+    if wanted_variants:
+        vsize = args.variant_size or (256 if 256 in sizes else sizes[0])
+        _log(f"XLA_FLAGS variants at {vsize} px (2 warm-up + {args.variant_steps} timed steps each) ...")
+        for name, flags, env, note in wanted_variants:
+            v = {"name": name, "size": vsize, "xla_flags": flags, "note": note,
+                 "env": " ".join(f"{k}={val}" for k, val in env.items()).replace("_DTYPE_POLICY", "keras dtype policy")}
+            missing = [f for f in flag_names(flags) if known is not None and f not in known]
+            if missing:
+                v["skipped"] = f"not available in jaxlib {report['versions']['jaxlib']} (unknown flag {', '.join(missing)})"
+                _log(f"  {name}: {v['skipped']}")
+            else:
+                spec = dict(base_spec, sizes=[vsize], warmup=2, steps=args.variant_steps,
+                            lbfgs_steps=0, matmul_sizes=[])
+                res = run_worker("jax", spec, flags, env)
+                if "error" in res:
+                    v["error"] = res["error"]
+                    _log(f"  {name}: FAILED ({res['error']})")
+                else:
+                    r = res["sizes"][str(vsize)]
+                    v["adam"] = {k: r["adam"][k] for k in ("compile_s", "median_ms", "mean_ms", "min_ms",
+                                                          "ms", "xla_flops", "foreign_cpu_load")}
+                    v["adam"]["final_loss"] = r["adam"]["losses"][-1]
+                    v["objective_at_content"] = r["objective_at_content"]["total"]
+                    _log(f"  {name}: {v['adam']['median_ms']:.0f} ms/step")
+            report["variants"].append(v)
+
+    report["rows"] = build_rows(report)
+    report["total_wall_s"] = round(time.perf_counter() - started, 1)
+    loads = [r["foreign_cpu_load"] for r in report["rows"] if r.get("foreign_cpu_load") is not None]
+    if loads and max(loads) > 0.1:
+        report["warnings"].append(
+            f"other processes used up to {100 * max(loads):.0f}% of the machine's CPU time during "
+            "some timed loops (column foreign_cpu_load in speed.json): those timings are inflated")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "speed.json").write_text(json.dumps(report, indent=1))
+    md = markdown(report)
+    (args.out / "speed.md").write_text(md)
+    print()
+    print_table(report)
+    for w in report["warnings"]:
+        print("WARNING:", w)
+    print(f"\nwrote {args.out / 'speed.json'} and {args.out / 'speed.md'} "
+          f"(total {report['total_wall_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

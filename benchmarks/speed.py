@@ -554,10 +554,6 @@ def check_flags(xla_flags: str, known: set[str], cache: dict) -> list[str]:
     return bad
 
 
-def flag_names(xla_flags: str) -> list[str]:
-    return [f.lstrip("-").split("=", 1)[0] for f in shlex.split(xla_flags)]
-
-
 # ============================================================================ report
 
 
@@ -721,7 +717,7 @@ def markdown(report: dict) -> str:
         lines += ["", "## XLA_FLAGS variants", "",
                   "| variant | XLA_FLAGS / env | result |", "|---|---|---|"]
         for v in report["variants"]:
-            flags = v.get("xla_flags") or v.get("env") or ""
+            flags = " ".join(x for x in (v.get("xla_flags"), v.get("env")) if x) or "(none)"
             if "adam" in v:
                 res = (f"{v['adam']['median_ms']:.0f} ms/step (compile {v['adam']['compile_s']:.1f} s)"
                        + (f"; XLA FLOPs {v['adam']['xla_flops'] / 1e9:.1f} G"
@@ -946,6 +942,9 @@ def main(argv=None) -> int:
                     _log(f"  {name}: {v['adam']['median_ms']:.0f} ms/step")
             report["variants"].append(v)
 
+    if known:
+        report["xla_cpu_flags_known"] = sorted(f for f in known if f.startswith("xla_cpu"))
+        report["xla_flags_probed"] = probe_cache
     report["rows"] = build_rows(report)
     report["total_wall_s"] = round(time.perf_counter() - started, 1)
     loads = [r["foreign_cpu_load"] for r in report["rows"] if r.get("foreign_cpu_load") is not None]

@@ -103,6 +103,7 @@ def run_from_config(cfg: DictConfig, output_dir: Path) -> float:
         "style": str(cfg.style),
         "experiment": _experiment_name(),
         **result.metrics,
+        "optimizer_config": OmegaConf.to_container(cfg.optimizer, resolve=True),
     }
     atomic_write(output_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
     result_path = save_image(result.image, output_dir / "result.png")

@@ -422,6 +422,9 @@ def worker_torch(spec: dict) -> dict:
         }
         _log(f"  [torch {size}px] objective at the content image: JAX {float(jax_value):.7g}, "
              f"torch {tval:.7g} (relative difference {out['check']['relative_difference']:.2e})")
+        if spec.get("channels_last"):
+            tobj.features.to(memory_format=torch.channels_last)
+            c = c.contiguous(memory_format=torch.channels_last)
         x, step = tr.make_adam_step(tobj, c)
         losses, times = [], []
         for i in range(spec["warmup"] + spec["steps"]):
@@ -640,6 +643,9 @@ def build_rows(report: dict) -> list[dict]:
         if size in torch_ms:
             rows.append(row(size, "Adam", "PyTorch eager (torch_reference)", None,
                             torch_res["sizes"][size]["adam"], flops))
+        if size in (torch_res.get("channels_last") or {}):
+            rows.append(row(size, "Adam", "PyTorch eager, channels_last", None,
+                            torch_res["channels_last"][size], flops))
     for v in report.get("variants", []):
         if "adam" not in v:
             continue
@@ -762,6 +768,8 @@ def parse_args(argv=None):
     p.add_argument("--variant-steps", type=int, default=5, help="timed steps per variant (after 2 warm-up steps)")
     p.add_argument("--list-variants", action="store_true", help="print the XLA_FLAGS variants and exit")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager reference")
+    p.add_argument("--torch-channels-last", action="store_true",
+                   help="also time PyTorch with channels_last (NHWC) memory format (an extra row)")
     p.add_argument("--weights", default="imagenet", help="'imagenet' (default), 'random' or a weights file")
     p.add_argument("--images", choices=("photo", "random"), default="photo",
                    help=f"'photo': {CONTENT_IMAGE} content + {STYLE_IMAGE} style (default); 'random': square noise")
@@ -889,6 +897,12 @@ def main(argv=None) -> int:
         report["checks"] = {}
         for s in sizes:
             w, n, _ = plan[s]
+            if args.torch_channels_last:
+                _log(f"PyTorch eager {s} px, channels_last ...")
+                res = run_worker("torch", dict(base_spec, sizes=[s], warmup=w, steps=n,
+                                               matmul_sizes=[], channels_last=True), None)
+                if "error" not in res:
+                    report["torch"].setdefault("channels_last", {})[str(s)] = res["sizes"][str(s)]["adam"]
             _log(f"PyTorch eager {s} px ...")
             spec = dict(base_spec, sizes=[s], warmup=w, steps=n,
                         matmul_sizes=matmul_sizes if s == sizes[0] else [])

@@ -44,6 +44,14 @@ from .losses import (  # noqa: E402
     total_variation_loss,
 )
 from .objective import StyleObjective, Targets  # noqa: E402
+from .style_losses import (  # noqa: E402
+    bn_statistics_loss,
+    histogram_loss,
+    mean_std_loss,
+    mmd_loss,
+    mrf_loss,
+    sliced_wasserstein_loss,
+)
 from .optim import LBFGS, lbfgs, make_lbfgs_functions, make_step  # noqa: E402
 from .stylize import StylizeResult, initial_image, load_content_and_style, stylize  # noqa: E402
 
@@ -54,6 +62,7 @@ __all__ = [
     "keras_layer_names", "layer_weights", "StyleLoss", "content_loss", "gram_loss", "gram_matrix",
     "gram_style_layer_loss", "total_variation", "total_variation_loss", "StyleObjective",
     "Targets", "LBFGS", "lbfgs", "make_lbfgs_functions", "make_step", "StylizeResult",
-    "initial_image", "load_content_and_style", "stylize",
+    "initial_image", "load_content_and_style", "stylize", "bn_statistics_loss", "histogram_loss",
+    "mean_std_loss", "mmd_loss", "mrf_loss", "sliced_wasserstein_loss",
 ]
 __version__ = "0.1.0"

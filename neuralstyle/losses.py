@@ -90,11 +90,15 @@ class StyleLoss(NamedTuple):
 
     Attributes:
       target: features of the style image ``(B, H, W, C)`` -> a pytree of statistics.
-      loss: (features of the generated image, statistics) -> one value per batch element.
+      loss: (features of the generated image, statistics, key) -> one value per batch element.
+        ``key`` is a JAX PRNG key that changes every step; deterministic families ignore it.
+      stochastic: whether ``loss`` uses ``key`` (L-BFGS then re-evaluates its current point
+        under each new key).
     """
 
     target: Callable[[Array], object]
-    loss: Callable[[Array, object], Array]
+    loss: Callable[..., Array]
+    stochastic: bool = False
 
 
 def gram_loss(normalization: str = "hw") -> StyleLoss:
@@ -104,7 +108,7 @@ def gram_loss(normalization: str = "hw") -> StyleLoss:
     def target(features):
         return gram_matrix(features, normalization)
 
-    def loss(features, target_gram):
+    def loss(features, target_gram, key=None):
         return gram_style_layer_loss(gram_matrix(features, normalization), target_gram, normalization)
 
     return StyleLoss(target, loss)

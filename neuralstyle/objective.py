@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Sequence, Union
 
+import jax
 import jax.numpy as jnp
 
 from .backbones import VGG, BackboneParams, FeatureExtractor
@@ -24,10 +25,13 @@ from .losses import StyleLoss, content_loss, gram_loss, total_variation_loss
 
 
 class Targets(NamedTuple):
-    """What the generated image is compared with: content features and style statistics."""
+    """What the generated image is compared with: content features, style statistics, and the
+    PRNG key of the current step (stochastic losses such as the sliced Wasserstein distance draw
+    their random projections from it; the optimization loops replace it every step)."""
 
     content: dict
     style: dict
+    key: jax.Array
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class StyleObjective:
         return Targets(
             content={n: content_features[n] for n in self.content_layers},
             style={n: self.style_loss.target(style_features[n]) for n in self.style_layers},
+            key=jax.random.key(0),
         )
 
     def terms(self, params: BackboneParams, image: jnp.ndarray, targets: Targets) -> dict:
@@ -96,8 +101,8 @@ class StyleObjective:
             for n, w in zip(self.content_layers, self.content_layer_weights)
         )
         style = sum(
-            w * self.style_loss.loss(features[n], targets.style[n])
-            for n, w in zip(self.style_layers, self.style_layer_weights)
+            w * self.style_loss.loss(features[n], targets.style[n], jax.random.fold_in(targets.key, i))
+            for i, (n, w) in enumerate(zip(self.style_layers, self.style_layer_weights))
         )
         return {
             "content": self.content_weight * jnp.sum(content),

@@ -130,6 +130,7 @@ def stylize(
 
     params = objective.params
     targets = jax.jit(objective.targets)(params, jnp.asarray(content)[None], jnp.asarray(style)[None])
+    targets = targets._replace(key=jax.random.key(seed))
     image = jnp.asarray(start, jnp.float32)[None]
     snapshots = Path(snapshot_dir) if snapshot_dir and snapshot_every else None
 
@@ -220,7 +221,9 @@ def _run_optax(objective, tx, image, params, targets, steps, show, snapshots, ev
     progress = _Progress(steps, show, snapshots, every, callback)
     previous = (None, -1)
     t0 = time.perf_counter()
+    base_key = targets.key
     for i in range(1, steps + 1):
+        targets = targets._replace(key=jax.random.fold_in(base_key, i))
         new_image, opt_state, loss, terms = compiled(image, opt_state, params, targets)
         progress.record(i - 1, image, loss, terms, previous)  # loss of the image after i-1 steps
         previous = (image, i - 1)
@@ -249,7 +252,14 @@ def _run_lbfgs(objective, opt: LBFGS, image, params, targets, steps, show, snaps
     evaluations = 1
     progress.record(0, image, current.loss, current.terms, (None, -1))
     i = 0
+    base_key = targets.key
     while i < steps:
+        # a stochastic loss gets fresh randomness per iteration, fixed within its line search;
+        # the current point is re-evaluated under it so that Armijo compares like with like
+        if i > 0 and objective.style_loss.stochastic:
+            targets = targets._replace(key=jax.random.fold_in(base_key, i + 1))
+            current = trial(current.image, zeros, zeros, 0.0, params, targets)
+            evaluations += 1
         d, new_state = direction(current.grad, state, current.image)
         t, accepted, last = 1.0, None, None
         for _ in range(opt.max_linesearch):

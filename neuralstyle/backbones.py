@@ -69,6 +69,24 @@ class FeatureExtractor:
             [jnp.asarray(v.value) for v in self.model.non_trainable_variables],
         )
 
+    @property
+    def min_input_side(self) -> int:
+        """Smallest image side for which every requested layer has at least one position."""
+        order = keras_layer_names(self.arch)
+        deepest = max(order.index(n) for n in self.layers)
+        poolings = sum(1 for n in order[: deepest + 1] if n.endswith("_pool"))
+        return 2**poolings
+
+    def check_input(self, shape, what: str = "image") -> None:
+        """Raise :class:`ConfigError` if an ``(H, W, 3)`` image is too small for the layers."""
+        need = self.min_input_side
+        if min(shape[0], shape[1]) < need:
+            raise ConfigError(
+                f"the {what} is {shape[1]}x{shape[0]} px, but the layers {', '.join(self.layers)} "
+                f"need at least {need} px on each side; raise size / style_scale or use shallower "
+                "layers"
+            )
+
     def apply(self, params: BackboneParams, images: jnp.ndarray) -> dict[str, jnp.ndarray]:
         """Features ``{keras layer name: (B, h, w, c)}`` of RGB ``images`` (B, H, W, 3) in [0, 1]."""
         outputs, _ = self.model.stateless_call(

@@ -44,8 +44,9 @@ class NonFiniteLossError(NeuralStyleError):
         self.last_good_step = last_good_step
         self.terms = terms or {}
         detail = ", ".join(f"{k}={v:.4g}" for k, v in self.terms.items())
+        kept = (f"last finite image is from step {last_good_step}" if last_good_step >= 0
+                 else "the initial image already has a non-finite loss")
         super().__init__(
-            f"loss became non-finite at step {step}"
-            + (f" ({detail})" if detail else "")
-            + f"; optimization stopped, last finite image is from step {last_good_step}"
+            f"loss became non-finite at step {step}" + (f" ({detail})" if detail else "")
+            + f"; optimization stopped, {kept}"
         )

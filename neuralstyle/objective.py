@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from .backbones import VGG, BackboneParams, FeatureExtractor
+from .errors import ConfigError
 from .layers import canonical_layer_name, layer_weights
 from .losses import StyleLoss, content_loss, gram_loss, total_variation_loss
 
@@ -30,8 +31,23 @@ class Targets(NamedTuple):
     their random projections from it; the optimization loops replace it every step)."""
 
     content: dict
-    style: dict
+    style: tuple  # one {layer: statistics} dict per style image
+    blend: jax.Array  # the weight of each style image (Gatys et al. 2017, sec. 4: style mixing)
     key: jax.Array
+
+
+def style_blend_weights(blend, count: int) -> tuple[float, ...]:
+    """Mixing weights of ``count`` style images, normalized to sum to one (default: equal)."""
+    if blend is None:
+        return (1.0 / count,) * count
+    weights = tuple(float(w) for w in blend)
+    if len(weights) != count or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(
+            f"style_blend_weights must be {count} non-negative numbers with a positive sum "
+            f"(one per style image), got {list(weights)}"
+        )
+    total = sum(weights)
+    return tuple(w / total for w in weights)
 
 
 @dataclass(frozen=True)
@@ -83,13 +99,20 @@ class StyleObjective:
     def params(self) -> BackboneParams:
         return self.extractor.params
 
-    def targets(self, params: BackboneParams, content: jnp.ndarray, style: jnp.ndarray) -> Targets:
-        """Content features of ``content`` and style statistics of ``style`` (both (1, H, W, 3))."""
+    def targets(self, params: BackboneParams, content: jnp.ndarray, style, blend=None) -> Targets:
+        """Content features of ``content`` (1, H, W, 3) and style statistics of ``style``: one
+        (1, H, W, 3) image or a list of them, mixed with weights ``blend`` (default: equal)."""
+        styles = list(style) if isinstance(style, (list, tuple)) else [style]
+        blend = style_blend_weights(blend, len(styles))
         content_features = self.extractor.apply(params, content)
-        style_features = self.extractor.apply(params, style)
+        statistics = []
+        for image in styles:
+            features = self.extractor.apply(params, image)
+            statistics.append({n: self.style_loss.target(features[n]) for n in self.style_layers})
         return Targets(
             content={n: content_features[n] for n in self.content_layers},
-            style={n: self.style_loss.target(style_features[n]) for n in self.style_layers},
+            style=tuple(statistics),
+            blend=jnp.asarray(blend, jnp.float32),
             key=jax.random.key(0),
         )
 
@@ -101,7 +124,9 @@ class StyleObjective:
             for n, w in zip(self.content_layers, self.content_layer_weights)
         )
         style = sum(
-            w * self.style_loss.loss(features[n], targets.style[n], jax.random.fold_in(targets.key, i))
+            targets.blend[k] * w
+            * self.style_loss.loss(features[n], statistics[n], jax.random.fold_in(targets.key, i))
+            for k, statistics in enumerate(targets.style)
             for i, (n, w) in enumerate(zip(self.style_layers, self.style_layer_weights))
         )
         return {

@@ -23,6 +23,7 @@ from hydra.errors import InstantiationException  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, ListConfig, OmegaConf  # noqa: E402
 
+from .color import apply_color_control  # noqa: E402
 from .errors import ConfigError, NeuralStyleError, NonFiniteLossError  # noqa: E402
 from .images import atomic_write, save_image  # noqa: E402
 from .objective import StyleObjective  # noqa: E402
@@ -75,9 +76,10 @@ def run_from_config(cfg: DictConfig, output_dir: Path) -> float:
     """Run one stylization described by ``cfg`` into ``output_dir``; return the final loss."""
     output_dir = Path(output_dir)
     content, style = load_content_and_style(
-        cfg.content, cfg.style, size=int(cfg.size), style_scale=float(cfg.style_scale),
+        cfg.content, _plain(cfg.style), size=int(cfg.size), style_scale=float(cfg.style_scale),
         image_dir=cfg.image_dir,
     )
+    content, style, finish = apply_color_control(content, style, cfg.preserve_colors)
     start = initial_image(
         cfg.init.kind, content, style, seed=int(cfg.seed),
         noise_mean=float(cfg.init.get("mean", 0.5)), noise_std=float(cfg.init.get("std", 0.25)),
@@ -91,22 +93,24 @@ def run_from_config(cfg: DictConfig, output_dir: Path) -> float:
             objective, content, style, optimizer=optimizer, steps=int(cfg.steps), init=start,
             seed=int(cfg.seed), snapshot_every=int(cfg.snapshot_every),
             snapshot_dir=output_dir / "snapshots", progress=bool(cfg.progress),
+            style_blend=_plain(cfg.style_blend_weights),
         )
     except NonFiniteLossError as err:
         if err.last_good_image is not None:
-            kept = save_image(err.last_good_image, output_dir / "last_finite.png")
+            kept = save_image(finish(err.last_good_image), output_dir / "last_finite.png")
             raise NonFiniteLossError(err.step, err.last_good_image, err.last_good_step, err.terms) \
                 from ValueError(f"last finite image saved to {kept}")
         raise
     metrics = {
         "content": str(cfg.content),
-        "style": str(cfg.style),
+        "style": _plain(cfg.style),
+        "preserve_colors": cfg.preserve_colors,
         "experiment": _experiment_name(),
         **result.metrics,
         "optimizer_config": OmegaConf.to_container(cfg.optimizer, resolve=True),
     }
     atomic_write(output_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
-    result_path = save_image(result.image, output_dir / "result.png")
+    result_path = save_image(finish(result.image), output_dir / "result.png")
     print(result_path.resolve())
     return metrics["final"]["total"]
 

@@ -241,6 +241,11 @@ def histogram_loss() -> StyleLoss:
 
 def extract_patches(features: Array, size: int = 3, stride: int = 1) -> Array:
     """``(B, P, size*size*C)`` patches of ``(B, H, W, C)`` features (valid positions only)."""
+    if features.shape[1] < size or features.shape[2] < size:
+        raise ConfigError(
+            f"{size}x{size} patches need feature maps of at least {size}x{size}, but a style layer "
+            f"is {features.shape[1]}x{features.shape[2]}: use a larger image or shallower layers"
+        )
     patches = jax.lax.conv_general_dilated_patches(
         features, (size, size), (stride, stride), "VALID",
         dimension_numbers=("NHWC", "HWIO", "NHWC"))

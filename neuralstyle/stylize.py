@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .errors import ConfigError, ImageError, NonFiniteLossError
 from .images import load_image, resize, resize_long_edge, resolve_image, save_image
-from .objective import StyleObjective
+from .objective import StyleObjective, style_blend_weights
 from .optim import LBFGS, make_lbfgs_functions, make_step
 
 INIT_KINDS = ("content", "style", "noise", "file")
@@ -38,17 +38,23 @@ class StylizeResult:
 
 
 def load_content_and_style(content, style, size: Optional[int] = None, style_scale: float = 1.0,
-                           image_dir=None) -> tuple[np.ndarray, np.ndarray]:
+                           image_dir=None):
     """Load the content image at long edge ``size`` and the style image at ``style_scale`` times it.
 
     ``content`` and ``style`` are file paths or names of example images (see
-    :func:`neuralstyle.images.resolve_image`).  As in jcjohnson/neural-style, the style image's
+    :func:`neuralstyle.images.resolve_image`); ``style`` may be a list of them (style mixing),
+    and then a list of images is returned.  As in jcjohnson/neural-style, the style image's
     long edge is ``ceil(style_scale * content long edge)``.
     """
     if not style_scale > 0:
         raise ConfigError(f"style_scale must be positive, got {style_scale}")
     content_image = _load_named("content", content, image_dir, size)
     style_long = math.ceil(style_scale * max(content_image.shape[:2]))
+    if isinstance(style, (list, tuple)):
+        if not style:
+            raise ConfigError("style is an empty list; give at least one style image")
+        return content_image, [_load_named(f"style[{i}]", s, image_dir, style_long)
+                               for i, s in enumerate(style)]
     return content_image, _load_named("style", style, image_dir, style_long)
 
 
@@ -70,7 +76,7 @@ def initial_image(kind: str, content: np.ndarray, style: np.ndarray, seed: int =
     if kind == "content":
         return content
     if kind == "style":
-        return resize(style, shape[:2])
+        return resize(style[0] if isinstance(style, (list, tuple)) else style, shape[:2])
     if kind == "noise":
         noise = noise_mean + noise_std * jax.random.normal(jax.random.key(seed), shape, jnp.float32)
         return np.clip(np.asarray(noise), 0.0, 1.0)
@@ -101,12 +107,14 @@ def stylize(
     snapshot_dir: Union[str, Path, None] = None,
     progress: bool = True,
     callback: Optional[Callable[[int, np.ndarray, float], None]] = None,
+    style_blend: Optional[Sequence[float]] = None,
 ) -> StylizeResult:
     """Optimize the pixels of an image so that ``objective`` is minimal.
 
     Args:
       objective: a :class:`~neuralstyle.objective.StyleObjective`.
-      content, style: float32 ``(H, W, 3)`` images in [0, 1] (see :func:`load_content_and_style`).
+      content, style: float32 ``(H, W, 3)`` images in [0, 1] (see :func:`load_content_and_style`);
+        ``style`` may be a list of images, mixed with the weights ``style_blend``.
       optimizer: an optax ``GradientTransformation`` (default: the TensorFlow tutorial's
         ``optax.adam(0.02, b1=0.99, eps=0.1)``) or an :class:`~neuralstyle.optim.LBFGS`.
       steps: optimizer iterations.
@@ -115,6 +123,7 @@ def stylize(
       snapshot_every: save ``snapshot_dir/step_NNNNN.png`` every that many steps (0: never).
       progress: show a tqdm progress bar with the losses and an ETA.
       callback: called as ``callback(step, image, loss)`` after every step.
+      style_blend: weights of several style images (normalized to sum to 1; default equal).
 
     Returns:
       :class:`StylizeResult` with the final image and metrics (initial and final loss terms,
@@ -128,9 +137,14 @@ def stylize(
     if tuple(start.shape) != tuple(content.shape):
         raise ConfigError(f"initial image has shape {start.shape}, content has {content.shape}")
 
+    objective.extractor.check_input(content.shape, "content image")
+    for i, s in enumerate(style if isinstance(style, (list, tuple)) else [style]):
+        objective.extractor.check_input(s.shape, "style image" if i == 0 else f"style image {i}")
     params = objective.params
-    targets = jax.jit(objective.targets)(params, jnp.asarray(content)[None], jnp.asarray(style)[None])
-    targets = targets._replace(key=jax.random.key(seed))
+    styles = [jnp.asarray(s)[None] for s in (style if isinstance(style, (list, tuple)) else [style])]
+    blend = jnp.asarray(style_blend_weights(style_blend, len(styles)), jnp.float32)
+    targets = jax.jit(objective.targets)(params, jnp.asarray(content)[None], styles)
+    targets = targets._replace(blend=blend, key=jax.random.key(seed))
     image = jnp.asarray(start, jnp.float32)[None]
     snapshots = Path(snapshot_dir) if snapshot_dir and snapshot_every else None
 
@@ -154,7 +168,8 @@ def stylize(
         "time_per_step_s": wall / completed if completed else None,
         "compile_time_s": compile_time,
         "image_size": list(content.shape[:2]),
-        "style_size": list(style.shape[:2]),
+        "style_size": [list(s.shape[1:3]) for s in styles] if len(styles) > 1 else list(styles[0].shape[1:3]),
+        "style_blend": [float(w) for w in targets.blend],
         "backbone": {
             "arch": objective.extractor.arch,
             "pooling": objective.extractor.pooling,

@@ -14,6 +14,7 @@ from neuralstyle import ConfigError, ImageError, LayerError, NonFiniteLossError
 from neuralstyle.run import config_dir, run_from_config
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+MIN_SIZE = {"mrf_starry": 64, "style_scale": 64}  # 3x3 patches of relu4_1; a half-size style
 TINY = ["size=32", "steps=2", "backbone.weights=null", "snapshot_every=1", "progress=false"]
 
 
@@ -28,11 +29,12 @@ def test_known_experiments_are_present():
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_runs_two_steps(experiment, image_dir, tmp_path):
-    cfg = compose_config([f"+experiment={experiment}", f"image_dir={image_dir}", *TINY])
+    size = MIN_SIZE.get(experiment, 32)
+    cfg = compose_config([f"+experiment={experiment}", f"image_dir={image_dir}", *TINY, f"size={size}"])
     loss = run_from_config(cfg, tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["final"]["total"] == pytest.approx(loss)
-    assert max(metrics["image_size"]) == 32
+    assert max(metrics["image_size"]) == size
     assert (tmp_path / "result.png").is_file() and (tmp_path / "config.yaml").is_file()
     assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == [
         "step_00001.png", "step_00002.png"]
@@ -69,6 +71,10 @@ def test_overrides_reach_the_components(image_dir, tmp_path):
     (["style_loss.normalization=bogus"], ConfigError, "style_loss: .*bogus"),
     (["init=file"], Exception, "path"),
     (["optimizer.learning_rate=nan"], NonFiniteLossError, "non-finite at step 1"),
+    (["style_loss=mrf", "style_layers=[relu5_1]"], ConfigError, "3x3 patches need feature maps"),
+    (["style=[great_wave,starry_night]", "style_blend_weights=[1]"], ConfigError, "one per style image"),
+    (["preserve_colors=sepia"], ConfigError, "preserve_colors"),
+    (["style_scale=0.25"], ConfigError, "style image is 8x4 px, but the layers .* need at least 16 px"),
     (["optimizer.learning_rate=fast"], ConfigError, "could not compile the update step"),
 ])
 def test_bad_input_raises_clearly_and_writes_no_result(overrides, error, pattern, image_dir, tmp_path):

@@ -21,7 +21,7 @@ thread pools and the two frameworks never share a process.  Results go to
 
 Examples::
 
-    python -m benchmarks.speed                      # full run (about 10 minutes on 2 cores)
+    python -m benchmarks.speed                      # full run (about 7 minutes on 2 cores)
     python -m benchmarks.speed --quick --out /tmp/b  # smoke test, well under a minute
     python -m benchmarks.speed --sizes 256 --variants none --xla-flags "--xla_cpu_enable_fast_math=true"
 """

@@ -94,11 +94,14 @@ class StyleLoss(NamedTuple):
         ``key`` is a JAX PRNG key that changes every step; deterministic families ignore it.
       stochastic: whether ``loss`` uses ``key`` (L-BFGS then re-evaluates its current point
         under each new key).
+      guidable: whether spatial guidance by masks is defined for the family (the guided Gram
+        matrix of Gatys et al. 2017, sec. 4.1, see :func:`neuralstyle.objective.guide_features`).
     """
 
     target: Callable[[Array], object]
     loss: Callable[..., Array]
     stochastic: bool = False
+    guidable: bool = False
 
 
 def gram_loss(normalization: str = "hw") -> StyleLoss:
@@ -111,7 +114,7 @@ def gram_loss(normalization: str = "hw") -> StyleLoss:
     def loss(features, target_gram, key=None):
         return gram_style_layer_loss(gram_matrix(features, normalization), target_gram, normalization)
 
-    return StyleLoss(target, loss)
+    return StyleLoss(target, loss, guidable=True)
 
 
 # --------------------------------------------------------------------------- content

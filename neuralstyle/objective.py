@@ -14,7 +14,7 @@ image's statistics (Gram matrices for the Gram loss), computed once by :meth:`St
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Sequence, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +34,24 @@ class Targets(NamedTuple):
     style: tuple  # one {layer: statistics} dict per style image
     blend: jax.Array  # the weight of each style image (Gatys et al. 2017, sec. 4: style mixing)
     key: jax.Array
+    masks: Optional[jax.Array] = None  # (styles, H, W) guidance masks at the image's size, or None
+
+
+def guide_features(features: jnp.ndarray, mask: jnp.ndarray):
+    r"""Guided features of Gatys et al. 2017 (sec. 4.1, eq. 4-5) for one region.
+
+    The ``(H, W)`` mask is resized to the layer, :math:`T^l`, and the features become
+    :math:`F^l \circ T^l \sqrt{M_l / \sum T^{l\,2}}`: a Gram matrix divided by :math:`M_l = H_l W_l`
+    of these is the guided Gram matrix :math:`(F \circ T)^	op (F \circ T) / \sum T^2`, the style
+    statistics of the region alone.  Returns ``(guided features, active)`` where ``active`` is 0
+    when the mask is empty at this layer (the region then contributes nothing).
+    """
+    _, h, w, _ = features.shape
+    guide = jax.image.resize(mask, (h, w), "linear", antialias=True)
+    energy = jnp.sum(jnp.square(guide))
+    active = (energy > 1e-12).astype(features.dtype)
+    scale = jnp.sqrt(h * w / jnp.maximum(energy, 1e-12))
+    return features * (guide * scale)[None, :, :, None], active
 
 
 def style_blend_weights(blend, count: int) -> tuple[float, ...]:
@@ -99,11 +117,32 @@ class StyleObjective:
     def params(self) -> BackboneParams:
         return self.extractor.params
 
-    def targets(self, params: BackboneParams, content: jnp.ndarray, style, blend=None) -> Targets:
+    def targets(self, params: BackboneParams, content: jnp.ndarray, style, blend=None,
+                masks=None) -> Targets:
         """Content features of ``content`` (1, H, W, 3) and style statistics of ``style``: one
-        (1, H, W, 3) image or a list of them, mixed with weights ``blend`` (default: equal)."""
+        (1, H, W, 3) image or a list of them, mixed with weights ``blend`` (default: equal).
+
+        ``masks`` (one (H, W) array in [0, 1] per style image, at the content's size) assigns
+        regions of the image to styles (spatial control, Gatys et al. 2017, sec. 4.1); then each
+        region's term has weight 1 unless ``blend`` says otherwise, and an all-zero mask leaves its
+        style out.
+        """
         styles = list(style) if isinstance(style, (list, tuple)) else [style]
-        blend = style_blend_weights(blend, len(styles))
+        if masks is not None:
+            masks = jnp.asarray(masks, jnp.float32)
+            if masks.ndim != 3 or masks.shape[0] != len(styles) or masks.shape[1:] != content.shape[1:3]:
+                raise ConfigError(
+                    f"style masks must be one {content.shape[1]}x{content.shape[2]} (H x W) mask per "
+                    f"style image ({len(styles)}), got an array of shape {tuple(masks.shape)}"
+                )
+            if not self.style_loss.guidable:
+                raise ConfigError("spatial masks are defined for the Gram loss only (guided Gram "
+                                  "matrices, Gatys et al. 2017); use style_loss=gram")
+            blend = (1.0,) * len(styles) if blend is None else blend
+            weights = tuple(float(w) for w in blend)
+            style_blend_weights(weights, len(styles))  # validate; masks keep absolute weights
+        else:
+            weights = style_blend_weights(blend, len(styles))
         content_features = self.extractor.apply(params, content)
         statistics = []
         for image in styles:
@@ -112,8 +151,9 @@ class StyleObjective:
         return Targets(
             content={n: content_features[n] for n in self.content_layers},
             style=tuple(statistics),
-            blend=jnp.asarray(blend, jnp.float32),
+            blend=jnp.asarray(weights, jnp.float32),
             key=jax.random.key(0),
+            masks=masks,
         )
 
     def terms(self, params: BackboneParams, image: jnp.ndarray, targets: Targets) -> dict:
@@ -123,12 +163,15 @@ class StyleObjective:
             w * self.content_loss(features[n], targets.content[n])
             for n, w in zip(self.content_layers, self.content_layer_weights)
         )
-        style = sum(
-            targets.blend[k] * w
-            * self.style_loss.loss(features[n], statistics[n], jax.random.fold_in(targets.key, i))
-            for k, statistics in enumerate(targets.style)
-            for i, (n, w) in enumerate(zip(self.style_layers, self.style_layer_weights))
-        )
+        style = 0.0
+        for k, statistics in enumerate(targets.style):
+            for i, (n, w) in enumerate(zip(self.style_layers, self.style_layer_weights)):
+                layer_features, active = features[n], 1.0
+                if targets.masks is not None:
+                    layer_features, active = guide_features(layer_features, targets.masks[k])
+                key = jax.random.fold_in(targets.key, i)
+                style = style + targets.blend[k] * w * active * self.style_loss.loss(
+                    layer_features, statistics[n], key)
         return {
             "content": self.content_weight * jnp.sum(content),
             "style": self.style_weight * jnp.sum(style),

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf  # noqa: E402
 
 from .color import apply_color_control  # noqa: E402
 from .errors import ConfigError, NeuralStyleError, NonFiniteLossError  # noqa: E402
-from .images import atomic_write, save_image  # noqa: E402
+from .images import atomic_write, load_mask, save_image  # noqa: E402
 from .objective import StyleObjective  # noqa: E402
 from .stylize import initial_image, load_content_and_style, stylize  # noqa: E402
 
@@ -79,6 +79,9 @@ def run_from_config(cfg: DictConfig, output_dir: Path) -> float:
         cfg.content, _plain(cfg.style), size=int(cfg.size), style_scale=float(cfg.style_scale),
         image_dir=cfg.image_dir,
     )
+    masks = None
+    if cfg.style_masks is not None:
+        masks = [load_mask(path, content.shape[:2]) for path in cfg.style_masks]
     content, style, finish = apply_color_control(content, style, cfg.preserve_colors)
     start = initial_image(
         cfg.init.kind, content, style, seed=int(cfg.seed),
@@ -93,7 +96,7 @@ def run_from_config(cfg: DictConfig, output_dir: Path) -> float:
             objective, content, style, optimizer=optimizer, steps=int(cfg.steps), init=start,
             seed=int(cfg.seed), snapshot_every=int(cfg.snapshot_every),
             snapshot_dir=output_dir / "snapshots", progress=bool(cfg.progress),
-            style_blend=_plain(cfg.style_blend_weights),
+            style_blend=_plain(cfg.style_blend_weights), style_masks=masks,
         )
     except NonFiniteLossError as err:
         if err.last_good_image is not None:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .errors import ConfigError, ImageError, NonFiniteLossError
 from .images import load_image, resize, resize_long_edge, resolve_image, save_image
-from .objective import StyleObjective, style_blend_weights
+from .objective import StyleObjective
 from .optim import LBFGS, make_lbfgs_functions, make_step
 
 INIT_KINDS = ("content", "style", "noise", "file")
@@ -108,6 +108,7 @@ def stylize(
     progress: bool = True,
     callback: Optional[Callable[[int, np.ndarray, float], None]] = None,
     style_blend: Optional[Sequence[float]] = None,
+    style_masks: Optional[Sequence[np.ndarray]] = None,
 ) -> StylizeResult:
     """Optimize the pixels of an image so that ``objective`` is minimal.
 
@@ -124,6 +125,9 @@ def stylize(
       progress: show a tqdm progress bar with the losses and an ETA.
       callback: called as ``callback(step, image, loss)`` after every step.
       style_blend: weights of several style images (normalized to sum to 1; default equal).
+      style_masks: one ``(H, W)`` mask in [0, 1] per style image, at the content's size: spatial
+        control with guided Gram matrices (Gatys et al. 2017, sec. 4.1); each region's term
+        then has weight 1 (or its ``style_blend`` weight, unnormalized).
 
     Returns:
       :class:`StylizeResult` with the final image and metrics (initial and final loss terms,
@@ -142,9 +146,11 @@ def stylize(
         objective.extractor.check_input(s.shape, "style image" if i == 0 else f"style image {i}")
     params = objective.params
     styles = [jnp.asarray(s)[None] for s in (style if isinstance(style, (list, tuple)) else [style])]
-    blend = jnp.asarray(style_blend_weights(style_blend, len(styles)), jnp.float32)
-    targets = jax.jit(objective.targets)(params, jnp.asarray(content)[None], styles)
-    targets = targets._replace(blend=blend, key=jax.random.key(seed))
+    blend = None if style_blend is None else tuple(float(w) for w in style_blend)
+    masks = None if style_masks is None else jnp.asarray(np.stack(style_masks), jnp.float32)
+    targets = jax.jit(objective.targets, static_argnames="blend")(
+        params, jnp.asarray(content)[None], styles, blend=blend, masks=masks)
+    targets = targets._replace(key=jax.random.key(seed))
     image = jnp.asarray(start, jnp.float32)[None]
     snapshots = Path(snapshot_dir) if snapshot_dir and snapshot_every else None
 

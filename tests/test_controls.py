@@ -95,3 +95,63 @@ def test_stylize_with_two_styles(objective):
                      progress=False, style_blend=[2, 1])
     assert result.metrics["style_blend"] == pytest.approx([2 / 3, 1 / 3])
     assert result.metrics["style_size"] == [[12, 12], [20, 14]]
+
+
+def _style_term(objective, x, content, styles, masks=None, blend=None):
+    params = objective.params
+    targets = objective.targets(params, content, styles, blend, masks)
+    return float(objective(params, x, targets)[1]["style"])
+
+
+def test_full_mask_is_the_unguided_loss_and_empty_mask_has_zero_weight(objective):
+    c, a, b = (jnp.asarray(image(16, 16))[None] for _ in range(3))
+    x = jnp.asarray(image(16, 16))[None]
+    ones, zeros = np.ones((16, 16), np.float32), np.zeros((16, 16), np.float32)
+    plain = _style_term(objective, x, c, [a])
+    assert _style_term(objective, x, c, [a], masks=[ones]) == pytest.approx(plain, rel=1e-5)
+    # a region with an empty mask contributes nothing, whatever its style
+    assert _style_term(objective, x, c, [a, b], masks=[ones, zeros]) == pytest.approx(plain, rel=1e-5)
+    assert _style_term(objective, x, c, [b], masks=[zeros]) == 0.0
+
+
+def test_guided_gram_sees_only_its_region(random_vgg19):
+    """The region's term depends on the pixels inside its mask only (conv1_1: 3x3 receptive field)."""
+    shallow = StyleObjective.build(random_vgg19, content_layers=["conv1_1"], style_layers=["conv1_1"])
+    c, a = (jnp.asarray(image(16, 16))[None] for _ in range(2))
+    left = np.zeros((16, 16), np.float32)
+    left[:, :8] = 1.0
+    x = np.asarray(image(16, 16))
+    y = x.copy()
+    y[:, 12:] = 1.0 - y[:, 12:]  # change the right side only
+    guided = [_style_term(shallow, jnp.asarray(v)[None], c, [a], masks=[left]) for v in (x, y)]
+    unguided = [_style_term(shallow, jnp.asarray(v)[None], c, [a]) for v in (x, y)]
+    assert guided[0] == pytest.approx(guided[1], rel=1e-5)
+    assert unguided[0] != pytest.approx(unguided[1], rel=1e-3)
+
+
+def test_masks_need_the_gram_family_and_matching_shapes(objective, random_vgg19):
+    from neuralstyle import mean_std_loss
+
+    c, a = (jnp.asarray(image(16, 16))[None] for _ in range(2))
+    with pytest.raises(ConfigError, match="one 16x16"):
+        objective.targets(objective.params, c, [a], None, np.ones((1, 8, 8), np.float32))
+    stats = StyleObjective.build(random_vgg19, content_layers=["conv1_1"], style_layers=["conv1_1"],
+                                 style_loss=mean_std_loss())
+    with pytest.raises(ConfigError, match="Gram loss only"):
+        stats.targets(stats.params, c, [a], None, np.ones((1, 16, 16), np.float32))
+
+
+def test_named_and_file_masks(tmp_path):
+    from PIL import Image
+
+    from neuralstyle.images import load_mask
+
+    left = load_mask("left", (4, 6))
+    np.testing.assert_array_equal(left, np.repeat([[1, 1, 1, 0, 0, 0]], 4, axis=0))
+    assert load_mask("none", (3, 3)).sum() == 0 and load_mask("bottom", (4, 2))[2:].all()
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "white.png")
+    np.testing.assert_allclose(load_mask(tmp_path / "white.png", (4, 5)), 1.0, atol=1e-6)
+    from neuralstyle import ImageError
+
+    with pytest.raises(ImageError, match="style mask.*named mask"):
+        load_mask(tmp_path / "missing.png", (4, 4))

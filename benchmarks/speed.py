@@ -78,6 +78,11 @@ VARIANTS = [
      "a jax config option, not an XLA flag"),
     ("bf16 experiment (Keras mixed_bfloat16)", "", {"_DTYPE_POLICY": "mixed_bfloat16"},
      "NOT acceptable for results: features and losses in bfloat16"),
+    ("max-pool VJP experiment", "", {"_MAXPOOL_VJP": "1"},
+     "not an XLA flag: Keras MaxPooling2D patched (in the worker only) to a mask-based gradient "
+     "instead of select-and-scatter; same results"),
+    ("max-pool VJP experiment + no YNNPACK", "--xla_cpu_experimental_ynn_fusion_type=",
+     {"_MAXPOOL_VJP": "1"}, "both of the above"),
 ]
 
 
@@ -192,10 +197,72 @@ def _load_images(spec: dict, size: int):
     return content, style, f"random square images {size}x{size} (seeded)"
 
 
+def _patch_keras_maxpool_vjp() -> None:
+    """Experiment (not neuralstyle's code): 2x2/stride-2 max pooling with a cheap mask-based
+    gradient instead of XLA's select-and-scatter, patched into Keras' ``MaxPooling2D`` in this
+    worker process only.  The gradient goes to the first maximum of each window, like
+    select-and-scatter, so results are unchanged."""
+    import jax
+    import jax.numpy as jnp
+    import keras
+
+    @jax.custom_vjp
+    def maxpool2(x):
+        b, h, w, c = x.shape
+        x = x[:, : h // 2 * 2, : w // 2 * 2]
+        return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+    def fwd(x):
+        y = maxpool2(x)
+        return y, (x, y)
+
+    def bwd(res, g):
+        x, y = res
+        b, h, w, c = x.shape
+        xc = x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
+        taken, parts = jnp.zeros(y.shape, bool), []
+        for i in range(2):
+            for j in range(2):
+                hit = (xc[:, :, i, :, j, :] == y) & ~taken
+                taken = taken | hit
+                parts.append(jnp.where(hit, g, jnp.zeros_like(g)))
+        gx = jnp.stack(parts, axis=-2).reshape(b, h // 2, w // 2, 2, 2, c)
+        gx = gx.transpose(0, 1, 3, 2, 4, 5).reshape(b, h // 2 * 2, w // 2 * 2, c)
+        return (jnp.pad(gx, ((0, 0), (0, h - h // 2 * 2), (0, w - w // 2 * 2), (0, 0))),)
+
+    maxpool2.defvjp(fwd, bwd)
+    original = keras.layers.MaxPooling2D.call
+
+    def call(self, inputs):
+        if tuple(self.pool_size) == (2, 2) and tuple(self.strides) == (2, 2) and self.padding == "valid":
+            return maxpool2(inputs)
+        return original(self, inputs)
+
+    keras.layers.MaxPooling2D.call = call
+
+
+def hlo_summary(compiled) -> dict:
+    """A fingerprint of the optimized HLO (metadata stripped) and where its convolutions went."""
+    import hashlib
+
+    try:
+        text = compiled.as_text()
+    except Exception:
+        return {}
+    entry = text[text.find("ENTRY"):]
+    body = re.sub(r", metadata=\{[^}]*\}", "", text)
+    return {"hash": hashlib.sha1(body.encode()).hexdigest()[:12],
+            "entry_convolutions": len(re.findall(r" convolution\(", entry)),
+            "ynn_fusions": entry.count('"kind":"__ynn_fusion"'),
+            "onednn_custom_calls": len(re.findall(r'custom_call_target="__onednn', text))}
+
+
 def _build_objective(spec: dict):
     import neuralstyle
 
     warnings = []
+    if spec.get("maxpool_vjp"):
+        _patch_keras_maxpool_vjp()
     policy = spec.get("dtype_policy")
     if policy:
         import keras
@@ -299,6 +366,7 @@ def worker_jax(spec: dict) -> dict:
         adam = {"compile_s": round(compile_s, 2), "warmup": spec["warmup"],
                 "warmup_ms": [round(1000 * v, 1) for v in times[: spec["warmup"]]],
                 **_stats(times[spec["warmup"]:]), "xla_flops": _cost_flops(compiled),
+                "hlo": hlo_summary(compiled),
                 "losses": losses, "foreign_cpu_load": _foreign_load(snap, _cpu_snapshot())}
         out["adam"] = adam
         _log(f"  [jax {size}px] Adam: compile {adam['compile_s']} s, median "
@@ -495,6 +563,8 @@ def _run_worker_once(kind: str, spec: dict, xla_flags: str | None, extra_env: di
     for k, v in (extra_env or {}).items():
         if k == "_DTYPE_POLICY":
             spec["dtype_policy"] = v
+        elif k == "_MAXPOOL_VJP":
+            spec["maxpool_vjp"] = True
         else:
             env[k] = v
     with tempfile.TemporaryDirectory() as tmp:
@@ -720,9 +790,21 @@ def markdown(report: dict) -> str:
                          f"loss after {c['trajectory_steps']} Adam steps: JAX {c['jax_last_loss']:.6g}, "
                          f"PyTorch {c['torch_last_loss']:.6g}")
     if report.get("variants"):
+        base_hlo = {}
+        for size, r in (report.get("jax") or {}).get("sizes", {}).items():
+            base_hlo[int(size)] = r["adam"].get("hlo", {}).get("hash")
         lines += ["", "## XLA_FLAGS variants", "",
-                  "| variant | XLA_FLAGS / env | result |", "|---|---|---|"]
+                  "Compiled HLO: whether the optimized program differs from the main run's (flags "
+                  "that leave it unchanged can still change code generation or the runtime); "
+                  "convolutions left outside YNNPACK fusions / YNNPACK fusions.", "",
+                  "| variant | XLA_FLAGS / env | result | compiled HLO |", "|---|---|---|---|"]
         for v in report["variants"]:
+            hlo = (v.get("adam") or {}).get("hlo") or {}
+            if not hlo:
+                hlo_desc = "–"
+            else:
+                same = "same as main run" if hlo.get("hash") == base_hlo.get(v["size"]) else "differs"
+                hlo_desc = f"{same}; {hlo['entry_convolutions']} plain convs, {hlo['ynn_fusions']} YNN fusions"
             flags = " ".join(x for x in (v.get("xla_flags"), v.get("env")) if x) or "(none)"
             if "adam" in v:
                 res = (f"{v['adam']['median_ms']:.0f} ms/step (compile {v['adam']['compile_s']:.1f} s)"
@@ -731,7 +813,7 @@ def markdown(report: dict) -> str:
             else:
                 res = v.get("skipped") or v.get("error", "?")
             note = f" — {v['note']}" if v.get("note") else ""
-            lines.append(f"| {v['name']}{note} | `{flags}` | {res} |")
+            lines.append(f"| {v['name']}{note} | `{flags}` | {res} | {hlo_desc} |")
     if report.get("warnings"):
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     return "\n".join(lines) + "\n"
@@ -935,7 +1017,8 @@ def main(argv=None) -> int:
         _log(f"XLA_FLAGS variants at {vsize} px (2 warm-up + {args.variant_steps} timed steps each) ...")
         for name, flags, env, note in wanted_variants:
             v = {"name": name, "size": vsize, "xla_flags": flags, "note": note,
-                 "env": " ".join(f"{k}={val}" for k, val in env.items()).replace("_DTYPE_POLICY", "keras dtype policy")}
+                 "env": " ".join(f"{k}={val}" for k, val in env.items()
+                                 ).replace("_DTYPE_POLICY", "keras dtype policy").replace("_MAXPOOL_VJP=1", "max-pool VJP patch")}
             missing = check_flags(flags, known, probe_cache)
             if missing:
                 v["skipped"] = f"not available in jaxlib {report['versions']['jaxlib']} (unknown flag {', '.join(missing)})"
@@ -950,7 +1033,7 @@ def main(argv=None) -> int:
                 else:
                     r = res["sizes"][str(vsize)]
                     v["adam"] = {k: r["adam"][k] for k in ("compile_s", "median_ms", "mean_ms", "min_ms",
-                                                          "ms", "xla_flops", "foreign_cpu_load")}
+                                                          "ms", "xla_flops", "foreign_cpu_load", "hlo")}
                     v["adam"]["final_loss"] = r["adam"]["losses"][-1]
                     v["objective_at_content"] = r["objective_at_content"]["total"]
                     _log(f"  {name}: {v['adam']['median_ms']:.0f} ms/step")

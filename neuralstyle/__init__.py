@@ -53,7 +53,14 @@ from .style_losses import (  # noqa: E402
     sliced_wasserstein_loss,
 )
 from .optim import LBFGS, lbfgs, make_lbfgs_functions, make_step  # noqa: E402
-from .stylize import StylizeResult, initial_image, load_content_and_style, stylize  # noqa: E402
+from .stylize import (  # noqa: E402
+    StylizeResult,
+    initial_image,
+    load_content_and_style,
+    pyramid_shapes,
+    stylize,
+    stylize_pyramid,
+)
 
 __all__ = [
     "VGG", "BackboneParams", "FeatureExtractor", "caffe_preprocess",
@@ -63,6 +70,7 @@ __all__ = [
     "gram_style_layer_loss", "total_variation", "total_variation_loss", "StyleObjective",
     "Targets", "LBFGS", "lbfgs", "make_lbfgs_functions", "make_step", "StylizeResult",
     "initial_image", "load_content_and_style", "stylize", "bn_statistics_loss", "histogram_loss",
-    "mean_std_loss", "mmd_loss", "mrf_loss", "sliced_wasserstein_loss",
+    "mean_std_loss", "mmd_loss", "mrf_loss", "sliced_wasserstein_loss", "pyramid_shapes",
+    "stylize_pyramid",
 ]
 __version__ = "0.1.0"

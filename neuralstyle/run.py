@@ -27,7 +27,7 @@ from .color import apply_color_control  # noqa: E402
 from .errors import ConfigError, NeuralStyleError, NonFiniteLossError  # noqa: E402
 from .images import atomic_write, load_mask, save_image  # noqa: E402
 from .objective import StyleObjective  # noqa: E402
-from .stylize import initial_image, load_content_and_style, stylize  # noqa: E402
+from .stylize import initial_image, load_content_and_style, stylize, stylize_pyramid  # noqa: E402
 
 
 def config_dir() -> Path:
@@ -92,12 +92,17 @@ def run_from_config(cfg: DictConfig, output_dir: Path) -> float:
     optimizer = _instantiate(cfg.optimizer, "optimizer")
     atomic_write(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
     try:
-        result = stylize(
-            objective, content, style, optimizer=optimizer, steps=int(cfg.steps), init=start,
-            seed=int(cfg.seed), snapshot_every=int(cfg.snapshot_every),
-            snapshot_dir=output_dir / "snapshots", progress=bool(cfg.progress),
+        common = dict(
+            optimizer=optimizer, init=start, seed=int(cfg.seed), progress=bool(cfg.progress),
             style_blend=_plain(cfg.style_blend_weights), style_masks=masks,
+            snapshot_every=int(cfg.snapshot_every), snapshot_dir=output_dir / "snapshots",
         )
+        if int(cfg.pyramid.levels) > 1:
+            steps = _plain(cfg.pyramid.steps)
+            result = stylize_pyramid(objective, content, style, levels=int(cfg.pyramid.levels),
+                                     steps=int(cfg.steps) if steps is None else steps, **common)
+        else:
+            result = stylize(objective, content, style, steps=int(cfg.steps), **common)
     except NonFiniteLossError as err:
         if err.last_good_image is not None:
             kept = save_image(finish(err.last_good_image), output_dir / "last_finite.png")

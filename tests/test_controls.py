@@ -155,3 +155,29 @@ def test_named_and_file_masks(tmp_path):
 
     with pytest.raises(ImageError, match="style mask.*named mask"):
         load_mask(tmp_path / "missing.png", (4, 4))
+
+
+def test_pyramid_shapes():
+    from neuralstyle import pyramid_shapes
+
+    assert pyramid_shapes((64, 48), 3) == [(16, 12), (32, 24), (64, 48)]
+    assert pyramid_shapes((10, 10), 1) == [(10, 10)]
+    with pytest.raises(ConfigError):
+        pyramid_shapes((10, 10), 0)
+
+
+def test_pyramid_produces_the_final_size_one_compile_per_level(objective, tmp_path):
+    from neuralstyle import stylize_pyramid
+
+    c = image(48, 40)
+    result = stylize_pyramid(objective, c, image(30, 30), optax.adam(0.02), steps=[3, 2], levels=2,
+                             progress=False, snapshot_every=2, snapshot_dir=tmp_path)
+    assert result.image.shape == c.shape
+    levels = result.metrics["levels"]
+    assert [lv["image_size"] for lv in levels] == [[24, 20], [48, 40]]
+    assert [lv["steps"] for lv in levels] == [3, 2] and result.metrics["steps"] == 5
+    assert all(lv["compile_time_s"] > 0 for lv in levels)
+    assert result.metrics["levels"][0]["style_size"] == [15, 15]  # the style keeps its relative scale
+    assert (tmp_path / "level0" / "step_00002.png").is_file() and (tmp_path / "level1" / "step_00002.png").is_file()
+    with pytest.raises(ConfigError, match="2 entries for 3 levels"):
+        stylize_pyramid(objective, c, image(30, 30), steps=[1, 1], levels=3, progress=False)

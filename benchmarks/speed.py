@@ -809,7 +809,9 @@ def markdown(report: dict) -> str:
             if "adam" in v:
                 res = (f"{v['adam']['median_ms']:.0f} ms/step (compile {v['adam']['compile_s']:.1f} s)"
                        + (f"; XLA FLOPs {v['adam']['xla_flops'] / 1e9:.1f} G"
-                          if v["adam"].get("xla_flops") else ""))
+                          if v["adam"].get("xla_flops") else "")
+                       + (f"; loss after {v['steps']} steps differs from the main run's by "
+                          f"{v['adam']['loss_vs_main_run']:.1e}" if "loss_vs_main_run" in v["adam"] else ""))
             else:
                 res = v.get("skipped") or v.get("error", "?")
             note = f" — {v['note']}" if v.get("note") else ""
@@ -1017,6 +1019,7 @@ def main(argv=None) -> int:
         _log(f"XLA_FLAGS variants at {vsize} px (2 warm-up + {args.variant_steps} timed steps each) ...")
         for name, flags, env, note in wanted_variants:
             v = {"name": name, "size": vsize, "xla_flags": flags, "note": note,
+                 "steps": 2 + args.variant_steps,
                  "env": " ".join(f"{k}={val}" for k, val in env.items()
                                  ).replace("_DTYPE_POLICY", "keras dtype policy").replace("_MAXPOOL_VJP=1", "max-pool VJP patch")}
             missing = check_flags(flags, known, probe_cache)
@@ -1035,6 +1038,10 @@ def main(argv=None) -> int:
                     v["adam"] = {k: r["adam"][k] for k in ("compile_s", "median_ms", "mean_ms", "min_ms",
                                                           "ms", "xla_flops", "foreign_cpu_load", "hlo")}
                     v["adam"]["final_loss"] = r["adam"]["losses"][-1]
+                    main_losses = report["jax"]["sizes"].get(str(vsize), {}).get("adam", {}).get("losses", [])
+                    k = len(r["adam"]["losses"])
+                    if len(main_losses) >= k:
+                        v["adam"]["loss_vs_main_run"] = abs(r["adam"]["losses"][-1] - main_losses[k - 1]) / abs(main_losses[k - 1])
                     v["objective_at_content"] = r["objective_at_content"]["total"]
                     _log(f"  {name}: {v['adam']['median_ms']:.0f} ms/step")
             report["variants"].append(v)

@@ -44,7 +44,8 @@ def part_direct(args) -> dict:
     from neuralstyle import load_content_and_style, stylize
 
     content, style = load_content_and_style("astronaut", "great_wave", args.size, image_dir=args.image_dir)
-    result = stylize(_objective(args.weights), content, style, _adam(), steps=args.direct_steps, progress=False)
+    result = stylize(_objective(args.weights), content, style, _adam(), steps=args.direct_steps,
+                     init=args.init, progress=False)
     m = result.metrics
     return {"size": list(content.shape[:2]), "steps": m["steps"], "compile_s": m["compile_time_s"],
             "history": m["history"], "elapsed": m["history_elapsed_s"],
@@ -57,7 +58,7 @@ def part_pyramid(args, size, steps) -> dict:
     content, style = load_content_and_style("astronaut", "great_wave", size, image_dir=args.image_dir)
     t0 = time.perf_counter()
     result = stylize_pyramid(_objective(args.weights), content, style, _adam(), steps=steps,
-                             levels=len(steps), progress=False)
+                             levels=len(steps), init=args.init, progress=False)
     total = time.perf_counter() - t0
     levels = [{"size": lv["image_size"], "steps": lv["steps"], "compile_s": lv["compile_time_s"],
                "wall_s": lv["wall_time_s"], "history": lv["history"], "elapsed": lv["history_elapsed_s"]}
@@ -71,7 +72,7 @@ def _child(args, part, extra):
     cmd = [sys.executable, "-m", "benchmarks.pyramid", "--child", part, "--size", str(args.size),
            "--direct-steps", str(args.direct_steps), "--levels-steps", args.levels_steps,
            "--big-size", str(args.big_size), "--big-steps", args.big_steps, "--weights", str(args.weights),
-           "--image-dir", str(args.image_dir)]
+           "--image-dir", str(args.image_dir), "--init", args.init]
     print("running", part, "...", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
@@ -97,6 +98,7 @@ def main(argv=None):
     p.add_argument("--big-size", type=int, default=1024, help="0 skips the large-output run")
     p.add_argument("--big-steps", default="40,15,5")
     p.add_argument("--weights", default="imagenet")
+    p.add_argument("--init", default="content", choices=["content", "noise"])
     p.add_argument("--image-dir", default=os.environ.get("NEURALSTYLE_IMAGE_DIR", str(IMAGES)))
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -129,12 +131,12 @@ def main(argv=None):
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "pyramid.json").write_text(json.dumps(report, indent=1))
     lines = [
         "# Coarse-to-fine benchmark", "",
         f"- date: {report['date']}", f"- command: `{report['command']}`", f"- machine: {report['machine']}",
         "- objective: TensorFlow-tutorial recipe, VGG19 "
-        f"({'ImageNet' if args.weights else 'random'} weights), astronaut / great_wave, Adam(0.02, 0.99, eps 0.1)", "",
+        f"({'ImageNet' if args.weights else 'random'} weights), astronaut / great_wave, Adam(0.02, 0.99, eps 0.1), "
+        f"initialized from the {args.init}", "",
         f"Target: the loss of {args.direct_steps} direct Adam steps at {direct['size'][1]}x{direct['size'][0]} px: "
         f"{target:.4g}.", "",
         "| run | levels (px, steps) | time to target (s, compile included) | final loss | peak RSS (MiB) |",
@@ -149,7 +151,9 @@ def main(argv=None):
         lines += ["", "Large-output levels (compile s, ms/step): " + "; ".join(
             f"{lv['size'][0]}x{lv['size'][1]}: {lv['compile_s']:.1f}, {1000 * lv['wall_s'] / max(lv['steps'], 1):.0f}"
             for lv in big["levels"])]
-    (out / "pyramid.md").write_text("\n".join(lines) + "\n")
+    name = "pyramid" if args.init == "content" else f"pyramid_{args.init}"
+    (out / f"{name}.json").write_text(json.dumps(report, indent=1))
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

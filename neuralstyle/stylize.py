@@ -339,6 +339,11 @@ def stylize_pyramid(
     large-scale structure, the fine levels add detail.  The style image (and any masks) are
     resized with the content, keeping their relative scale.  Each level compiles its own step once.
 
+    Measured (``benchmarks/results/pyramid*.md``): with the TensorFlow-tutorial objective the
+    upsampled result of a level starts the next level at a *higher* loss than the content image
+    (or noise) does, because the Gram statistics of VGG features change with the image scale, so
+    the pyramid did not reach the direct run's loss sooner on this machine.
+
     ``steps`` is one number for every level or a list, coarsest first.  Returns the final
     level's result; ``metrics["levels"]`` holds each level's metrics and ``metrics["wall_time_s"]``
     and ``metrics["compile_time_s"]`` the totals.

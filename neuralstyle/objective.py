@@ -13,7 +13,7 @@ image's statistics (Gram matrices for the Gram loss), computed once by :meth:`St
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
@@ -68,6 +68,9 @@ def style_blend_weights(blend, count: int) -> tuple[float, ...]:
     return tuple(w / total for w in weights)
 
 
+WEIGHT_FIELDS = ("content_weight", "style_weight", "tv_weight")
+
+
 @dataclass(frozen=True)
 class StyleObjective:
     """A pure objective ``(params, image, targets) -> (total, terms)``; build it with :meth:`build`.
@@ -116,6 +119,20 @@ class StyleObjective:
     @property
     def params(self) -> BackboneParams:
         return self.extractor.params
+
+    def with_weights(self, **weights) -> "StyleObjective":
+        """A copy with other term weights ``content_weight``, ``style_weight`` and ``tv_weight``.
+
+        The values may be JAX scalars traced under ``jit``/``vmap`` (only :meth:`terms` reads
+        them, as factors of the term sums), so one compiled program serves many weight settings:
+        :func:`neuralstyle.batched.stylize_batched` vmaps over them.  With Python floats this is
+        ``dataclasses.replace`` and the result behaves exactly like an objective built with them.
+        """
+        unknown = sorted(set(weights) - set(WEIGHT_FIELDS))
+        if unknown:
+            raise ConfigError(f"unknown objective weight(s) {unknown}; expected some of "
+                              f"{list(WEIGHT_FIELDS)}")
+        return replace(self, **weights)
 
     def targets(self, params: BackboneParams, content: jnp.ndarray, style, blend=None,
                 masks=None) -> Targets:

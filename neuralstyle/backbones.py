@@ -3,7 +3,8 @@
 A :class:`VGG` holds a full ``include_top=False`` network with its weights.  Its
 :meth:`VGG.extractor` builds a Keras functional model that stops at the deepest requested layer
 (nothing after it runs) and optionally swaps max pooling for average pooling, as Gatys et al.
-(2016, sec. 2) recommend.  The extractor's :meth:`FeatureExtractor.apply` is a pure function of
+(2016, sec. 2) recommend (max pooling itself runs as :func:`max_pool_2x2`, same values and
+gradients as Keras' layer, cheaper gradient on the CPU).  The extractor's :meth:`FeatureExtractor.apply` is a pure function of
 ``(params, images)`` that does the preprocessing its weights expect (Caffe: BGR, 0-255, mean
 subtracted; torchvision: RGB, ImageNet mean/std) itself, so callers pass RGB images in
 ``[0, 1]`` and weights as an argument (never closed over: that would bake 80 MB of constants
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import NamedTuple, Optional, Sequence, Union  # noqa: E402
 
+import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -64,6 +66,56 @@ def torch_preprocess(images: jnp.ndarray) -> jnp.ndarray:
 
 
 PREPROCESSING = {"caffe": caffe_preprocess, "torch": torch_preprocess}
+
+
+@jax.custom_vjp
+def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
+    """2x2 max pooling with stride 2 and "valid" padding of ``(B, H, W, C)`` features.
+
+    The value equals ``keras.layers.MaxPooling2D()``.  The gradient (:func:`_max_pool_2x2_bwd`)
+    is routed with a mask to the first maximum of each window in row-major order, as XLA's
+    select-and-scatter does for ``MaxPooling2D``: a test checks that the gradients are equal.  On
+    the CPU the mask costs a fraction of select-and-scatter (about 6-8% of a whole VGG19 step at
+    512 px, ``benchmarks/speed.py`` variant ``maxpool_vjp``).
+    """
+    b, h, w, c = x.shape
+    windows = x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
+    return jnp.max(windows, axis=(2, 4))
+
+
+def _max_pool_2x2_fwd(x):
+    y = max_pool_2x2(x)
+    return y, (x, y)
+
+
+def _max_pool_2x2_bwd(residuals, g):
+    x, y = residuals
+    b, h, w, c = x.shape
+    windows = x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
+    taken = jnp.zeros(y.shape, bool)
+    parts = []
+    for i in range(2):
+        for j in range(2):
+            hit = (windows[:, :, i, :, j, :] == y) & ~taken
+            taken = taken | hit
+            parts.append(jnp.where(hit, g, jnp.zeros_like(g)))
+    gx = jnp.stack(parts, axis=-2).reshape(b, h // 2, w // 2, 2, 2, c)
+    gx = gx.transpose(0, 1, 3, 2, 4, 5).reshape(b, h // 2 * 2, w // 2 * 2, c)
+    return (jnp.pad(gx, ((0, 0), (0, h - h // 2 * 2), (0, w - w // 2 * 2), (0, 0))),)
+
+
+max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
+
+
+class MaxPool2x2(keras.layers.Layer):
+    """``MaxPooling2D()`` (2x2, stride 2, valid) computed by :func:`max_pool_2x2`."""
+
+    def call(self, inputs):
+        return max_pool_2x2(inputs)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        return (b, None if h is None else h // 2, None if w is None else w // 2, c)
 
 
 class BackboneParams(NamedTuple):
@@ -234,8 +286,11 @@ class VGG:
         inputs = keras.Input(shape=(None, None, 3), name="image")
         x, outputs = inputs, {}
         for layer in self.model.layers[1 : deepest + 2]:  # layers[0] is the InputLayer
-            if isinstance(layer, keras.layers.MaxPooling2D) and self.pooling == "avg":
-                layer = keras.layers.AveragePooling2D(2, 2, name=layer.name)
+            if isinstance(layer, keras.layers.MaxPooling2D):
+                if self.pooling == "avg":
+                    layer = keras.layers.AveragePooling2D(2, 2, name=layer.name)
+                else:
+                    layer = MaxPool2x2(name=layer.name)
             x = layer(x)
             outputs[layer.name] = x
         model = keras.Model(inputs, [outputs[n] for n in names], name=f"{self.arch}_features")

@@ -64,6 +64,51 @@ def test_average_pooling_swaps_only_the_pools(random_vgg19):
     assert any(isinstance(l, keras.layers.AveragePooling2D) for l in ex_avg.model.layers)
 
 
+@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (1, 9, 7, 5), (1, 5, 5, 2)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_2x2_matches_keras_values_and_gradients(shape, ties):
+    """Our pooling equals Keras' MaxPooling2D, and so does its gradient (XLA select-and-scatter),
+    for odd sizes (the last row/column is dropped and gets zero gradient) and for windows with
+    tied maxima (the gradient goes to one element only, the first in row-major order)."""
+    from neuralstyle.backbones import max_pool_2x2
+
+    rng = np.random.default_rng(sum(shape))
+    x = rng.normal(size=shape).astype(np.float32)
+    if ties:  # quantized values and ReLU zeros: many windows with several equal maxima
+        x = np.maximum(np.round(x), 0.0).astype(np.float32)
+    g = jnp.asarray(rng.normal(size=(shape[0], shape[1] // 2, shape[2] // 2, shape[3])).astype(np.float32))
+    keras_pool = keras.layers.MaxPooling2D()
+    ours_y, ours_vjp = jax.vjp(max_pool_2x2, jnp.asarray(x))
+    theirs_y, theirs_vjp = jax.vjp(keras_pool, jnp.asarray(x))
+    np.testing.assert_array_equal(ours_y, theirs_y)
+    np.testing.assert_array_equal(ours_vjp(g)[0], theirs_vjp(g)[0])
+    # and the gradient is a routing: every window sends its cotangent to exactly one element
+    routed = np.asarray(ours_vjp(jnp.ones_like(g))[0])
+    assert routed.sum() == g.size and set(np.unique(routed)) <= {0.0, 1.0}
+
+
+def test_max_pool_gradients_through_the_whole_extractor(random_vgg19):
+    """Gradients of a layer behind three pools equal those of keras.applications' VGG19."""
+    x = jnp.asarray(RNG.uniform(size=(1, 19, 21, 3)).astype(np.float32))
+    extractor = random_vgg19.extractor(["conv4_1"])
+    assert not any(isinstance(l, keras.layers.MaxPooling2D) for l in extractor.model.layers)
+    model = random_vgg19.model
+    full = keras.Model(model.input, model.get_layer("block4_conv1").output)
+
+    def ours(image):
+        return jnp.sum(extractor.apply(extractor.params, image)["block4_conv1"] ** 2)
+
+    def theirs(image):
+        return jnp.sum(full(caffe_preprocess(image)) ** 2)
+
+    ours_value, ours_grad = jax.jit(jax.value_and_grad(ours))(x)
+    theirs_value, theirs_grad = jax.jit(jax.value_and_grad(theirs))(x)
+    np.testing.assert_allclose(ours_value, theirs_value, rtol=1e-5)
+    assert float(jnp.abs(theirs_grad).max()) > 0
+    np.testing.assert_allclose(ours_grad, theirs_grad, rtol=1e-4,
+                               atol=1e-5 * float(jnp.abs(theirs_grad).max()))
+
+
 def test_bad_backbone_arguments():
     with pytest.raises(ConfigError, match="pooling must be 'max' or 'avg'"):
         VGG("vgg19", weights=None, pooling="min")

@@ -6,8 +6,10 @@
 
 Both runs use the TensorFlow-tutorial objective (VGG19 ImageNet weights, astronaut / great_wave)
 and its Adam settings.  "Time to target" counts compile time and step time of every level, from
-the first compile to the first final-size step whose loss is at or below the target; the target
-is the loss the direct run reaches after ``--direct-steps`` steps.  Each part runs in its own
+the first compile to the first final-size step whose loss is at or below the target; the targets
+are the losses the direct run reaches after each of ``--target-steps`` steps (default: its last).
+The 1-minute load average before and after each part is recorded: other work on the machine slows
+both runs.  Each part runs in its own
 process so that its peak resident memory (``ru_maxrss``) is its own.  Writes
 ``pyramid.json`` and ``pyramid.md`` into ``--out`` (default ``benchmarks/results``).
 """
@@ -72,12 +74,15 @@ def _child(args, part, extra):
     cmd = [sys.executable, "-m", "benchmarks.pyramid", "--child", part, "--size", str(args.size),
            "--direct-steps", str(args.direct_steps), "--levels-steps", args.levels_steps,
            "--big-size", str(args.big_size), "--big-steps", args.big_steps, "--weights", str(args.weights),
-           "--image-dir", str(args.image_dir), "--init", args.init]
+           "--image-dir", str(args.image_dir), "--init", args.init]  # the parent computes the targets
     print("running", part, "...", flush=True)
+    load_before = os.getloadavg()[0]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise SystemExit(f"{part} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["load_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    return result
 
 
 def time_to_target(levels: list, target: float):
@@ -100,6 +105,9 @@ def main(argv=None):
     p.add_argument("--weights", default="imagenet")
     p.add_argument("--init", default="content", choices=["content", "noise"])
     p.add_argument("--image-dir", default=os.environ.get("NEURALSTYLE_IMAGE_DIR", str(IMAGES)))
+    p.add_argument("--target-steps", default=None,
+                   help="comma-separated direct step counts whose losses are the targets (default: the last)")
+    p.add_argument("--name", default=None, help="output file stem (default: pyramid or pyramid_<init>)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -119,15 +127,24 @@ def main(argv=None):
     direct = _child(args, "direct", None)
     pyramid = _child(args, "pyramid", None)
     big = _child(args, "big", None) if args.big_size else None
-    target = direct["history"][-1]
-    direct_time = direct["compile_s"] + direct["elapsed"][-1]
-    pyramid_time = time_to_target(pyramid["levels"], target)
+    target_steps = ([int(n) for n in args.target_steps.split(",")] if args.target_steps
+                    else [direct["steps"]])
+    targets = []
+    for n in target_steps:
+        n = min(n, direct["steps"])
+        direct_time = direct["compile_s"] + direct["elapsed"][n]
+        pyramid_time = time_to_target(pyramid["levels"], direct["history"][n])
+        targets.append({"direct_steps": n, "loss": direct["history"][n], "direct_s": direct_time,
+                        "pyramid_s": pyramid_time,
+                        "speedup": None if pyramid_time is None else direct_time / pyramid_time})
+    target, direct_time, pyramid_time = (targets[-1][k] for k in ("loss", "direct_s", "pyramid_s"))
     report = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": "python -m benchmarks.pyramid " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
         "target_loss": target, "direct": direct, "pyramid": pyramid, "big": big,
         "direct_time_to_target_s": direct_time, "pyramid_time_to_target_s": pyramid_time,
+        "targets": targets,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,8 +154,15 @@ def main(argv=None):
         "- objective: TensorFlow-tutorial recipe, VGG19 "
         f"({'ImageNet' if args.weights else 'random'} weights), astronaut / great_wave, Adam(0.02, 0.99, eps 0.1), "
         f"initialized from the {args.init}", "",
-        f"Target: the loss of {args.direct_steps} direct Adam steps at {direct['size'][1]}x{direct['size'][0]} px: "
-        f"{target:.4g}.", "",
+        f"Targets: the losses of the direct run (Adam at {direct['size'][1]}x{direct['size'][0]} px) after "
+        "the step counts below; time to target counts every compile and step from the start.", "",
+        "| target: direct loss after | loss | direct (s) | pyramid (s) | speed-up |", "|---|---:|---:|---:|---:|",
+        *(f"| {t['direct_steps']} steps | {t['loss']:.4g} | {t['direct_s']:.1f} | "
+          + ("not reached | - |" if t["pyramid_s"] is None else f"{t['pyramid_s']:.1f} | {t['speedup']:.2f}x |")
+          for t in targets),
+        "",
+        f"1-minute load average (before, after): direct {direct['load_1min']}, pyramid {pyramid['load_1min']}"
+        " (2 vCPUs: above about 2 means other work competed for the cores).", "",
         "| run | levels (px, steps) | time to target (s, compile included) | final loss | peak RSS (MiB) |",
         "|---|---|---:|---:|---:|",
         f"| direct | {direct['size'][0]} px x {direct['steps']} | {direct_time:.1f} | {target:.4g} | {direct['peak_rss_mib']:.0f} |",
@@ -151,7 +175,7 @@ def main(argv=None):
         lines += ["", "Large-output levels (compile s, ms/step): " + "; ".join(
             f"{lv['size'][0]}x{lv['size'][1]}: {lv['compile_s']:.1f}, {1000 * lv['wall_s'] / max(lv['steps'], 1):.0f}"
             for lv in big["levels"])]
-    name = "pyramid" if args.init == "content" else f"pyramid_{args.init}"
+    name = args.name or ("pyramid" if args.init == "content" else f"pyramid_{args.init}")
     (out / f"{name}.json").write_text(json.dumps(report, indent=1))
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

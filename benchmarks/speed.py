@@ -2,27 +2,36 @@
 
 Measures, for VGG19 (ImageNet weights) and the TensorFlow-tutorial recipe (the
 :meth:`neuralstyle.StyleObjective.build` defaults: content ``block5_conv2``, style
-``block1_conv1..block5_conv1``, weights 1e4 / 1e-2 / 30, Gram "hw", content "mean", TV "l1"):
+``block1_conv1..block5_conv1``, weights 1e4 / 1e-2 / 30, Gram "hw", content "mean", TV "l1"),
+at 256, 512 and 1024 px by default:
 
 1. the compiled Adam step (:func:`neuralstyle.optim.make_step` + ``jax.jit``,
    ``optax.adam(0.02, b1=0.99, eps=0.1)``): AOT compile time, then warm-up and timed steps;
 2. one L-BFGS iteration (:class:`neuralstyle.optim.LBFGS` through
    :func:`neuralstyle.optim.make_lbfgs_functions`, driven exactly like ``stylize``'s loop:
    one ``direction`` call plus the line-search ``trial`` evaluations, usually one);
-3. yardstick A: fp32 matmul throughput of NumPy's BLAS and of ``jnp.matmul`` on XLA CPU;
-4. yardstick B: the same Adam step in PyTorch eager (:mod:`benchmarks.torch_reference`, same
-   weights and losses; its objective is checked against the JAX objective), if torch is installed;
-5. the FLOPs of one step (XLA's cost analysis, and an analytic count);
-6. XLA_FLAGS variants, each in a fresh subprocess (XLA reads XLA_FLAGS once, at start-up).
+3. yardstick A: fp32 matmul throughput of NumPy's BLAS and of ``jnp.matmul`` on XLA CPU (the
+   physical limit: every step's achieved GFLOP/s is reported as a fraction of it);
+4. yardstick B: the same Adam step and ``torch.optim.LBFGS`` in PyTorch eager
+   (:mod:`benchmarks.torch_reference`, same weights and losses; its objective is checked against
+   the JAX objective), if torch is installed: every row's time as a ratio to PyTorch's;
+5. peak memory of every phase (:class:`PeakMemory`: VmHWM of the worker process, reset per phase);
+6. time to target: seconds (compile excluded and included) and updates until the loss falls
+   below the fixed ``TTT_TARGET`` on astronaut + great_wave at ``TTT_SIZE`` px, Adam and L-BFGS,
+   JAX and PyTorch, from the same start;
+7. the FLOPs of one step (XLA's cost analysis, and an analytic count), and how time per step and
+   memory grow with the pixel count (least-squares fit ``a + b * pixels`` with residuals);
+8. XLA_FLAGS variants, each in a fresh subprocess (XLA reads XLA_FLAGS once, at start-up).
 
 Every measurement runs in a subprocess of this script (``--worker``), so that XLA_FLAGS,
-thread pools and the two frameworks never share a process.  Results go to
-``benchmarks/results/speed.json`` and ``speed.md`` (or ``--out DIR``).
+thread pools, memory high-water marks and the two frameworks never share a process.  Results go
+to ``benchmarks/results/speed.json`` and ``speed.md`` (or ``--out DIR``).
 
 Examples::
 
-    python -m benchmarks.speed                      # full run (about 7 minutes on 2 cores)
-    python -m benchmarks.speed --quick --out /tmp/b  # smoke test, well under a minute
+    python -m benchmarks.speed                      # full run (about 15 minutes on 2 quiet cores)
+    python -m benchmarks.speed --variants none      # without the XLA_FLAGS variants (about 8)
+    python -m benchmarks.speed --quick --out /tmp/b  # smoke test: 64 px, 2 steps, about a minute
     python -m benchmarks.speed --sizes 256 --variants none --xla-flags "--xla_cpu_enable_fast_math=true"
 """
 
@@ -50,6 +59,14 @@ DEFAULT_OUT = REPO / "benchmarks" / "results"
 DEFAULT_IMAGE_DIR = REPO.parent / "shared" / "assets" / "images"
 CONTENT_IMAGE, STYLE_IMAGE = "astronaut", "great_wave"
 TORCH_HINT = "pip install torch==2.13.0"
+
+# Time to target: a fixed loss on a fixed pair (astronaut content, great_wave style, long edge
+# 256 px, content initialization, VGG19 ImageNet weights, the TF-tutorial objective).  5e7 is
+# about where Adam (0.02, b1=0.99, eps=0.1) is after 30-35 steps (speed.json / lbfgs.json of
+# earlier runs: 7.0e7 after 14 steps, 5.3e7 after 30); fixed here, not chosen per run.
+TTT_SIZE = 256
+TTT_TARGET = 5.0e7
+TTT_MAX_STEPS = (150, 60)  # Adam steps, L-BFGS iterations
 
 # XLA_FLAGS variants tried by default (name, XLA_FLAGS, extra environment, note).  A variant
 # whose flags this jaxlib does not know is reported as unavailable and not run (XLA aborts on
@@ -80,7 +97,8 @@ VARIANTS = [
      "NOT acceptable for results: features and losses in bfloat16"),
     ("max-pool VJP experiment", "", {"_MAXPOOL_VJP": "1"},
      "not an XLA flag: Keras MaxPooling2D patched (in the worker only) to a mask-based gradient "
-     "instead of select-and-scatter; same results"),
+     "instead of select-and-scatter; same results. Obsolete since the backbone's own MaxPool2x2 "
+     "(neuralstyle.backbones) replaced MaxPooling2D: the patch then changes nothing"),
     ("max-pool VJP experiment + no YNNPACK", "--xla_cpu_experimental_ynn_fusion_type=",
      {"_MAXPOOL_VJP": "1"}, "both of the above"),
 ]
@@ -145,6 +163,56 @@ def _stats(seconds: list[float]) -> dict:
         "min_ms": round(min(ms), 2),
         "stdev_ms": round(statistics.stdev(ms), 2) if len(ms) > 1 else 0.0,
     }
+
+
+MEMORY_METHOD = ("peak resident set size (VmHWM in /proc/self/status) of the worker subprocess, "
+                 "reset through /proc/self/clear_refs before each phase, so a phase's peak "
+                 "starts from the memory the process already holds (Python, JAX/Keras or torch, "
+                 "VGG19 weights, targets); 'above baseline' subtracts the RSS just before the phase")
+MEMORY_METHOD_FALLBACK = ("peak resident set size of the worker subprocess since it started "
+                          "(resource.getrusage(RUSAGE_SELF).ru_maxrss; /proc/self/clear_refs "
+                          "could not reset it, so later phases report the maximum so far)")
+
+
+def _read_status_kib(key: str) -> int | None:
+    try:
+        m = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
+
+
+class PeakMemory:
+    """Peak RSS of this process during a phase: ``with PeakMemory() as mem: ...; mem.result()``.
+
+    On Linux the high-water mark is reset on entry (``/proc/self/clear_refs`` = 5), so the peak is
+    that of the phase; elsewhere it is ``ru_maxrss``, the peak since the process started.
+    """
+
+    def __enter__(self):
+        import gc
+
+        gc.collect()
+        self.baseline = _read_status_kib("VmRSS")
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.reset = _read_status_kib("VmHWM") is not None
+        except OSError:
+            self.reset = False
+        return self
+
+    def __exit__(self, *exc):
+        hwm = _read_status_kib("VmHWM") if self.reset else None
+        if hwm is None:
+            hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        self.peak = hwm
+        return False
+
+    def result(self) -> dict:
+        mib = lambda kib: None if kib is None else round(kib / 1024, 1)  # noqa: E731
+        return {"peak_rss_mib": mib(self.peak), "baseline_rss_mib": mib(self.baseline),
+                "above_baseline_mib": mib(self.peak - self.baseline) if self.baseline else None,
+                "method": "VmHWM (reset per phase)" if self.reset else "ru_maxrss (process peak)"}
 
 
 def _best_matmul_gflops(fn, n: int, repeats: int) -> float:
@@ -298,7 +366,7 @@ def analytic_flops(image_shape, objective) -> dict:
             conv_fwd += 2.0 * kh * kw * cin * cout * h * w
             if layer.name in style_layers:
                 gram += 2.0 * 2.0 * h * w * cout * cout
-        elif kind in ("MaxPooling2D", "AveragePooling2D"):
+        elif kind in ("MaxPooling2D", "MaxPool2x2", "AveragePooling2D"):
             h, w = h // 2, w // 2
     total = 2.0 * conv_fwd + gram
     return {"conv_forward_gflop": round(conv_fwd / 1e9, 3), "gram_gflop": round(gram / 1e9, 3),
@@ -351,27 +419,31 @@ def worker_jax(spec: dict) -> dict:
 
         # ---- Adam
         opt_state = tx.init(image)
-        t = time.perf_counter()
-        compiled = jax.jit(make_step(objective, tx)).lower(image, opt_state, params, targets).compile()
-        compile_s = time.perf_counter() - t
+        with PeakMemory() as compile_mem:
+            t = time.perf_counter()
+            compiled = jax.jit(make_step(objective, tx)).lower(image, opt_state, params, targets).compile()
+            compile_s = time.perf_counter() - t
         losses, times = [], []
         x, s = image, opt_state
-        for i in range(spec["warmup"] + spec["steps"]):
-            if i == spec["warmup"]:
-                snap = _cpu_snapshot()
-            t = time.perf_counter()
-            x, s, loss, _ = jax.block_until_ready(compiled(x, s, params, targets))
-            times.append(time.perf_counter() - t)
-            losses.append(float(loss))
+        with PeakMemory() as step_mem:
+            for i in range(spec["warmup"] + spec["steps"]):
+                if i == spec["warmup"]:
+                    snap = _cpu_snapshot()
+                t = time.perf_counter()
+                x, s, loss, _ = jax.block_until_ready(compiled(x, s, params, targets))
+                times.append(time.perf_counter() - t)
+                losses.append(float(loss))
         adam = {"compile_s": round(compile_s, 2), "warmup": spec["warmup"],
                 "warmup_ms": [round(1000 * v, 1) for v in times[: spec["warmup"]]],
                 **_stats(times[spec["warmup"]:]), "xla_flops": _cost_flops(compiled),
                 "hlo": hlo_summary(compiled),
-                "losses": losses, "foreign_cpu_load": _foreign_load(snap, _cpu_snapshot())}
+                "losses": losses, "foreign_cpu_load": _foreign_load(snap, _cpu_snapshot()),
+                "memory": step_mem.result(), "compile_memory": compile_mem.result()}
         out["adam"] = adam
         _log(f"  [jax {size}px] Adam: compile {adam['compile_s']} s, median "
-             f"{adam['median_ms']:.0f} ms/step, foreign CPU load {adam['foreign_cpu_load']}")
-        del compiled
+             f"{adam['median_ms']:.0f} ms/step, peak RSS {adam['memory']['peak_rss_mib']} MiB, "
+             f"foreign CPU load {adam['foreign_cpu_load']}")
+        del compiled, x, s
 
         # ---- objective at the content image (for the PyTorch check)
         value, terms = jax.jit(objective)(params, image, targets)
@@ -385,6 +457,8 @@ def worker_jax(spec: dict) -> dict:
                  f"{lb['median_ms']:.0f} ms/iteration, {lb['evaluations_per_iteration']} "
                  f"evaluations/iteration")
 
+    if spec.get("ttt"):  # time to target in this process (same objective, images loaded again)
+        result["ttt"] = worker_ttt_jax(dict(spec, **spec["ttt"]), (objective, weights_source, warnings))
     if spec.get("matmul_sizes"):
         mm = {}
         f = jax.jit(jnp.matmul)
@@ -399,20 +473,63 @@ def worker_jax(spec: dict) -> dict:
 def _lbfgs_iterations(objective, params, targets, image, spec) -> dict:
     """Time L-BFGS iterations exactly as ``neuralstyle.stylize`` drives them."""
     import jax
+
+    with PeakMemory() as compile_mem:
+        opt, compile_s, start, iterate = _lbfgs_driver(objective, params, targets, image)
+    with PeakMemory() as step_mem:
+        current, state = start()
+        warm, n = spec.get("lbfgs_warmup", 1), spec["lbfgs_steps"]
+        times, evals = [], []
+        for i in range(warm + n):
+            if i == warm:
+                snap = _cpu_snapshot()
+            t = time.perf_counter()
+            current, state, e = iterate(current, state)
+            times.append(time.perf_counter() - t)
+            evals.append(e)
+    load = _foreign_load(snap, _cpu_snapshot())
+    direction, trial = iterate.direction, iterate.trial
+    # breakdown: one trial evaluation and one direction call, each synchronized
+    d_times, t_times = [], []
+    for _ in range(2 if image.size <= 3 * 512 * 512 else 1):  # 1 above 512 px: each takes seconds
+        t = time.perf_counter()
+        d, _ = jax.block_until_ready(direction(current.grad, state, current.image))
+        d_times.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        jax.block_until_ready(trial(current.image, current.grad, d, 1.0, params, targets))
+        t_times.append(time.perf_counter() - t)
+    return {"compile_s": round(compile_s, 2), "warmup": warm, **_stats(times[warm:]),
+            "evaluations": evals[warm:],
+            "evaluations_per_iteration": round(sum(evals[warm:]) / n, 2),
+            "trial_ms": round(1000 * min(t_times), 1), "direction_ms": round(1000 * min(d_times), 1),
+            "xla_flops_trial": _cost_flops(trial), "xla_flops_direction": _cost_flops(direction),
+            "final_loss": float(current.loss), "foreign_cpu_load": load,
+            "memory_size": opt.memory_size, "memory": step_mem.result(),
+            "compile_memory": compile_mem.result()}
+
+
+def _lbfgs_driver(objective, params, targets, image):
+    """``(opt, compile_s, start, iterate)``: neuralstyle's L-BFGS compiled for ``image``'s shape
+    and driven exactly like ``neuralstyle.stylize``'s loop.  ``start() -> (current, state)``
+    evaluates the starting point; ``iterate(current, state) -> (current, state, evaluations)`` is
+    one iteration (direction + backtracking line search; a failed search resets the memory)."""
+    import jax
     import jax.numpy as jnp
 
     from neuralstyle.optim import LBFGS, make_lbfgs_functions
 
     opt = LBFGS()
     direction_fn, trial_fn = make_lbfgs_functions(objective, opt)
-    state = opt.direction_transform.init(image)
+    state0 = opt.direction_transform.init(image)
     zeros = jnp.zeros_like(image)
     t = time.perf_counter()
     trial = jax.jit(trial_fn).lower(image, zeros, zeros, 0.0, params, targets).compile()
-    direction = jax.jit(direction_fn).lower(zeros, state, image).compile()
+    direction = jax.jit(direction_fn).lower(zeros, state0, image).compile()
     compile_s = time.perf_counter() - t
-    current = trial(image, zeros, zeros, 0.0, params, targets)
-    jax.block_until_ready(current)
+
+    def start():
+        current = trial(image, zeros, zeros, 0.0, params, targets)
+        return jax.block_until_ready(current), state0
 
     def iterate(current, state):
         d, new_state = direction(current.grad, state, current.image)
@@ -426,32 +543,8 @@ def _lbfgs_iterations(objective, params, targets, image, spec) -> dict:
             step *= opt.shrink
         return current, opt.direction_transform.init(current.image), evaluations  # reset
 
-    warm, n = spec.get("lbfgs_warmup", 1), spec["lbfgs_steps"]
-    times, evals = [], []
-    for i in range(warm + n):
-        if i == warm:
-            snap = _cpu_snapshot()
-        t = time.perf_counter()
-        current, state, e = iterate(current, state)
-        times.append(time.perf_counter() - t)
-        evals.append(e)
-    load = _foreign_load(snap, _cpu_snapshot())
-    # breakdown: one trial evaluation and one direction call, each synchronized
-    d_times, t_times = [], []
-    for _ in range(2):
-        t = time.perf_counter()
-        d, _ = jax.block_until_ready(direction(current.grad, state, current.image))
-        d_times.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        jax.block_until_ready(trial(current.image, current.grad, d, 1.0, params, targets))
-        t_times.append(time.perf_counter() - t)
-    return {"compile_s": round(compile_s, 2), "warmup": warm, **_stats(times[warm:]),
-            "evaluations": evals[warm:],
-            "evaluations_per_iteration": round(sum(evals[warm:]) / n, 2),
-            "trial_ms": round(1000 * min(t_times), 1), "direction_ms": round(1000 * min(d_times), 1),
-            "xla_flops_trial": _cost_flops(trial), "xla_flops_direction": _cost_flops(direction),
-            "final_loss": float(current.loss), "foreign_cpu_load": load,
-            "memory_size": opt.memory_size}
+    iterate.direction, iterate.trial = direction, trial
+    return opt, compile_s, start, iterate
 
 
 def worker_torch(spec: dict) -> dict:
@@ -493,20 +586,45 @@ def worker_torch(spec: dict) -> dict:
         if spec.get("channels_last"):
             tobj.features.to(memory_format=torch.channels_last)
             c = c.contiguous(memory_format=torch.channels_last)
-        x, step = tr.make_adam_step(tobj, c)
         losses, times = [], []
-        for i in range(spec["warmup"] + spec["steps"]):
-            if i == spec["warmup"]:
-                snap = _cpu_snapshot()
-            t = time.perf_counter()
-            losses.append(float(step()))
-            times.append(time.perf_counter() - t)
+        with PeakMemory() as mem:
+            x, step = tr.make_adam_step(tobj, c)
+            for i in range(spec["warmup"] + spec["steps"]):
+                if i == spec["warmup"]:
+                    snap = _cpu_snapshot()
+                t = time.perf_counter()
+                losses.append(float(step()))
+                times.append(time.perf_counter() - t)
         out["adam"] = {"warmup": spec["warmup"],
                        "warmup_ms": [round(1000 * v, 1) for v in times[: spec["warmup"]]],
                        **_stats(times[spec["warmup"]:]), "losses": losses,
-                       "foreign_cpu_load": _foreign_load(snap, _cpu_snapshot())}
-        _log(f"  [torch {size}px] Adam: median {out['adam']['median_ms']:.0f} ms/step, "
-             f"foreign CPU load {out['adam']['foreign_cpu_load']}")
+                       "foreign_cpu_load": _foreign_load(snap, _cpu_snapshot()),
+                       "memory": mem.result()}
+        _log(f"  [torch {size}px] Adam: median {out['adam']['median_ms']:.0f} ms/step, peak RSS "
+             f"{out['adam']['memory']['peak_rss_mib']} MiB, foreign CPU load {out['adam']['foreign_cpu_load']}")
+        del x, step
+        if spec.get("lbfgs_steps", 0) > 0:
+            warm, n = spec.get("lbfgs_warmup", 1), spec["lbfgs_steps"]
+            times, evals = [], []
+            with PeakMemory() as mem:
+                lb = tr.LBFGSRun(tobj, c)
+                for i in range(warm + n):
+                    if i == warm:
+                        snap = _cpu_snapshot()
+                    before = lb.evaluations
+                    t = time.perf_counter()
+                    lb.step()
+                    times.append(time.perf_counter() - t)
+                    evals.append(lb.evaluations - before)
+            out["lbfgs"] = {"warmup": warm, **_stats(times[warm:]), "evaluations": evals[warm:],
+                            "evaluations_per_iteration": round(sum(evals[warm:]) / n, 2),
+                            "final_loss": lb.losses[-1], "foreign_cpu_load": _foreign_load(snap, _cpu_snapshot()),
+                            "memory": mem.result(), "optimizer": tr.LBFGS_DESC}
+            _log(f"  [torch {size}px] L-BFGS: median {out['lbfgs']['median_ms']:.0f} ms/iteration, "
+                 f"{out['lbfgs']['evaluations_per_iteration']} evaluations/iteration")
+            del lb
+    if spec.get("ttt"):
+        result["ttt"] = worker_ttt_torch(dict(spec, **spec["ttt"]), (objective, weights_source, warnings))
     if spec.get("matmul_sizes"):
         mm = {}
         for n in spec["matmul_sizes"]:
@@ -516,7 +634,120 @@ def worker_torch(spec: dict) -> dict:
     return result
 
 
-WORKERS = {"jax": worker_jax, "torch": worker_torch}
+def _ttt_result(target, losses, reached, compile_s, snap, evaluations=None) -> dict:
+    """``reached``: ``(updates, seconds)`` of the first iterate whose loss is below ``target``."""
+    steps, seconds = reached if reached else (None, None)
+    return {"target": target, "reached": reached is not None, "steps": steps,
+            "seconds": None if seconds is None else round(seconds, 3),
+            "compile_s": None if compile_s is None else round(compile_s, 3),
+            "seconds_with_compile": None if seconds is None else round(seconds + (compile_s or 0.0), 3),
+            "iterates_evaluated": len(losses), "evaluations": evaluations,
+            "final_loss": losses[-1] if losses else None, "losses": losses,
+            "foreign_cpu_load": _foreign_load(snap, _cpu_snapshot())}
+
+
+def worker_ttt_jax(spec: dict, built=None) -> dict:
+    """Time to target in JAX: Adam and neuralstyle's L-BFGS from the content image until the loss
+    of the current iterate is below ``spec["target"]`` (at most ``spec["max_steps"]`` updates).
+    ``built``: the ``_build_objective`` result of a worker that already has it."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from neuralstyle.optim import make_step
+
+    objective, weights_source, warnings = built or _build_objective(spec)
+    params, target, size = objective.params, spec["target"], spec["size"]
+    content, style, desc = _load_images(spec, size)
+    targets = jax.jit(objective.targets)(params, jnp.asarray(content)[None], jnp.asarray(style)[None])
+    image = jnp.asarray(content, jnp.float32)[None]
+    result = {"weights": weights_source, "warnings": warnings, "images": desc}
+
+    tx = optax.adam(0.02, b1=0.99, eps=0.1)
+    t = time.perf_counter()
+    state = tx.init(image)
+    compiled = jax.jit(make_step(objective, tx)).lower(image, state, params, targets).compile()
+    compile_s = time.perf_counter() - t
+    x, losses, reached = image, [], None
+    snap = _cpu_snapshot()
+    t0 = time.perf_counter()
+    for i in range(spec["max_steps"]["adam"] + 1):
+        new_x, state, loss, _ = compiled(x, state, params, targets)  # loss of x (i updates)
+        losses.append(float(loss))
+        if losses[-1] < target:
+            reached = (i, time.perf_counter() - t0)
+            break
+        x = new_x
+    result["adam"] = _ttt_result(target, losses, reached, compile_s, snap, evaluations=len(losses))
+    _log(f"  [jax ttt {size}px] Adam: {result['adam']['steps']} steps, {result['adam']['seconds']} s")
+    del compiled
+
+    _, compile_s, start, iterate = _lbfgs_driver(objective, params, targets, image)
+    snap = _cpu_snapshot()
+    t0 = time.perf_counter()
+    current, state = start()
+    evaluations, losses, reached = 1, [float(current.loss)], None
+    if losses[-1] < target:
+        reached = (0, time.perf_counter() - t0)
+    for i in range(1, spec["max_steps"]["lbfgs"] + 1):
+        if reached:
+            break
+        current, state, e = iterate(current, state)
+        evaluations += e
+        losses.append(float(current.loss))
+        if losses[-1] < target:
+            reached = (i, time.perf_counter() - t0)
+    result["lbfgs"] = _ttt_result(target, losses, reached, compile_s, snap, evaluations)
+    _log(f"  [jax ttt {size}px] L-BFGS: {result['lbfgs']['steps']} iterations, "
+         f"{result['lbfgs']['seconds']} s")
+    return result
+
+
+def worker_ttt_torch(spec: dict, built=None) -> dict:
+    """Time to target of the PyTorch reference: Adam and ``torch.optim.LBFGS`` (see
+    :class:`benchmarks.torch_reference.LBFGSRun`), same objective, start and target as JAX."""
+    from benchmarks import torch_reference as tr
+
+    tr.set_threads(os.cpu_count())
+    objective, weights_source, warnings = built or _build_objective(spec)  # torch copies its weights
+    target, size = spec["target"], spec["size"]
+    content, style, desc = _load_images(spec, size)
+    tobj = tr.TorchObjective.from_jax_objective(objective)
+    c = tr.to_nchw(content)
+    tobj.set_targets(c, tr.to_nchw(style))
+    result = {"weights": weights_source, "warnings": warnings, "images": desc}
+
+    x, step = tr.make_adam_step(tobj, c)
+    losses, reached = [], None
+    snap = _cpu_snapshot()
+    t0 = time.perf_counter()
+    for i in range(spec["max_steps"]["adam"] + 1):
+        losses.append(float(step()))  # loss of the image after i updates
+        if losses[-1] < target:
+            reached = (i, time.perf_counter() - t0)
+            break
+    result["adam"] = _ttt_result(target, losses, reached, None, snap, evaluations=len(losses))
+    _log(f"  [torch ttt {size}px] Adam: {result['adam']['steps']} steps, {result['adam']['seconds']} s")
+    del x, step
+
+    lb = tr.LBFGSRun(tobj, c)
+    reached = None
+    snap = _cpu_snapshot()
+    t0 = time.perf_counter()
+    for i in range(spec["max_steps"]["lbfgs"] + 1):
+        lb.step()  # starts by evaluating the current iterate (after i updates)
+        if lb.iterate_losses[-1] < target:
+            reached = (i, lb.iterate_times[-1] - t0)
+            break
+    result["lbfgs"] = _ttt_result(target, lb.iterate_losses, reached, None, snap, lb.evaluations)
+    result["lbfgs"]["optimizer"] = tr.LBFGS_DESC
+    _log(f"  [torch ttt {size}px] L-BFGS: {result['lbfgs']['steps']} iterations, "
+         f"{result['lbfgs']['seconds']} s")
+    return result
+
+
+WORKERS = {"jax": worker_jax, "torch": worker_torch, "ttt_jax": worker_ttt_jax,
+           "ttt_torch": worker_ttt_torch}
 
 
 QUIET = {"wait_s": 0.0, "retries": 0, "threshold": 0.15}
@@ -524,7 +755,7 @@ QUIET = {"wait_s": 0.0, "retries": 0, "threshold": 0.15}
 
 def _max_load(result: dict) -> float:
     loads = [0.0]
-    for r in (result.get("sizes") or {}).values():
+    for r in list((result.get("sizes") or {}).values()) + [result]:
         for part in ("adam", "lbfgs"):
             if isinstance(r.get(part), dict) and r[part].get("foreign_cpu_load") is not None:
                 loads.append(r[part]["foreign_cpu_load"])
@@ -592,6 +823,99 @@ def _run_worker_once(kind: str, spec: dict, xla_flags: str | None, extra_env: di
         result = json.loads(result_path.read_text())
         result["process_wall_s"] = round(wall, 1)
         return result
+
+
+def ttt_spec(args) -> dict:
+    return {"size": args.ttt_size, "target": args.ttt_target,
+            "max_steps": {"adam": args.ttt_max_steps[0], "lbfgs": args.ttt_max_steps[1]}}
+
+
+def time_to_target(args, base_spec: dict, main_flags: str, with_torch: bool,
+                   attached: dict) -> dict:
+    """Seconds and updates to the fixed target loss, JAX and PyTorch, Adam and L-BFGS.
+
+    ``attached``: results already measured by the main workers at the time-to-target size
+    (``{"jax": ..., "torch": ...}``); what is missing runs in its own worker."""
+    tspec = ttt_spec(args)
+    spec = dict(base_spec, matmul_sizes=[], **tspec)
+    out = {"size": args.ttt_size, "target": args.ttt_target, "pair": f"{CONTENT_IMAGE} + {STYLE_IMAGE}",
+           "init": "content", "max_steps": tspec["max_steps"], "warnings": []}
+    res = attached.get("jax")
+    if res is None:
+        _log(f"time to target {args.ttt_target:g} at {args.ttt_size} px: JAX ...")
+        res = run_worker("ttt_jax", spec, main_flags)
+    if "error" in res:
+        out["warnings"].append(f"time to target (JAX) failed: {res['error']}")
+        _log(out["warnings"][-1] + "\n" + res.get("output_tail", ""))
+        return out
+    out["images"], out["weights"] = res["images"], res["weights"]
+    out["jax"] = {k: res[k] for k in ("adam", "lbfgs")}
+    if with_torch:
+        res = attached.get("torch")
+        if res is None:
+            _log("time to target: PyTorch ...")
+            res = run_worker("ttt_torch", spec, None)
+        if "error" in res:
+            out["warnings"].append(f"time to target (PyTorch) failed: {res['error']}")
+        else:
+            out["torch"] = {k: res[k] for k in ("adam", "lbfgs")}
+            out["ratios"] = {}
+            for opt in ("adam", "lbfgs"):
+                j, t = out["jax"][opt], out["torch"][opt]
+                out["ratios"][opt] = {
+                    k: (round(j[k] / t[k], 3) if j[k] and t[k] else None)
+                    for k in ("seconds", "seconds_with_compile")}
+    for impl in ("jax", "torch"):
+        for opt in ("adam", "lbfgs"):
+            r = out.get(impl, {}).get(opt)
+            if r is not None and not r["reached"]:
+                out["warnings"].append(
+                    f"time to target: {impl} {opt} did not reach {args.ttt_target:g} within "
+                    f"{tspec['max_steps'][opt]} updates (last loss {r['final_loss']:.4g})")
+    return out
+
+
+def _linear_fit(x: list[float], y: list[float]) -> dict:
+    """Least-squares ``y = a + b x`` with residuals, and the exponent ``p`` of ``y ~ x^p``."""
+    import numpy as np
+
+    x_, y_ = np.asarray(x, float), np.asarray(y, float)
+    (a, b), *_ = np.linalg.lstsq(np.stack([np.ones_like(x_), x_], 1), y_, rcond=None)
+    fit = a + b * x_
+    p = float(np.polyfit(np.log(x_), np.log(y_), 1)[0]) if len(x_) > 1 else None
+    return {"a": float(a), "b": float(b), "fitted": [round(float(v), 2) for v in fit],
+            "residuals": [round(float(v), 2) for v in y_ - fit],
+            "relative_residuals": [round(float(v), 4) for v in (y_ - fit) / y_],
+            "power_law_exponent": None if p is None else round(p, 3)}
+
+
+def scaling(rows: list[dict]) -> list[dict]:
+    """Time per step and peak memory against pixel count, per implementation and optimizer,
+    with least-squares fits ``ms = a + b * pixels`` and ``MiB = a + b * pixels``."""
+    groups: dict = {}
+    for r in rows:
+        if r["implementation"].startswith("XLA variant") or "channels_last" in r["implementation"]:
+            continue
+        groups.setdefault((r["implementation"], r["optimizer"]), []).append(r)
+    out = []
+    for (impl, opt), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["pixels"])
+        entry = {"implementation": impl, "optimizer": opt, "sizes": [r["size"] for r in rs],
+                 "pixels": [r["pixels"] for r in rs], "ms_per_step": [r["median_ms"] for r in rs],
+                 "ms_per_megapixel": [round(r["median_ms"] / (r["pixels"] / 1e6), 1) for r in rs],
+                 "peak_rss_mib": [r["peak_rss_mib"] for r in rs],
+                 "above_baseline_mib": [r["above_baseline_mib"] for r in rs]}
+        if len(rs) >= 2:
+            t = _linear_fit(entry["pixels"], entry["ms_per_step"])
+            entry["time_fit"] = dict(t, a_ms=round(t["a"], 1), b_ms_per_megapixel=round(t["b"] * 1e6, 1))
+            worst = max(abs(v) for v in t["relative_residuals"])
+            entry["time_linear"] = worst < 0.1 if len(rs) >= 3 else None  # 2 points fit any line
+            if all(v is not None for v in entry["above_baseline_mib"]):
+                m = _linear_fit(entry["pixels"], entry["above_baseline_mib"])
+                entry["memory_fit"] = dict(m, a_mib=round(m["a"], 1),
+                                           b_mib_per_megapixel=round(m["b"] * 1e6, 1))
+        out.append(entry)
+    return out
 
 
 # ============================================================================ XLA flags
@@ -683,20 +1007,28 @@ def build_rows(report: dict) -> list[dict]:
     rows = []
     jax_res = report.get("jax", {})
     torch_res = report.get("torch") or {}
-    torch_ms = {}
+    torch_ms = {}  # (size, optimizer) -> PyTorch's median ms per step / iteration
     for size, t in (torch_res.get("sizes") or {}).items():
-        torch_ms[size] = t["adam"]["median_ms"]
+        torch_ms[(size, "Adam")] = t["adam"]["median_ms"]
+        if "lbfgs" in t:
+            torch_ms[(size, "L-BFGS")] = t["lbfgs"]["median_ms"]
+    shapes = {size: r["shape"] for size, r in (jax_res.get("sizes") or {}).items()}
 
     def row(size, optimizer, impl, compile_s, r, flops, note=""):
         ms = r["median_ms"]
         gflops = flops / 1e9 / (ms / 1000) if flops else None
-        ref = torch_ms.get(str(size))
-        return {"size": int(size), "optimizer": optimizer, "implementation": impl,
+        ref = torch_ms.get((str(size), optimizer))
+        mem = r.get("memory") or {}
+        h, w = (shapes.get(str(size)) or [int(size), int(size)])[:2]
+        return {"size": int(size), "pixels": h * w, "optimizer": optimizer, "implementation": impl,
                 "compile_s": compile_s, "median_ms": ms, "mean_ms": r["mean_ms"],
-                "min_ms": r["min_ms"], "gflop_per_step": round(flops / 1e9, 2) if flops else None,
+                "min_ms": r["min_ms"], "steps_per_s": round(1000.0 / ms, 4),
+                "gflop_per_step": round(flops / 1e9, 2) if flops else None,
                 "gflops": round(gflops, 1) if gflops else None,
                 "pct_blas": round(100 * gflops / blas, 1) if gflops else None,
-                "time_vs_torch": round(ms / ref, 3) if (ref and optimizer == "Adam") else None,
+                "time_vs_torch": round(ms / ref, 3) if ref else None,
+                "peak_rss_mib": mem.get("peak_rss_mib"),
+                "above_baseline_mib": mem.get("above_baseline_mib"),
                 "foreign_cpu_load": r.get("foreign_cpu_load"), "note": note}
 
     step_flops = {}
@@ -705,19 +1037,27 @@ def build_rows(report: dict) -> list[dict]:
         step_flops[size] = flops
         rows.append(row(size, "Adam", "JAX/XLA (make_step + jit)", r["adam"]["compile_s"],
                         r["adam"], flops))
+        trial_flops = None
         if "lbfgs" in r:
             lb = r["lbfgs"]
             it_flops = None
             if lb["xla_flops_trial"]:
+                trial_flops = lb["xla_flops_trial"]
                 it_flops = (lb["xla_flops_trial"] * lb["evaluations_per_iteration"]
                             + (lb["xla_flops_direction"] or 0.0))
             rows.append(row(size, "L-BFGS", "JAX/XLA (LBFGS: direction + trial)", lb["compile_s"],
                             lb, it_flops,
                             f"{lb['evaluations_per_iteration']} evaluations/iteration; "
                             f"trial {lb['trial_ms']:.0f} ms, direction {lb['direction_ms']:.0f} ms"))
-        if size in torch_ms:
+        if (size, "Adam") in torch_ms:
             rows.append(row(size, "Adam", "PyTorch eager (torch_reference)", None,
                             torch_res["sizes"][size]["adam"], flops))
+        if (size, "L-BFGS") in torch_ms:
+            tl = torch_res["sizes"][size]["lbfgs"]
+            per_eval = trial_flops or flops
+            rows.append(row(size, "L-BFGS", "PyTorch eager (torch.optim.LBFGS, strong Wolfe)", None,
+                            tl, per_eval * tl["evaluations_per_iteration"] if per_eval else None,
+                            f"{tl['evaluations_per_iteration']} evaluations/iteration"))
         if size in (torch_res.get("channels_last") or {}):
             rows.append(row(size, "Adam", "PyTorch eager, channels_last", None,
                             torch_res["channels_last"][size], flops))
@@ -741,6 +1081,8 @@ def markdown(report: dict) -> str:
         f"- command: `{report['command']}`",
         f"- machine: {m['nproc']} CPUs, {m.get('cpu_model', '?')} ({m.get('cpu_family_model', '')}; "
         f"{m.get('simd', '')}{'; VM' if m.get('hypervisor') else ''}), {m.get('ram_gib', '?')} GiB RAM, "
+        f"JAX backend {(report.get('jax') or {}).get('backend', '?')} "
+        f"({', '.join((report.get('jax') or {}).get('devices', [])) or '?'}), "
         f"load average at start {' '.join(m.get('loadavg_at_start', []))}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in ver.items() if v),
         f"- model: VGG19, weights {report.get('weights', '?')}; TF-tutorial recipe (content "
@@ -750,23 +1092,31 @@ def markdown(report: dict) -> str:
         f"- main-run XLA_FLAGS: `{cfg['xla_flags'] or '(none)'}`; steps: {cfg['steps_desc']}",
         "",
         "| size | optimizer | implementation / variant | compile s | ms/step (median) | ms/step (mean) "
-        "| GFLOP/s | % of BLAS matmul | time vs PyTorch eager | other load |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| steps/s | GFLOP/s | % of BLAS matmul | time vs PyTorch | peak RSS MiB (above baseline) "
+        "| other load |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
+        mem = ("–" if r.get("peak_rss_mib") is None else
+               f"{r['peak_rss_mib']:.0f} ({_fmt(r.get('above_baseline_mib'), '{:.0f}')})")
         lines.append(
             f"| {r['size']} | {r['optimizer']} | {r['implementation']} | "
             f"{_fmt(r['compile_s'], '{:.1f}')} | {r['median_ms']:.0f} | {r['mean_ms']:.0f} | "
+            f"{r['steps_per_s']:.3g} | "
             f"{_fmt(r['gflops'], '{:.1f}')} | {_fmt(r['pct_blas'], '{:.0f}%')} | "
-            f"{_fmt(r['time_vs_torch'], '{:.2f}')} | {_fmt(r['foreign_cpu_load'], '{:.0%}')} |")
+            f"{_fmt(r['time_vs_torch'], '{:.2f}')} | {mem} | {_fmt(r['foreign_cpu_load'], '{:.0%}')} |")
     lines += [
         "",
-        "ms/step of L-BFGS is per accepted iteration (one `direction` call plus its line-search "
-        "trials). GFLOP/s uses the FLOPs of the math (XLA cost analysis of the default-flags "
-        "JAX step), also for PyTorch and the variants. \"time vs PyTorch eager\" is this row's "
-        "median time divided by PyTorch's at the same size (below 1 = faster than PyTorch). "
-        "\"other load\" is the share of the machine's CPU time used by other processes during "
-        "the timed steps (a disturbed measurement if it is more than a few %).",
+        "ms/step of L-BFGS is per accepted iteration (neuralstyle: one `direction` call plus its "
+        "line-search trials; PyTorch: one `torch.optim.LBFGS.step` with its strong-Wolfe search, "
+        "plus the clamp). steps/s = 1000 / median ms. GFLOP/s uses the FLOPs of the math (XLA "
+        "cost analysis of the default-flags JAX step, times the evaluations per iteration for "
+        "L-BFGS), also for PyTorch and the variants. \"time vs PyTorch\" is this row's median "
+        "time divided by PyTorch's for the same optimizer at the same size (below 1 = faster than "
+        "PyTorch). \"other load\" is the share of the machine's CPU time used by other processes "
+        "during the timed steps (a disturbed measurement if it is more than a few %). Memory: "
+        + report.get("memory_method", MEMORY_METHOD) + "; the compile phase's peak is in speed.json "
+        "(`compile_memory`).",
         "",
         "## Yardsticks and FLOPs",
         "",
@@ -785,6 +1135,8 @@ def markdown(report: dict) -> str:
                      f"analytic {f['analytic']['total_gflop']:.1f} GFLOP "
                      f"(conv forward {f['analytic']['conv_forward_gflop']:.1f} x 2 + Gram "
                      f"{f['analytic']['gram_gflop']:.1f}; {f['analytic']['formula']})")
+    lines += _markdown_ttt(report.get("time_to_target"))
+    lines += _markdown_scaling(report.get("scaling") or [])
     checks = report.get("checks", {})
     if checks:
         lines += ["", "## PyTorch reference check", ""]
@@ -826,12 +1178,73 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _markdown_ttt(ttt) -> list[str]:
+    if not ttt or "jax" not in ttt:
+        return []
+    lines = ["", f"## Time to target (loss < {ttt['target']:g})", "",
+             f"{ttt['pair']} at {ttt['size']} px ({ttt.get('images', '')}), weights "
+             f"{ttt.get('weights', '?')}, initialized with the content image; the target is fixed in "
+             "`benchmarks/speed.py` (TTT_TARGET), not chosen per run. Seconds run from the first "
+             "step until the implementation has evaluated an iterate below the target (compile "
+             "excluded, and included in the next column); steps = updates applied to that iterate; "
+             f"at most {ttt['max_steps']['adam']} Adam steps / {ttt['max_steps']['lbfgs']} L-BFGS "
+             "iterations.", "",
+             "| optimizer | implementation | steps | evaluations | seconds | seconds incl. compile "
+             "| final loss | vs PyTorch (s) | vs PyTorch (s incl. compile) | other load |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for opt, name in (("adam", "Adam"), ("lbfgs", "L-BFGS")):
+        for impl, impl_name in (("jax", "neuralstyle (JAX/XLA)"), ("torch", "PyTorch eager")):
+            r = (ttt.get(impl) or {}).get(opt)
+            if r is None:
+                continue
+            ratio = (ttt.get("ratios") or {}).get(opt, {}) if impl == "jax" else {}
+            lines.append(
+                f"| {name} | {impl_name} | {_fmt(r['steps'])} | {_fmt(r['evaluations'])} | "
+                f"{_fmt(r['seconds'], '{:.1f}')} | {_fmt(r['seconds_with_compile'], '{:.1f}')} | "
+                f"{r['final_loss']:.4g} | {_fmt(ratio.get('seconds'), '{:.2f}')} | "
+                f"{_fmt(ratio.get('seconds_with_compile'), '{:.2f}')} | "
+                f"{_fmt(r['foreign_cpu_load'], '{:.0%}')} |")
+    return lines
+
+
+def _markdown_scaling(entries: list[dict]) -> list[str]:
+    entries = [e for e in entries if "time_fit" in e]
+    if not entries:
+        return []
+    lines = ["", "## Cost against image size", "",
+             "Median time per step (ms) and peak RSS above the phase's baseline (MiB) per pixel "
+             "count; least-squares fit ms = a + b * pixels with the residual of each size (measured "
+             "minus fit, relative to measured), and the exponent p of a power-law fit ms ~ pixels^p "
+             "(p = 1: linear).", "",
+             "| optimizer | implementation | pixels | ms/step | ms per megapixel | fit a (ms) | "
+             "fit b (ms/megapixel) | relative residuals | p | peak MiB above baseline | "
+             "memory fit b (MiB/megapixel) |",
+             "|---|---|---|---|---|---:|---:|---|---:|---|---:|"]
+    for e in entries:
+        t, m = e["time_fit"], e.get("memory_fit") or {}
+        lines.append(
+            f"| {e['optimizer']} | {e['implementation']} | {' / '.join(str(p) for p in e['pixels'])} | "
+            f"{' / '.join(f'{v:.0f}' for v in e['ms_per_step'])} | "
+            f"{' / '.join(f'{v:.0f}' for v in e['ms_per_megapixel'])} | {t['a_ms']:.0f} | "
+            f"{t['b_ms_per_megapixel']:.0f} | "
+            f"{' / '.join(f'{100 * v:+.1f}%' for v in t['relative_residuals'])} | "
+            f"{_fmt(t['power_law_exponent'], '{:.2f}')} | "
+            f"{' / '.join(_fmt(v) for v in e['above_baseline_mib'])} | "
+            f"{_fmt(m.get('b_mib_per_megapixel'), '{:.0f}')} |")
+    verdict = {True: "yes", False: "no", None: "not testable with 2 sizes"}
+    lines += ["", "Linear in pixels (every residual of the 3+ sizes under 10%): " + "; ".join(
+        f"{e['optimizer']} {e['implementation']}: {verdict[e['time_linear']]}"
+        for e in entries) + "."]
+    return lines
+
+
 def print_table(report: dict) -> None:
     head = ("size", "optimizer", "implementation / variant", "compile s", "ms/step", "mean ms",
-            "GFLOP/s", "%BLAS", "vs torch")
+            "steps/s", "GFLOP/s", "%BLAS", "vs torch", "peak MiB")
     rows = [(str(r["size"]), r["optimizer"], r["implementation"], _fmt(r["compile_s"], "{:.1f}"),
-             f"{r['median_ms']:.0f}", f"{r['mean_ms']:.0f}", _fmt(r["gflops"], "{:.1f}"),
-             _fmt(r["pct_blas"], "{:.0f}%"), _fmt(r["time_vs_torch"], "{:.2f}")) for r in report["rows"]]
+             f"{r['median_ms']:.0f}", f"{r['mean_ms']:.0f}", f"{r['steps_per_s']:.3g}",
+             _fmt(r["gflops"], "{:.1f}"), _fmt(r["pct_blas"], "{:.0f}%"),
+             _fmt(r["time_vs_torch"], "{:.2f}"), _fmt(r.get("peak_rss_mib"))) for r in report["rows"]]
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     for line in [head] + rows:
         print("  ".join(x.ljust(w) for x, w in zip(line, widths)))
@@ -842,12 +1255,21 @@ def print_table(report: dict) -> None:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", help="long edges in px (default: 256 512)")
-    p.add_argument("--steps", type=int, help="timed Adam steps per size (default: 10 up to 256 px, 5 above)")
-    p.add_argument("--warmup", type=int, help="warm-up Adam steps (default: 5 up to 256 px, 3 above)")
-    p.add_argument("--lbfgs-steps", type=int, help="timed L-BFGS iterations (default: 5 up to 256 px, 3 above; 0: skip)")
+    p.add_argument("--sizes", type=int, nargs="+", help="long edges in px (default: 256 512 1024)")
+    p.add_argument("--steps", type=int, help="timed Adam steps per size (default: 6 up to 256 px, 4 up to 512, 3 above)")
+    p.add_argument("--warmup", type=int, help="warm-up Adam steps (default: 3 up to 256 px, 2 up to 512, 1 above)")
+    p.add_argument("--lbfgs-steps", type=int, help="timed L-BFGS iterations after 1 warm-up (default: 3 up to 256 px, 2 up to 512, 1 above; 0: skip)")
+    p.add_argument("--ttt-size", type=int, default=TTT_SIZE,
+                   help=f"size of the time-to-target runs (default {TTT_SIZE}; 0: skip them)")
+    p.add_argument("--ttt-target", type=float, default=TTT_TARGET,
+                   help=f"the fixed target loss of the time-to-target runs (default {TTT_TARGET:g}, "
+                        f"for the default size, weights and images)")
+    p.add_argument("--ttt-max-steps", type=int, nargs=2, metavar=("ADAM", "LBFGS"),
+                   default=list(TTT_MAX_STEPS), help="give up after this many updates "
+                   f"(default {TTT_MAX_STEPS[0]} Adam steps, {TTT_MAX_STEPS[1]} L-BFGS iterations)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke test: 64 px, 2 steps, no XLA variants (well under a minute)")
+                   help="smoke test: 64 px, 2 steps, no XLA variants, time to target at 64 px "
+                        "with at most 2 updates (well under a minute)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: benchmarks/results)")
     p.add_argument("--xla-flags", default="",
                    help="XLA_FLAGS of the main JAX run (appended to any XLA_FLAGS in the environment)")
@@ -876,10 +1298,10 @@ def parse_args(argv=None):
 
 
 def _steps_for(size: int, args) -> tuple[int, int, int]:
-    small = size <= 256
-    warmup = args.warmup if args.warmup is not None else (5 if small else 3)
-    steps = args.steps if args.steps is not None else (10 if small else 5)
-    lbfgs = args.lbfgs_steps if args.lbfgs_steps is not None else (5 if small else 3)
+    k = 0 if size <= 256 else 1 if size <= 512 else 2
+    warmup = args.warmup if args.warmup is not None else (3, 2, 1)[k]
+    steps = args.steps if args.steps is not None else (6, 4, 3)[k]
+    lbfgs = args.lbfgs_steps if args.lbfgs_steps is not None else (3, 2, 1)[k]
     return warmup, steps, lbfgs
 
 
@@ -903,9 +1325,11 @@ def main(argv=None) -> int:
         args.steps = 2 if args.steps is None else args.steps
         args.lbfgs_steps = 2 if args.lbfgs_steps is None else args.lbfgs_steps
         args.variants = args.variants or "none"
+        args.ttt_size = 64 if args.ttt_size == TTT_SIZE else args.ttt_size
+        args.ttt_max_steps = [2, 2] if list(args.ttt_max_steps) == list(TTT_MAX_STEPS) else args.ttt_max_steps
         matmul_sizes, matmul_repeats = [1024], 2
     else:
-        sizes = args.sizes or [256, 512]
+        sizes = args.sizes or [256, 512, 1024]
         matmul_sizes, matmul_repeats = [2048, 4096], 5
     args.variants = args.variants or "all"
     sizes = sorted(set(sizes))
@@ -921,7 +1345,11 @@ def main(argv=None) -> int:
                                             for s, p in plan.items()},
                    "xla_flags": main_flags, "weights": args.weights, "images": args.images,
                    "steps_desc": "; ".join(f"{s} px: {w} warm-up + {n} timed Adam steps, 1 + {lb} "
-                                           f"L-BFGS iterations" for s, (w, n, lb) in plan.items())},
+                                           f"L-BFGS iterations" for s, (w, n, lb) in plan.items()),
+                   "time_to_target": {"size": args.ttt_size, "target": args.ttt_target,
+                                      "max_steps": {"adam": args.ttt_max_steps[0],
+                                                    "lbfgs": args.ttt_max_steps[1]}}},
+        "memory_method": MEMORY_METHOD,
         "warnings": [],
     }
     _log(f"neuralstyle speed benchmark: sizes {sizes}, {report['machine'].get('nproc')} CPUs, "
@@ -951,18 +1379,23 @@ def main(argv=None) -> int:
     base_spec = {"weights": args.weights, "images": args.images, "image_dir": args.image_dir,
                  "matmul_sizes": matmul_sizes, "matmul_repeats": matmul_repeats}
 
-    # ---- main JAX run: one process per size so each starts from the same state
+    # ---- main JAX run: one process per size so each starts from the same state; the worker at
+    # the time-to-target size also runs the time to target after its measurements
+    attached_ttt: dict = {}
     report["jax"] = {"sizes": {}}
     for s in sizes:
         w, n, lb = plan[s]
         _log(f"JAX/XLA {s} px (XLA_FLAGS={main_flags!r}) ...")
         spec = dict(base_spec, sizes=[s], warmup=w, steps=n, lbfgs_steps=lb, lbfgs_warmup=1,
-                    matmul_sizes=matmul_sizes if s == sizes[0] else [])
+                    matmul_sizes=matmul_sizes if s == sizes[0] else [],
+                    ttt=ttt_spec(args) if s == args.ttt_size else None)
         res = run_worker("jax", spec, main_flags)
         if "error" in res:
             print(f"error: the JAX run failed: {res['error']}\n{res.get('output_tail', '')}", file=sys.stderr)
             return 1
         report["jax"]["sizes"].update(res.pop("sizes"))
+        if "ttt" in res:
+            attached_ttt["jax"] = res.pop("ttt")
         if "jnp_matmul_gflops" in res:
             report["yardsticks"]["jnp_matmul"] = res.pop("jnp_matmul_gflops")
         report["jax"].update(res)
@@ -985,7 +1418,7 @@ def main(argv=None) -> int:
         report["torch"] = {"sizes": {}}
         report["checks"] = {}
         for s in sizes:
-            w, n, _ = plan[s]
+            w, n, lb = plan[s]
             if args.torch_channels_last:
                 _log(f"PyTorch eager {s} px, channels_last ...")
                 res = run_worker("torch", dict(base_spec, sizes=[s], warmup=w, steps=n,
@@ -993,8 +1426,9 @@ def main(argv=None) -> int:
                 if "error" not in res:
                     report["torch"].setdefault("channels_last", {})[str(s)] = res["sizes"][str(s)]["adam"]
             _log(f"PyTorch eager {s} px ...")
-            spec = dict(base_spec, sizes=[s], warmup=w, steps=n,
-                        matmul_sizes=matmul_sizes if s == sizes[0] else [])
+            spec = dict(base_spec, sizes=[s], warmup=w, steps=n, lbfgs_steps=lb, lbfgs_warmup=1,
+                        matmul_sizes=matmul_sizes if s == sizes[0] else [],
+                        ttt=ttt_spec(args) if s == args.ttt_size else None)
             res = run_worker("torch", spec, None)
             if "error" in res:
                 msg = f"PyTorch reference at {s} px failed: {res['error']}"
@@ -1002,6 +1436,8 @@ def main(argv=None) -> int:
                 report["warnings"].append(msg)
                 continue
             report["torch"]["sizes"].update(res.pop("sizes"))
+            if "ttt" in res:
+                attached_ttt["torch"] = res.pop("ttt")
             if "torch_matmul_gflops" in res:
                 report["yardsticks"]["torch_matmul"] = res.pop("torch_matmul_gflops")
             report["torch"].update(res)
@@ -1016,6 +1452,14 @@ def main(argv=None) -> int:
             if not c["ok"]:
                 report["warnings"].append(f"{s} px: PyTorch objective differs from JAX by "
                                           f"{c['relative_difference']:.2e} (relative)")
+
+    # ---- time to target
+    report["time_to_target"] = None
+    if args.ttt_size:
+        report["time_to_target"] = time_to_target(args, base_spec, main_flags,
+                                                  with_torch=report["torch"] is not None,
+                                                  attached=attached_ttt)
+        report["warnings"] += report["time_to_target"].pop("warnings", [])
 
     # ---- XLA_FLAGS variants
     report["variants"] = []
@@ -1055,6 +1499,7 @@ def main(argv=None) -> int:
         report["xla_cpu_flags_known"] = sorted(f for f in known if f.startswith("xla_cpu"))
         report["xla_flags_probed"] = probe_cache
     report["rows"] = build_rows(report)
+    report["scaling"] = scaling(report["rows"])
     report["total_wall_s"] = round(time.perf_counter() - started, 1)
     loads = [r["foreign_cpu_load"] for r in report["rows"] if r.get("foreign_cpu_load") is not None]
     if loads and max(loads) > 0.1:
@@ -1067,6 +1512,16 @@ def main(argv=None) -> int:
     (args.out / "speed.md").write_text(md)
     print()
     print_table(report)
+    ttt = report.get("time_to_target") or {}
+    for impl in ("jax", "torch"):
+        for opt in ("adam", "lbfgs"):
+            r = (ttt.get(impl) or {}).get(opt)
+            if r:
+                ratio = (ttt.get("ratios") or {}).get(opt, {}).get("seconds") if impl == "jax" else None
+                print(f"time to loss < {ttt['target']:g} at {ttt['size']} px, {impl} {opt}: "
+                      f"{_fmt(r['steps'])} updates, {_fmt(r['seconds'], '{:.1f}')} s "
+                      f"({_fmt(r['seconds_with_compile'], '{:.1f}')} s with compile)"
+                      + (f", {ratio:.2f} x PyTorch's" if ratio else ""))
     for w in report["warnings"]:
         print("WARNING:", w)
     print(f"\nwrote {args.out / 'speed.json'} and {args.out / 'speed.md'} "

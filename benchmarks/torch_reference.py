@@ -13,6 +13,10 @@ Keras model (kernels HWIO -> OIHW), the same Caffe preprocessing as
 weighted by the objective's layer weights and its content/style/TV weights.  The Adam step is
 ``torch.optim.Adam(lr=0.02, betas=(0.99, 0.999), eps=0.1)`` followed by a clamp to [0, 1], the
 same update as ``optax.adam(0.02, b1=0.99, eps=0.1)`` + :func:`neuralstyle.optim.project`.
+The L-BFGS reference (:class:`LBFGSRun`) is ``torch.optim.LBFGS`` with the same memory (100
+pairs) and a clamp after every iteration; torch offers no backtracking Armijo search like
+neuralstyle's, so it uses its strong-Wolfe search (usually 2 objective evaluations per iteration,
+against neuralstyle's 1).
 
 This module imports torch at import time; only ``benchmarks.speed`` imports it, and only when
 torch is installed.  The ``neuralstyle`` package itself never imports torch.
@@ -21,6 +25,7 @@ torch is installed.  The ``neuralstyle`` package itself never imports torch.
 from __future__ import annotations
 
 import os
+import time
 from typing import Sequence
 
 import numpy as np
@@ -43,7 +48,7 @@ def layer_specs_from_keras(model) -> list[tuple]:
                 raise ValueError(f"{layer.name}: expected a ReLU activation")
             kernel, bias = (np.asarray(w, np.float32) for w in layer.get_weights())
             specs.append((layer.name, "conv", kernel, bias))
-        elif kind == "MaxPooling2D":
+        elif kind in ("MaxPooling2D", "MaxPool2x2"):  # MaxPool2x2: neuralstyle's 2x2 max pool
             specs.append((layer.name, "maxpool", None, None))
         elif kind == "AveragePooling2D":
             specs.append((layer.name, "avgpool", None, None))
@@ -156,6 +161,49 @@ def make_adam_step(objective: TorchObjective, image: torch.Tensor, lr=0.02, beta
         return loss.detach()
 
     return x, step
+
+
+LBFGS_DESC = ("torch.optim.LBFGS(lr=1, max_iter=1, history_size=100, line_search_fn='strong_wolfe'), "
+              "clamp to [0, 1] after every iteration")
+
+
+class LBFGSRun:
+    """L-BFGS on the image in torch: :meth:`step` is one iteration (``opt.step`` + clamp).
+
+    Records every objective evaluation (``losses``, and ``times``: ``perf_counter`` just after its
+    backward pass) and, per iteration, the evaluation of the current (clamped) iterate that
+    ``torch.optim.LBFGS`` makes when the iteration starts (``iterate_losses``, ``iterate_times``).
+    """
+
+    def __init__(self, objective: TorchObjective, image: torch.Tensor, history_size: int = 100):
+        self.objective = objective
+        self.x = image.clone().requires_grad_(True)
+        self.opt = torch.optim.LBFGS([self.x], lr=1, max_iter=1, history_size=history_size,
+                                     line_search_fn="strong_wolfe")
+        self.losses: list[float] = []
+        self.times: list[float] = []
+        self.iterate_losses: list[float] = []
+        self.iterate_times: list[float] = []
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.losses)
+
+    def _closure(self):
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.objective(self.x)
+        loss.backward()
+        self.losses.append(float(loss))
+        self.times.append(time.perf_counter())
+        return loss
+
+    def step(self) -> None:
+        first = len(self.losses)
+        self.opt.step(self._closure)
+        with torch.no_grad():
+            self.x.clamp_(0.0, 1.0)
+        self.iterate_losses.append(self.losses[first])
+        self.iterate_times.append(self.times[first])
 
 
 def set_threads(n: int | None = None) -> int:

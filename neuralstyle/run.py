@@ -75,6 +75,9 @@ def build_objective(cfg: DictConfig) -> StyleObjective:
 def run_from_config(cfg: DictConfig, output_dir: Path) -> float:
     """Run one stylization described by ``cfg`` into ``output_dir``; return the final loss."""
     output_dir = Path(output_dir)
+    if "transform" in cfg:  # a fast_* experiment (conf/train.yaml's keys)
+        raise ConfigError("this experiment trains a feed-forward network: run it with "
+                          "python -m neuralstyle.train +experiment=NAME data.dir=/path/to/photos")
     content, style = load_content_and_style(
         cfg.content, _plain(cfg.style), size=int(cfg.size), style_scale=float(cfg.style_scale),
         image_dir=cfg.image_dir,

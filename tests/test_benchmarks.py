@@ -1,11 +1,13 @@
 """The benchmark scripts run end to end on tiny settings (they measure; these tests only check
 that they run and write their tables)."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,14 +22,94 @@ def run(args, tmp_path):
 
 
 def test_speed_quick(tmp_path):
-    run(["benchmarks.speed", "--quick", "--no-torch", "--weights", "random"], tmp_path)
+    """The smallest size for 2 steps, with the PyTorch reference when torch is installed: every
+    reported field exists and the derived ones agree with the measured ones (no timing checks)."""
+    has_torch = importlib.util.find_spec("torch") is not None
+    run(["benchmarks.speed", "--quick", "--weights", "random"] + ([] if has_torch else ["--no-torch"]),
+        tmp_path)
     report = json.loads((tmp_path / "speed.json").read_text())
-    assert report and (tmp_path / "speed.md").read_text().count("|") > 10
+    md = (tmp_path / "speed.md").read_text()
+    assert md.count("|") > 10 and "## Time to target" in md
+    blas = report["yardsticks"]["numpy_blas"]["best_gflops"]
+    rows = {(r["implementation"].split(" ")[0], r["optimizer"]): r for r in report["rows"]}
+    expected = {("JAX/XLA", "Adam"), ("JAX/XLA", "L-BFGS")}
+    if has_torch:
+        expected |= {("PyTorch", "Adam"), ("PyTorch", "L-BFGS")}
+    assert set(rows) == expected
+    for (impl, opt), r in rows.items():
+        assert r["size"] == 64 and r["pixels"] == 64 * 64
+        assert r["steps_per_s"] == pytest.approx(1000.0 / r["median_ms"], rel=1e-3)
+        assert r["gflops"] == pytest.approx(r["gflop_per_step"] / (r["median_ms"] / 1000), rel=0.02)
+        assert r["pct_blas"] == pytest.approx(100 * r["gflops"] / blas, rel=0.02)
+        assert r["peak_rss_mib"] > 100 and 0 <= r["above_baseline_mib"] <= r["peak_rss_mib"]
+        if has_torch:
+            ref = rows[("PyTorch", opt)]["median_ms"]
+            assert r["time_vs_torch"] == pytest.approx(r["median_ms"] / ref, rel=1e-3, abs=6e-4)
+    sizes = report["jax"]["sizes"]["64"]
+    assert len(sizes["adam"]["ms"]) == 2 and sizes["adam"]["memory"]["method"]
+    ttt = report["time_to_target"]
+    assert ttt["size"] == 64 and ttt["target"] == report["config"]["time_to_target"]["target"]
+    for impl in ["jax"] + (["torch"] if has_torch else []):
+        for opt in ("adam", "lbfgs"):
+            r = ttt[impl][opt]
+            assert r["reached"] == (r["steps"] is not None) == (r["seconds"] is not None)
+            assert r["reached"] == (min(r["losses"]) < ttt["target"])
+            assert r["iterates_evaluated"] == len(r["losses"]) <= ttt["max_steps"][opt] + 1
+            if r["reached"]:
+                assert r["losses"][r["steps"]] < ttt["target"] <= min(r["losses"][: r["steps"]], default=np.inf)
+                extra = r["compile_s"] if impl == "jax" else 0.0
+                assert r["seconds_with_compile"] == pytest.approx(r["seconds"] + extra, abs=2e-3)
+    if has_torch:
+        for opt in ("adam", "lbfgs"):
+            j, t = ttt["jax"][opt], ttt["torch"][opt]
+            if j["reached"] and t["reached"]:
+                assert ttt["ratios"][opt]["seconds"] == pytest.approx(j["seconds"] / t["seconds"], rel=2e-2)
+        assert report["checks"]["64"]["ok"]
+
+
+def test_scaling_fit_recovers_a_linear_law():
+    from benchmarks.speed import scaling
+
+    rows = [{"implementation": "JAX/XLA (make_step + jit)", "optimizer": "Adam", "size": s,
+             "pixels": s * s, "median_ms": 50.0 + 3e-3 * s * s, "peak_rss_mib": 900 + 1e-4 * s * s,
+             "above_baseline_mib": 2e-4 * s * s} for s in (256, 512, 1024)]
+    (entry,) = scaling(rows)
+    fit = entry["time_fit"]
+    assert fit["a"] == pytest.approx(50.0) and fit["b"] == pytest.approx(3e-3)
+    assert max(abs(v) for v in fit["relative_residuals"]) < 1e-6 and entry["time_linear"]
+    assert entry["memory_fit"]["b"] == pytest.approx(2e-4)
+    assert fit["power_law_exponent"] == pytest.approx(
+        np.polyfit(np.log([256**2, 512**2, 1024**2]), np.log([r["median_ms"] for r in rows]), 1)[0], abs=1e-3)
+    # a quadratic law is flagged as not linear
+    quad = [dict(r, median_ms=1e-9 * r["pixels"] ** 2) for r in rows]
+    assert not scaling(quad)[0]["time_linear"]
+
+
+def test_batched_tiny(tmp_path, image_dir):
+    run(["benchmarks.batched", "--sizes", "32", "--ns", "2", "--warmup", "1", "--steps", "1",
+         "--weights", "random", "--image-dir", str(image_dir)], tmp_path)
+    report = json.loads((tmp_path / "batched.json").read_text())
+    rows = report["sizes"]["32"]["rows"]
+    assert [r["n"] for r in rows] == [2] and len(report["sizes"]["32"]["sequential_runs"]) == 2
+    for r in rows:
+        b, s = r["batched"], r["sequential"]
+        assert b["image_steps_per_s"] == pytest.approx(1000.0 * r["n"] / b["ms_per_step"], rel=1e-2)
+        assert s["image_steps_per_s"] == pytest.approx(1000.0 / s["ms_per_step"], rel=1e-2)
+        assert r["ratio_steady"] == pytest.approx(b["image_steps_per_s"] / s["image_steps_per_s"], rel=1e-2)
+        assert r["max_abs_pixel_difference"] < 1e-3  # the same computation, batched or not
+    assert "| 32 | 2 |" in (tmp_path / "batched.md").read_text()
 
 
 def test_pyramid_tiny(tmp_path, image_dir):
     run(["benchmarks.pyramid", "--size", "64", "--direct-steps", "3", "--levels-steps", "2,2",
-         "--big-size", "0", "--weights", "null", "--image-dir", str(image_dir)], tmp_path)
+         "--target-steps", "1,3", "--big-size", "0", "--weights", "null", "--image-dir", str(image_dir)],
+        tmp_path)
     report = json.loads((tmp_path / "pyramid.json").read_text())
     assert [lv["size"] for lv in report["pyramid"]["levels"]] == [[32, 32], [64, 64]]
     assert report["direct"]["steps"] == 3 and "time to target" in (tmp_path / "pyramid.md").read_text()
+    first, last = report["targets"]
+    assert (first["direct_steps"], last["direct_steps"]) == (1, 3)
+    assert first["loss"] == report["direct"]["history"][1] and last["loss"] == report["target_loss"]
+    assert first["direct_s"] < last["direct_s"]
+    for t in report["targets"]:  # the speed-up is the ratio of the two times, when reached
+        assert t["pyramid_s"] is None or abs(t["speedup"] - t["direct_s"] / t["pyramid_s"]) < 1e-9

@@ -13,7 +13,9 @@ from hydra import compose, initialize_config_dir
 from neuralstyle import ConfigError, ImageError, LayerError, NonFiniteLossError
 from neuralstyle.run import config_dir, run_from_config
 
-EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+# fast_* experiments train feed-forward networks (neuralstyle.train): tests/test_fast_train.py runs them.
+EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml")
+                     if not p.stem.startswith("fast_"))
 MIN_SIZE = {"mrf_starry": 64, "style_scale": 64, "pyramid": 128}  # patches; half-size style; 3 levels
 EXTRA = {"pyramid": ["pyramid.steps=[1,1,0]"]}  # 2 steps in all
 TINY = ["size=32", "steps=2", "backbone.weights=null", "snapshot_every=1", "progress=false"]

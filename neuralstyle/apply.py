@@ -1,0 +1,57 @@
+"""Command-line entry: ``python -m neuralstyle.apply model=runs/train/fast_wave/model.keras input=photo.jpg``.
+
+Stylizes an image, or every image in a folder, with a transform network trained by
+``python -m neuralstyle.train`` (see :mod:`neuralstyle.fast.apply`).  Results go to ``output``
+(an image path for a single input, or a folder), by default into the Hydra run directory; the
+path of every written image is printed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from .errors import ConfigError, NeuralStyleError  # noqa: E402
+from .run import config_dir  # noqa: E402
+
+
+def apply_from_config(cfg: DictConfig, output_dir: Path) -> list[Path]:
+    """Stylize ``cfg.input`` with ``cfg.model``; return the written paths."""
+    from .fast.apply import APPLY_COLORS, Stylizer, stylize_files
+
+    for key in ("model", "input"):
+        if OmegaConf.is_missing(cfg, key) or cfg[key] is None:
+            raise ConfigError(f"{key}= is required (python -m neuralstyle.apply "
+                              "model=runs/train/NAME/model.keras input=photo.jpg)")
+    if cfg.preserve_colors not in APPLY_COLORS:
+        raise ConfigError(f"preserve_colors must be one of {APPLY_COLORS}, got {cfg.preserve_colors!r}")
+    stylizer = Stylizer(cfg.model)
+    written = stylize_files(stylizer, cfg.input, cfg.output, Path(output_dir),
+                            size=cfg.size, preserve_colors=cfg.preserve_colors,
+                            progress=bool(cfg.progress))
+    for path in written:
+        print(Path(path).resolve())
+    return written
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="apply")
+def main(cfg: DictConfig) -> None:
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        apply_from_config(cfg, output_dir)
+    except NeuralStyleError as err:
+        print(f"neuralstyle: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

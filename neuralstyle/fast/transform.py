@@ -1,0 +1,237 @@
+r"""The image transformation network of Johnson, Alahi & Fei-Fei, "Perceptual Losses for Real-Time
+Style Transfer and Super-Resolution", ECCV 2016 (below: *the paper*), as a Keras model.
+
+Architecture (the paper's supplementary material, Table 1, with the changes that the later
+reference implementations adopted; each departure is listed):
+
+====================================  =======================================================
+layer                                 output
+====================================  =======================================================
+input, RGB in [0, 1]                  H x W x 3
+reflection pad to a multiple of 4     H' x W' x 3 (H' = 4 ceil(H / 4))
+9x9 conv, stride 1                    H' x W' x w
+3x3 conv, stride 2                    H'/2 x W'/2 x 2w
+3x3 conv, stride 2                    H'/4 x W'/4 x 4w
+``residual_blocks`` x residual block  H'/4 x W'/4 x 4w
+2x nearest upsampling + 3x3 conv      H'/2 x W'/2 x 2w
+2x nearest upsampling + 3x3 conv      H' x W' x w
+9x9 conv, tanh, scaled to [0, 1]      H' x W' x 3, cropped back to H x W x 3
+====================================  =======================================================
+
+Every convolution is preceded by reflection padding of ``kernel // 2`` and (but the last)
+followed by instance normalization and a ReLU.  A residual block is pad-conv-IN-ReLU-pad-conv-IN
+plus the identity.  ``w`` is ``width`` (32 in the paper).
+
+Departures from the paper, all as in the authors' later code (jcjohnson/fast-neural-style) and in
+pytorch/examples ``fast_neural_style``:
+
+* instance normalization (Ulyanov et al. 2016, "Instance Normalization: The Missing Ingredient
+  for Fast Stylization") instead of batch normalization;
+* reflection padding before every convolution instead of zero padding, and residual blocks with
+  padded convolutions instead of the paper's unpadded ones with a cropped shortcut;
+* upsampling by nearest-neighbour resizing followed by a 3x3 convolution instead of fractionally
+  strided (transposed) convolutions, which cause checkerboard artefacts (Odena, Dumoulin & Olah,
+  "Deconvolution and Checkerboard Artifacts", Distill 2016);
+* the output is ``(tanh(x) + 1) / 2``, i.e. pixels in [0, 1] like every image in neuralstyle
+  (the paper scales tanh to [0, 255]);
+* inputs of any size: the image is reflection-padded to a multiple of 4 (the two stride-2
+  convolutions) and the output cropped back, so the output always has the input's size.
+
+Instance normalization is Keras's ``GroupNormalization(groups=-1)`` (one group per channel), so
+only the two padding/cropping layers below are custom; they are registered with Keras under the
+package name ``neuralstyle`` and a saved model file loads with ``keras.saving.load_model`` once
+``neuralstyle.fast`` is imported (or with ``custom_objects=CUSTOM_OBJECTS``).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+from typing import NamedTuple  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..errors import ConfigError  # noqa: E402
+
+#: The product of the strides of the downsampling convolutions: inputs are padded to a multiple.
+STRIDE = 4
+
+
+@keras.saving.register_keras_serializable(package="neuralstyle")
+class ReflectionPadding2D(keras.layers.Layer):
+    """Reflection padding of ``padding`` pixels on each side of the two spatial axes (NHWC).
+
+    Like ``torch.nn.ReflectionPad2d``: the border pixel is not repeated
+    (``[a b c]`` padded by 1 is ``[b a b c b]``).
+    """
+
+    def __init__(self, padding: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.padding = int(padding)
+
+    def call(self, x):
+        p = self.padding
+        return keras.ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="reflect")
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        grow = lambda n: None if n is None else n + 2 * self.padding  # noqa: E731
+        return (b, grow(h), grow(w), c)
+
+    def get_config(self):
+        return {**super().get_config(), "padding": self.padding}
+
+
+@keras.saving.register_keras_serializable(package="neuralstyle")
+class PadToMultiple(keras.layers.Layer):
+    """Reflection-pad the bottom and right edges so that height and width are multiples of
+    ``multiple`` (at most ``multiple - 1`` pixels each; :class:`CropLike` removes them again)."""
+
+    def __init__(self, multiple: int = STRIDE, **kwargs):
+        super().__init__(**kwargs)
+        self.multiple = int(multiple)
+
+    def call(self, x):
+        h, w = x.shape[1], x.shape[2]
+        ph, pw = -h % self.multiple, -w % self.multiple
+        if ph == 0 and pw == 0:
+            return x
+        return keras.ops.pad(x, [[0, 0], [0, ph], [0, pw], [0, 0]], mode="reflect")
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        up = lambda n: None if n is None else -(-n // self.multiple) * self.multiple  # noqa: E731
+        return (b, up(h), up(w), c)
+
+    def get_config(self):
+        return {**super().get_config(), "multiple": self.multiple}
+
+
+@keras.saving.register_keras_serializable(package="neuralstyle")
+class CropLike(keras.layers.Layer):
+    """``CropLike()([x, reference])`` is the top-left ``reference``-sized window of ``x``."""
+
+    def call(self, inputs):
+        x, reference = inputs
+        return x[:, : reference.shape[1], : reference.shape[2], :]
+
+    def compute_output_shape(self, input_shapes):
+        x, reference = input_shapes
+        return (x[0], reference[1], reference[2], x[3])
+
+
+#: Pass as ``custom_objects`` to ``keras.saving.load_model`` if neuralstyle.fast is not imported.
+CUSTOM_OBJECTS = {
+    "neuralstyle>ReflectionPadding2D": ReflectionPadding2D,
+    "neuralstyle>PadToMultiple": PadToMultiple,
+    "neuralstyle>CropLike": CropLike,
+}
+
+
+def _conv(x, filters: int, kernel: int, stride: int, name: str, norm: bool = True, relu: bool = True):
+    x = ReflectionPadding2D(kernel // 2, name=f"{name}_pad")(x)
+    x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="valid", name=f"{name}_conv",
+                            kernel_initializer="zeros")(x)  # see _glorot_uniform
+    if norm:
+        x = keras.layers.GroupNormalization(groups=-1, epsilon=1e-5, name=f"{name}_in")(x)
+    if relu:
+        x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    return x
+
+
+def _residual(x, filters: int, name: str):
+    y = _conv(x, filters, 3, 1, f"{name}_a")
+    y = _conv(y, filters, 3, 1, f"{name}_b", relu=False)
+    return keras.layers.Add(name=f"{name}_add")([x, y])
+
+
+def _upsample(x, filters: int, name: str):
+    x = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"{name}_resize")(x)
+    return _conv(x, filters, 3, 1, name)
+
+
+def transform_net(width: int = 32, residual_blocks: int = 5, seed: int = 0,
+                  name: str = "transform_net") -> keras.Model:
+    """Build the transformation network (see the module docstring) with fresh weights.
+
+    Args:
+      width: channels of the first convolution (32 in the paper); the network has ``width``,
+        ``2 width`` and ``4 width`` channels at full, half and quarter resolution.
+      residual_blocks: number of residual blocks at quarter resolution (5 in the paper).
+      seed: seeds the Glorot-uniform kernels (biases start at zero, instance norms at identity).
+
+    The model maps ``(B, H, W, 3)`` RGB images in [0, 1] to images of the same shape in [0, 1],
+    for any ``H, W >= 2``.
+    """
+    if int(width) < 1 or int(residual_blocks) < 0:
+        raise ConfigError(f"transform net: width must be >= 1 and residual_blocks >= 0, got "
+                          f"width={width}, residual_blocks={residual_blocks}")
+    width, residual_blocks = int(width), int(residual_blocks)
+    inputs = keras.Input(shape=(None, None, 3), name="image")
+    x = PadToMultiple(STRIDE, name="pad_to_multiple")(inputs)
+    x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_signed")(x)  # [0, 1] -> [-1, 1]
+    x = _conv(x, width, 9, 1, "down1")
+    x = _conv(x, 2 * width, 3, 2, "down2")
+    x = _conv(x, 4 * width, 3, 2, "down3")
+    for i in range(residual_blocks):
+        x = _residual(x, 4 * width, f"res{i + 1}")
+    x = _upsample(x, 2 * width, "up1")
+    x = _upsample(x, width, "up2")
+    x = _conv(x, 3, 9, 1, "out", norm=False, relu=False)
+    x = keras.layers.Activation("tanh", name="tanh")(x)
+    x = keras.layers.Rescaling(0.5, offset=0.5, name="to_pixels")(x)  # [-1, 1] -> [0, 1]
+    outputs = CropLike(name="crop")([x, inputs])
+    model = keras.Model(inputs, outputs, name=name)
+    _glorot_uniform(model, int(seed))
+    return model
+
+
+def _glorot_uniform(model: keras.Model, seed: int) -> None:
+    """Glorot-uniform kernels (Keras's default initializer) drawn with NumPy from ``seed``.
+
+    Keras's own initializers compile one JAX program per kernel shape (seconds each on a CPU);
+    building with zero kernels and assigning NumPy draws gives the same distribution at once,
+    reproducibly, without touching the global Keras seed."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            kh, kw, cin, cout = layer.kernel.shape
+            limit = np.sqrt(6.0 / (kh * kw * cin + kh * kw * cout))
+            layer.kernel.assign(rng.uniform(-limit, limit, (kh, kw, cin, cout)).astype(np.float32))
+
+
+class TransformParams(NamedTuple):
+    """The weights of a transform net as JAX arrays, in the order ``stateless_call`` expects."""
+
+    trainable: list
+    non_trainable: list
+
+
+def get_params(model: keras.Model) -> TransformParams:
+    """Current weights of ``model`` (pass them to :func:`apply_fn`'s function and to train steps)."""
+    return TransformParams([jnp.asarray(v.value) for v in model.trainable_variables],
+                           [jnp.asarray(v.value) for v in model.non_trainable_variables])
+
+
+def set_params(model: keras.Model, params: TransformParams) -> keras.Model:
+    """Assign ``params`` to ``model``'s variables (before saving it); returns ``model``."""
+    for variable, value in zip(model.trainable_variables, params.trainable):
+        variable.assign(jax.device_get(value))
+    for variable, value in zip(model.non_trainable_variables, params.non_trainable):
+        variable.assign(jax.device_get(value))
+    return model
+
+
+def apply_fn(model: keras.Model):
+    """The pure function ``(params, images) -> stylized images`` of ``model`` (jit it freely)."""
+
+    def apply(params: TransformParams, images: jnp.ndarray) -> jnp.ndarray:
+        outputs, _ = model.stateless_call(params.trainable, params.non_trainable, images)
+        return outputs
+
+    return apply

@@ -1,0 +1,116 @@
+"""Command-line batched sweeps: ``python -m neuralstyle.run_batched +experiment=NAME
+batch.style_weight=[1e-3,1e-2,1e-1]`` (and/or ``batch.content_weight``, ``batch.tv_weight``,
+``batch.seed``: lists of equal length N).
+
+The config is :mod:`neuralstyle.run`'s plus the ``batch`` lists; the N settings are optimized
+together by the Hydra-free :func:`neuralstyle.stylize_batched` (one compiled step).  Writes into
+the Hydra run directory ``run_KK/result.png`` and ``run_KK/metrics.json`` per setting,
+``batch.json`` (every setting with its final loss) and ``config.yaml``, and prints each result's
+path.  Style masks and pyramids are not batched (use ``python -m neuralstyle.run -m``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from .batched import stylize_batched  # noqa: E402
+from .color import apply_color_control  # noqa: E402
+from .errors import ConfigError, NeuralStyleError  # noqa: E402
+from .images import atomic_write, save_image  # noqa: E402
+from .objective import WEIGHT_FIELDS  # noqa: E402
+from .run import _instantiate, _plain, build_objective, config_dir  # noqa: E402
+from .stylize import initial_image, load_content_and_style  # noqa: E402
+
+BATCH_KEYS = WEIGHT_FIELDS + ("seed",)
+
+
+def batch_settings(batch) -> tuple[Optional[list], Optional[list]]:
+    """``(weights, seeds)`` for :func:`stylize_batched` from the config's ``batch`` node: lists of
+    equal length N under ``content_weight``, ``style_weight``, ``tv_weight`` and ``seed``."""
+    lists = {k: v for k, v in dict(batch or {}).items() if v is not None}
+    unknown = sorted(set(lists) - set(BATCH_KEYS))
+    if unknown:
+        raise ConfigError(f"batch has unknown key(s) {unknown}; expected some of {list(BATCH_KEYS)}")
+    if not lists:
+        raise ConfigError("a batched sweep needs at least one list under batch, e.g. "
+                          "batch.style_weight=[1e-3,1e-2,1e-1] or batch.seed=[0,1,2]")
+    for k, v in lists.items():
+        if not isinstance(v, (list, tuple)) or not v:
+            raise ConfigError(f"batch.{k} must be a non-empty list, e.g. batch.{k}=[1,2,3]; got {v!r}")
+    lengths = {k: len(v) for k, v in lists.items()}
+    if len(set(lengths.values())) > 1:
+        raise ConfigError(f"the batch lists must have the same length (one entry per run); got {lengths}")
+    n = next(iter(lengths.values()))
+    weights = None
+    if any(k in lists for k in WEIGHT_FIELDS):
+        weights = [{k: lists[k][i] for k in WEIGHT_FIELDS if k in lists} for i in range(n)]
+    return weights, lists.get("seed")
+
+
+def run_batched_from_config(cfg, output_dir) -> list:
+    """Run the batched sweep described by ``cfg`` (the config of ``neuralstyle.run`` plus the
+    ``batch`` lists) into ``output_dir``: ``run_KK/result.png`` and ``run_KK/metrics.json`` per
+    setting, ``config.yaml`` and ``batch.json`` (every setting with its final loss).  Returns the
+    final losses."""
+    output_dir = Path(output_dir)
+    weights, seeds = batch_settings(_plain(cfg.get("batch")))
+    if "transform" in cfg:
+        raise ConfigError("batched sweeps optimize images; fast_* experiments train a network")
+    if cfg.style_masks is not None or int(cfg.pyramid.levels) > 1:
+        raise ConfigError("batched sweeps support neither style_masks nor pyramid.levels > 1; "
+                          "run those settings one by one with python -m neuralstyle.run -m")
+    content, style = load_content_and_style(
+        cfg.content, _plain(cfg.style), size=int(cfg.size), style_scale=float(cfg.style_scale),
+        image_dir=cfg.image_dir)
+    content, style, finish = apply_color_control(content, style, cfg.preserve_colors)
+    run_seeds = seeds if seeds is not None else [int(cfg.seed)] * len(weights)
+    starts = [initial_image(cfg.init.kind, content, style, seed=int(s),
+                            noise_mean=float(cfg.init.get("mean", 0.5)),
+                            noise_std=float(cfg.init.get("std", 0.25)), path=cfg.init.get("path"))
+              for s in run_seeds]
+    objective = build_objective(cfg)
+    optimizer = _instantiate(cfg.optimizer, "optimizer")
+    atomic_write(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+    result = stylize_batched(objective, content, style, weights=weights, seeds=seeds,
+                             optimizer=optimizer, steps=int(cfg.steps), init=starts,
+                             seed=int(cfg.seed), progress=bool(cfg.progress),
+                             style_blend=_plain(cfg.style_blend_weights))
+    summary = []
+    for k, run in enumerate(result.runs):
+        run_dir = output_dir / f"run_{k:02d}"
+        metrics = {"content": str(cfg.content), "style": _plain(cfg.style), **run,
+                   "batch": result.metrics}
+        atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
+        path = save_image(finish(result.images[k]), run_dir / "result.png")
+        summary.append({"run": k, "weights": run["weights"], "seed": run["seed"],
+                        "final_loss": run["final"]["total"] if run["final"] else None,
+                        "result": str(path)})
+        print(path.resolve())
+    atomic_write(output_dir / "batch.json",
+                 json.dumps({**result.metrics, "runs": summary}, indent=2).encode())
+    return [s["final_loss"] for s in summary]
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+def main(cfg) -> None:
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    try:
+        run_batched_from_config(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except NeuralStyleError as err:
+        print(f"neuralstyle: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""The transform network of Johnson et al. 2016: shapes, layers against their formulas, export."""
+
+import jax
+import keras
+import numpy as np
+import pytest
+
+from neuralstyle.fast import (
+    CUSTOM_OBJECTS,
+    ReflectionPadding2D,
+    Stylizer,
+    apply_fn,
+    export_model,
+    get_params,
+    load_transform,
+    transform_net,
+)
+from neuralstyle.errors import ConfigError, ImageError
+
+
+@pytest.fixture(scope="module")
+def net():
+    return transform_net(width=4, residual_blocks=1, seed=0)
+
+
+@pytest.mark.parametrize("shape", [(1, 32, 32), (2, 33, 47), (1, 8, 9), (1, 61, 17)])
+def test_output_keeps_the_input_size_for_odd_sizes_too(net, shape):
+    images = np.random.default_rng(0).random((*shape, 3), np.float32)
+    out = jax.jit(apply_fn(net))(get_params(net), images)
+    assert out.shape == images.shape
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0  # tanh scaled to pixels
+
+
+def test_architecture_follows_the_paper(net):
+    big = transform_net(width=6, residual_blocks=3)
+    convs = [layer for layer in big.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.kernel_size for c in convs] == [(9, 9)] + [(3, 3)] * 10 + [(9, 9)]
+    assert [c.strides for c in convs] == [(1, 1), (2, 2), (2, 2)] + [(1, 1)] * 9
+    assert [c.filters for c in convs] == [6, 12, 24] + [24] * 6 + [12, 6, 3]
+    assert not any(isinstance(layer, keras.layers.Conv2DTranspose) for layer in big.layers)
+    assert sum(isinstance(layer, keras.layers.UpSampling2D) for layer in big.layers) == 2
+    assert sum(isinstance(layer, keras.layers.Add) for layer in big.layers) == 3
+    # parameters: convolutions (kernel + bias) and instance norms (gamma + beta); at width 32
+    # with 5 blocks this formula gives the 1.68 M parameters of the reference implementations
+    def expected(w, r):
+        conv = lambda k, i, o: k * k * i * o + o  # noqa: E731
+        convs = (conv(9, 3, w) + conv(3, w, 2 * w) + conv(3, 2 * w, 4 * w) + 2 * r * conv(3, 4 * w, 4 * w)
+                 + conv(3, 4 * w, 2 * w) + conv(3, 2 * w, w) + conv(9, w, 3))
+        return convs + 2 * (w + 2 * w + 4 * w + 2 * r * 4 * w + 2 * w + w)
+    assert big.count_params() == expected(6, 3)
+    assert expected(32, 5) == 1679235
+    # every conv is preceded by reflection padding of kernel // 2
+    pads = [layer for layer in big.layers if isinstance(layer, ReflectionPadding2D)]
+    assert [p.padding for p in pads] == [c.kernel_size[0] // 2 for c in convs]
+    with pytest.raises(ConfigError, match="width"):
+        transform_net(width=0)
+
+
+def test_reflection_padding_matches_numpy():
+    x = np.random.default_rng(1).random((2, 5, 6, 3), np.float32)
+    got = np.asarray(ReflectionPadding2D(2)(x))
+    np.testing.assert_array_equal(got, np.pad(x, [(0, 0), (2, 2), (2, 2), (0, 0)], mode="reflect"))
+
+
+def test_instance_norm_matches_its_formula(net):
+    """IN(x) = gamma * (x - mean_hw) / sqrt(var_hw + eps) + beta per image and channel
+    (Ulyanov et al. 2016, eq. 3 with the affine parameters of their code)."""
+    layer = next(l for l in net.layers if l.name == "down2_in")
+    channels = layer.gamma.shape[0]
+    rng = np.random.default_rng(2)
+    gamma, beta = rng.normal(size=channels).astype(np.float32), rng.normal(size=channels).astype(np.float32)
+    layer.set_weights([gamma, beta])
+    x = (3.0 * rng.normal(size=(2, 7, 5, channels)) + 1.5).astype(np.float32)
+    mean = x.mean(axis=(1, 2), keepdims=True)
+    var = x.var(axis=(1, 2), keepdims=True)
+    expected = gamma * (x - mean) / np.sqrt(var + 1e-5) + beta
+    np.testing.assert_allclose(np.asarray(layer(x)), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_exported_model_reloads_and_gives_the_same_output(net, tmp_path):
+    params = get_params(net)
+    params = params._replace(trainable=[p + 0.01 for p in params.trainable])  # "trained"
+    path = export_model(net, params, tmp_path / "model.keras")
+    image = np.random.default_rng(3).random((21, 30, 3), np.float32)
+    expected = np.asarray(jax.jit(apply_fn(net))(params, image[None])[0])
+    reloaded = keras.saving.load_model(path)  # plain Keras (the layers are registered)
+    np.testing.assert_allclose(np.asarray(reloaded(image[None]))[0], expected, atol=1e-5)
+    assert set(CUSTOM_OBJECTS) == {"neuralstyle>ReflectionPadding2D", "neuralstyle>PadToMultiple",
+                                   "neuralstyle>CropLike"}  # what a fresh process must pass
+    np.testing.assert_allclose(Stylizer(path)(image), expected, atol=1e-5)
+    assert not list(tmp_path.glob("*.partial*"))
+
+
+def test_stylizer_preserve_colors_keeps_the_photos_chrominance(net, tmp_path):
+    from neuralstyle.color import combine_luminance, rgb_to_yiq
+
+    image = np.random.default_rng(4).uniform(0.3, 0.7, (16, 24, 3)).astype(np.float32)
+    stylizer = Stylizer(net)
+    plain, kept = stylizer(image), stylizer(image, preserve_colors="luminance")
+    # the stylized luminance with the photo's chrominance (neuralstyle.color, tested there)
+    np.testing.assert_allclose(kept, combine_luminance(plain, image), atol=1e-6)
+    inside = ((kept > 0.0) & (kept < 1.0)).all(axis=-1)  # where clipping did not act
+    assert inside.any()
+    np.testing.assert_allclose(rgb_to_yiq(kept)[inside][:, 1:], rgb_to_yiq(image)[inside][:, 1:], atol=1e-5)
+    with pytest.raises(ConfigError, match="preserve_colors"):
+        stylizer(image, preserve_colors="histogram")
+    with pytest.raises(ImageError, match="at least 8 px"):
+        stylizer(image[:4])
+
+
+def test_stylize_files_names_an_unreadable_input(net, tmp_path):
+    from PIL import Image
+
+    from neuralstyle.fast import stylize_files
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("RGB", (20, 12), (200, 30, 30)).save(folder / "a.png")
+    (folder / "b.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ImageError, match="b.jpg"):
+        stylize_files(Stylizer(net), folder, tmp_path / "out")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.png"]  # written whole, nothing partial
+    with pytest.raises(ImageError, match="does not exist"):
+        stylize_files(Stylizer(net), tmp_path / "nope.png")
+
+
+def test_load_transform_rejects_missing_and_non_model_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_transform(tmp_path / "nope.keras")
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ConfigError, match="could not load"):
+        load_transform(bad)

@@ -16,6 +16,8 @@ Keras/Caffe VGG19), at the five layers of LPIPS:
   where :math:`\hat y^l` are the ReLU outputs of conv1_2, conv2_2, conv3_3, conv4_3 and conv5_3
   unit-normalized along channels (:math:`y / (\|y\|_2 + 10^{-10})`, as in the reference code) and
   :math:`w_l \ge 0` are the learned per-channel weights (a 1x1 convolution without bias).  The
+  paper writes :math:`w_l` inside the squared norm; the reference code (and this function)
+  applies it to the squared difference, :math:`\sum_c w_{l,c} (\Delta\hat y_c)^2`.  The
   reference code maps images from ``[-1, 1]`` with its ``ScalingLayer`` (shift
   ``[-.030, -.088, -.188]``, scale ``[.458, .448, .450]``), which is torchvision's ImageNet
   mean/std normalization of ``[0, 1]`` images: ``VGG(arch="vgg16", weights="torchvision")``

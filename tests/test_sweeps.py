@@ -25,7 +25,11 @@ TINY = ["backbone.weights=null", "size=32", "steps=2", "snapshot_every=0", "prog
 
 
 def has_plugin(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+    """Whether ``hydra_plugins.<name>`` is importable (the namespace itself may be missing)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def multirun(args, sweep_dir, image_dir):

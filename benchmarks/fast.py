@@ -239,7 +239,7 @@ def markdown(r: dict) -> str:
         f"- machine: {m.get('cpu_model', '?')}, {m.get('nproc')} vCPU, {m.get('ram_gib', '?')} GiB, "
         f"backend {r['backend']} ({', '.join(r['devices'])}); load average at start "
         f"{' '.join(m.get('loadavg_at_start', []))}",
-        f"- versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items() if v),
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items() if v),
         "",
         "## Training step",
         "",

@@ -551,7 +551,6 @@ def worker_torch(spec: dict) -> dict:
     """The Adam step in PyTorch eager, with the JAX objective as a correctness check."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     import torch
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -19,7 +18,7 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from .errors import ConfigError, NeuralStyleError  # noqa: E402
+from .errors import ConfigError, NeuralStyleError, exit_with_message  # noqa: E402
 from .run import config_dir  # noqa: E402
 
 
@@ -49,8 +48,7 @@ def main(cfg: DictConfig) -> None:
     try:
         apply_from_config(cfg, output_dir)
     except NeuralStyleError as err:
-        print(f"neuralstyle: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        exit_with_message(err)
 
 
 if __name__ == "__main__":

@@ -50,3 +50,18 @@ class NonFiniteLossError(NeuralStyleError):
             f"loss became non-finite at step {step}" + (f" ({detail})" if detail else "")
             + f"; optimization stopped, {kept}"
         )
+
+
+def exit_with_message(err: NeuralStyleError, status: int = 2):
+    """Print ``err`` (and its cause, if any) as one ``neuralstyle: error:`` line; exit with ``status``.
+
+    The command-line entries (``run``, ``run_batched``, ``train``, ``apply``) call this for every
+    :class:`NeuralStyleError`, so a user sees one line instead of a traceback.
+    """
+    import sys
+
+    message = f"neuralstyle: error: {err}"
+    if err.__cause__ is not None:
+        message += f"; {err.__cause__}"
+    print(message, file=sys.stderr)
+    sys.exit(status)

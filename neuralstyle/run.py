@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -24,7 +23,7 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, ListConfig, OmegaConf  # noqa: E402
 
 from .color import apply_color_control  # noqa: E402
-from .errors import ConfigError, NeuralStyleError, NonFiniteLossError  # noqa: E402
+from .errors import ConfigError, NeuralStyleError, NonFiniteLossError, exit_with_message  # noqa: E402
 from .images import atomic_write, load_mask, save_image  # noqa: E402
 from .objective import StyleObjective  # noqa: E402
 from .stylize import initial_image, load_content_and_style, stylize, stylize_pyramid  # noqa: E402
@@ -142,11 +141,7 @@ def main(cfg: DictConfig) -> float:
     try:
         return run_from_config(cfg, output_dir)
     except NeuralStyleError as err:
-        message = f"neuralstyle: error: {err}"
-        if err.__cause__ is not None:
-            message += f"; {err.__cause__}"
-        print(message, file=sys.stderr)
-        sys.exit(2)
+        exit_with_message(err)
 
 
 if __name__ == "__main__":

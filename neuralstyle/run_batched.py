@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -26,7 +25,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from .batched import stylize_batched  # noqa: E402
 from .color import apply_color_control  # noqa: E402
-from .errors import ConfigError, NeuralStyleError  # noqa: E402
+from .errors import ConfigError, NeuralStyleError, exit_with_message  # noqa: E402
 from .images import atomic_write, save_image  # noqa: E402
 from .objective import WEIGHT_FIELDS  # noqa: E402
 from .run import _instantiate, _plain, build_objective, config_dir  # noqa: E402
@@ -108,8 +107,7 @@ def main(cfg) -> None:
     try:
         run_batched_from_config(cfg, Path(HydraConfig.get().runtime.output_dir))
     except NeuralStyleError as err:
-        print(f"neuralstyle: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        exit_with_message(err)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import optax
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, ImageError, NonFiniteLossError
-from .images import load_image, resize, resize_long_edge, resolve_image, save_image
+from .images import load_image, resize, resolve_image, save_image
 from .objective import StyleObjective
 from .optim import LBFGS, make_lbfgs_functions, make_step
 

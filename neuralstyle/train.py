@@ -21,7 +21,7 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from .errors import ConfigError, NeuralStyleError  # noqa: E402
+from .errors import ConfigError, NeuralStyleError, exit_with_message  # noqa: E402
 from .images import atomic_write, load_image, resolve_image  # noqa: E402
 from .run import _instantiate, build_objective, config_dir  # noqa: E402
 
@@ -99,11 +99,7 @@ def main(cfg: DictConfig) -> float:
     try:
         return train_from_config(cfg, output_dir)
     except NeuralStyleError as err:
-        message = f"neuralstyle: error: {err}"
-        if err.__cause__ is not None:
-            message += f"; {err.__cause__}"
-        print(message, file=sys.stderr)
-        sys.exit(2)
+        exit_with_message(err)
     except KeyboardInterrupt:
         sys.exit(130)
 

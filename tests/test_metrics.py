@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from neuralstyle import VGG, ConfigError, ImageError, load_image
+from neuralstyle import VGG, ConfigError, ImageError
 from neuralstyle.metrics import (
     PerceptualMetrics,
     fixed_directions,

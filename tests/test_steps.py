@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from neuralstyle import (
-    LBFGS, NonFiniteLossError, StyleObjective, gram_loss, make_lbfgs_functions, make_step, stylize,
+    LBFGS, NonFiniteLossError, StyleObjective, make_lbfgs_functions, make_step, stylize,
 )
 
 RNG = np.random.default_rng(0)

@@ -1,11 +1,20 @@
 """Shared fixtures.  Tests run with jax_numpy_rank_promotion="raise" (as equinox does)."""
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# One persistent XLA compilation cache for the whole test session, shared with the CLI tests'
+# subprocesses through the environment: many tests compile the same small programs again.  A fresh
+# folder per session (pytest-xdist workers share it through the variable), so no run sees stale code.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="neuralstyle-xla-cache-")
+    os.environ["NEURALSTYLE_TEST_OWNS_XLA_CACHE"] = "1"  # removed when the session ends
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import jax  # noqa: E402
 
@@ -35,3 +44,9 @@ def imagenet_vgg19():
     from neuralstyle import VGG
 
     return VGG("vgg19", weights="imagenet")
+
+
+def pytest_sessionfinish(session):
+    """The controlling process (not an xdist worker) removes the session's compilation cache."""
+    if not hasattr(session.config, "workerinput") and os.environ.pop("NEURALSTYLE_TEST_OWNS_XLA_CACHE", None):
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

@@ -214,7 +214,9 @@ class _Progress:
     def after_step(self, step: int, image):
         self.bar.update(1)
         if self.snapshots is not None and step % self.every == 0:
-            save_image(np.asarray(image[0]), self.snapshots / f"step_{step:05d}.png")
+            pixels = np.asarray(image[0])
+            if np.all(np.isfinite(pixels)):  # else the next loss check raises NonFiniteLossError
+                save_image(pixels, self.snapshots / f"step_{step:05d}.png")
         if self.callback is not None:
             self.callback(step, np.asarray(image[0]), self.history[-1][0] if self.history else None)
 

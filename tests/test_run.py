@@ -111,6 +111,8 @@ def test_non_finite_keeps_last_finite_image(image_dir, tmp_path):
         run_from_config(cfg, tmp_path)
     assert info.value.last_good_step == 0
     assert (tmp_path / "last_finite.png").is_file()
+    # the NaN image of step 1 is never written as a snapshot (snapshot_every=1)
+    assert not list(tmp_path.rglob("step_*.png"))
 
 
 # ----------------------------------------------------------------------------- the real CLI

@@ -5,7 +5,7 @@
     python -m benchmarks.pyramid --size 128 --direct-steps 4 --levels-steps 4,2 --big-size 0 --out /tmp/x
 
 Both runs use the TensorFlow-tutorial objective (VGG19 ImageNet weights, astronaut / great_wave)
-and its Adam settings.  "Time to target" counts compile time and step time of every level, from
+and its Adam settings, or ``--optimizer lbfgs`` (neuralstyle's L-BFGS) for both.  "Time to target" counts compile time and step time of every level, from
 the first compile to the first final-size step whose loss is at or below the target; the targets
 are the losses the direct run reaches after each of ``--target-steps`` steps (default: its last).
 The 1-minute load average before and after each part is recorded: other work on the machine slows
@@ -36,7 +36,15 @@ def _objective(weights):
     return StyleObjective.build(VGG("vgg19", weights=weights))
 
 
-def _adam():
+OPTIMIZERS = {"adam": "Adam(0.02, b1=0.99, eps 0.1)", "lbfgs": "neuralstyle.lbfgs()"}
+
+
+def _optimizer(name: str):
+    """The tutorial's Adam settings, or neuralstyle's L-BFGS (the paper's optimizer)."""
+    if name == "lbfgs":
+        from neuralstyle import lbfgs
+
+        return lbfgs()
     import optax
 
     return optax.adam(0.02, b1=0.99, eps=0.1)
@@ -46,7 +54,7 @@ def part_direct(args) -> dict:
     from neuralstyle import load_content_and_style, stylize
 
     content, style = load_content_and_style("astronaut", "great_wave", args.size, image_dir=args.image_dir)
-    result = stylize(_objective(args.weights), content, style, _adam(), steps=args.direct_steps,
+    result = stylize(_objective(args.weights), content, style, _optimizer(args.optimizer), steps=args.direct_steps,
                      init=args.init, progress=False)
     m = result.metrics
     return {"size": list(content.shape[:2]), "steps": m["steps"], "compile_s": m["compile_time_s"],
@@ -59,7 +67,7 @@ def part_pyramid(args, size, steps) -> dict:
 
     content, style = load_content_and_style("astronaut", "great_wave", size, image_dir=args.image_dir)
     t0 = time.perf_counter()
-    result = stylize_pyramid(_objective(args.weights), content, style, _adam(), steps=steps,
+    result = stylize_pyramid(_objective(args.weights), content, style, _optimizer(args.optimizer), steps=steps,
                              levels=len(steps), init=args.init, progress=False)
     total = time.perf_counter() - t0
     levels = [{"size": lv["image_size"], "steps": lv["steps"], "compile_s": lv["compile_time_s"],
@@ -74,7 +82,7 @@ def _child(args, part, extra):
     cmd = [sys.executable, "-m", "benchmarks.pyramid", "--child", part, "--size", str(args.size),
            "--direct-steps", str(args.direct_steps), "--levels-steps", args.levels_steps,
            "--big-size", str(args.big_size), "--big-steps", args.big_steps, "--weights", str(args.weights),
-           "--image-dir", str(args.image_dir), "--init", args.init]  # the parent computes the targets
+           "--image-dir", str(args.image_dir), "--init", args.init, "--optimizer", args.optimizer]  # the parent computes the targets
     print("running", part, "...", flush=True)
     load_before = os.getloadavg()[0]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -104,6 +112,8 @@ def main(argv=None):
     p.add_argument("--big-steps", default="40,15,5")
     p.add_argument("--weights", default="imagenet")
     p.add_argument("--init", default="content", choices=["content", "noise"])
+    p.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS),
+                   help="the same optimizer (fresh state per level) for the direct run and every level")
     p.add_argument("--image-dir", default=os.environ.get("NEURALSTYLE_IMAGE_DIR", str(IMAGES)))
     p.add_argument("--target-steps", default=None,
                    help="comma-separated direct step counts whose losses are the targets (default: the last)")
@@ -142,6 +152,7 @@ def main(argv=None):
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": "python -m benchmarks.pyramid " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
+        "optimizer": OPTIMIZERS[args.optimizer], "init": args.init,
         "target_loss": target, "direct": direct, "pyramid": pyramid, "big": big,
         "direct_time_to_target_s": direct_time, "pyramid_time_to_target_s": pyramid_time,
         "targets": targets,
@@ -152,9 +163,9 @@ def main(argv=None):
         "# Coarse-to-fine benchmark", "",
         f"- date: {report['date']}", f"- command: `{report['command']}`", f"- machine: {report['machine']}",
         "- objective: TensorFlow-tutorial recipe, VGG19 "
-        f"({'ImageNet' if args.weights else 'random'} weights), astronaut / great_wave, Adam(0.02, 0.99, eps 0.1), "
+        f"({'ImageNet' if args.weights else 'random'} weights), astronaut / great_wave, {OPTIMIZERS[args.optimizer]}, "
         f"initialized from the {args.init}", "",
-        f"Targets: the losses of the direct run (Adam at {direct['size'][1]}x{direct['size'][0]} px) after "
+        f"Targets: the losses of the direct run ({OPTIMIZERS[args.optimizer]} at {direct['size'][1]}x{direct['size'][0]} px) after "
         "the step counts below; time to target counts every compile and step from the start.", "",
         "| target: direct loss after | loss | direct (s) | pyramid (s) | speed-up |", "|---|---:|---:|---:|---:|",
         *(f"| {t['direct_steps']} steps | {t['loss']:.4g} | {t['direct_s']:.1f} | "

@@ -100,11 +100,13 @@ def test_batched_tiny(tmp_path, image_dir):
     assert "| 32 | 2 |" in (tmp_path / "batched.md").read_text()
 
 
-def test_pyramid_tiny(tmp_path, image_dir):
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_pyramid_tiny(tmp_path, image_dir, optimizer):
     run(["benchmarks.pyramid", "--size", "64", "--direct-steps", "3", "--levels-steps", "2,2",
-         "--target-steps", "1,3", "--big-size", "0", "--weights", "null", "--image-dir", str(image_dir)],
-        tmp_path)
+         "--target-steps", "1,3", "--big-size", "0", "--weights", "null", "--image-dir", str(image_dir),
+         "--optimizer", optimizer], tmp_path)
     report = json.loads((tmp_path / "pyramid.json").read_text())
+    assert optimizer in report["optimizer"].lower()
     assert [lv["size"] for lv in report["pyramid"]["levels"]] == [[32, 32], [64, 64]]
     assert report["direct"]["steps"] == 3 and "time to target" in (tmp_path / "pyramid.md").read_text()
     first, last = report["targets"]

@@ -341,11 +341,13 @@ def stylize_pyramid(
     large-scale structure, the fine levels add detail.  The style image (and any masks) are
     resized with the content, keeping their relative scale.  Each level compiles its own step once.
 
-    Measured (``benchmarks/results/pyramid*.md``, TensorFlow-tutorial objective, Adam): from
-    noise at 512 px, levels of 60, 30 and 60 steps reach the losses of 40 and 60 direct steps
-    1.6x sooner; from the content image the pyramid does not pay, because the upsampled result
-    of a level starts the next level at a *higher* loss than the content image does (the Gram
-    statistics of VGG features change with the image scale and upsampling loses fine detail).
+    Measured (``benchmarks/results/pyramid*.md``, TensorFlow-tutorial objective, quiet 2-core
+    CPU): from noise at 512 px with :func:`~neuralstyle.optim.lbfgs`, levels of 30, 15 and 30
+    iterations reach the losses of 20 and 30 direct iterations 1.2x and 1.25x sooner and end
+    1.57x lower.  With the tutorial's Adam (b1 = 0.99, fresh state per level) it is slower
+    (0.87x-0.89x), and from the content image it does not pay: the upsampled result of a level
+    starts the next level at a *higher* loss than the content image does (the Gram statistics of
+    VGG features change with the image scale and upsampling loses fine detail).
 
     ``steps`` is one number for every level or a list, coarsest first.  Returns the final
     level's result; ``metrics["levels"]`` holds each level's metrics and ``metrics["wall_time_s"]``

@@ -5,6 +5,9 @@ checksum, a loss that diverges) is a subclass of :class:`NeuralStyleError`, so t
 command-line entry can print one clear line instead of a traceback from inside JAX.
 """
 
+import sys
+from typing import NoReturn
+
 
 class NeuralStyleError(Exception):
     """Base class of every error caused by input or configuration."""
@@ -52,14 +55,12 @@ class NonFiniteLossError(NeuralStyleError):
         )
 
 
-def exit_with_message(err: NeuralStyleError, status: int = 2):
+def exit_with_message(err: NeuralStyleError, status: int = 2) -> NoReturn:
     """Print ``err`` (and its cause, if any) as one ``neuralstyle: error:`` line; exit with ``status``.
 
     The command-line entries (``run``, ``run_batched``, ``train``, ``apply``) call this for every
     :class:`NeuralStyleError`, so a user sees one line instead of a traceback.
     """
-    import sys
-
     message = f"neuralstyle: error: {err}"
     if err.__cause__ is not None:
         message += f"; {err.__cause__}"

@@ -1,7 +1,6 @@
 """The Hydra entry: every experiment composes and runs; the CLI writes its outputs; bad input
 gives one clear error line and leaves no result behind."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -9,6 +8,7 @@ import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
+from test_sweeps import has_plugin
 
 from neuralstyle import ConfigError, ImageError, LayerError, NonFiniteLossError
 from neuralstyle.run import config_dir, run_from_config
@@ -20,18 +20,14 @@ EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"
 NEEDS_PLUGIN = {"sweep_optuna": "hydra_plugins.hydra_optuna_sweeper"}
 
 
-def has_plugin(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # the hydra_plugins namespace itself is missing
-        return False
-
-
 def experiment_param(name: str):
     plugin = NEEDS_PLUGIN.get(name)
     if plugin is None or has_plugin(plugin):
         return name
-    return pytest.param(name, marks=pytest.mark.skip(reason=f"{plugin} not installed (pip install -e '.[test]')"))
+    reason = f"{plugin} not installed (pip install -e '.[test]')"
+    return pytest.param(name, marks=pytest.mark.skip(reason=reason))
+
+
 MIN_SIZE = {"mrf_starry": 64, "style_scale": 64, "pyramid": 128}  # patches; half-size style; 3 levels
 EXTRA = {"pyramid": ["pyramid.steps=[1,1,0]"]}  # 2 steps in all
 TINY = ["size=32", "steps=2", "backbone.weights=null", "snapshot_every=1", "progress=false"]

@@ -213,12 +213,14 @@ class _Progress:
 
     def after_step(self, step: int, image):
         self.bar.update(1)
-        if self.snapshots is not None and step % self.every == 0:
-            pixels = np.asarray(image[0])
-            if np.all(np.isfinite(pixels)):  # else the next loss check raises NonFiniteLossError
-                save_image(pixels, self.snapshots / f"step_{step:05d}.png")
+        snapshot = self.snapshots is not None and step % self.every == 0
+        if not snapshot and self.callback is None:
+            return  # no copy of the image off the device
+        pixels = np.asarray(image[0])
+        if snapshot and np.all(np.isfinite(pixels)):  # else the next loss check raises NonFiniteLossError
+            save_image(pixels, self.snapshots / f"step_{step:05d}.png")
         if self.callback is not None:
-            self.callback(step, np.asarray(image[0]), self.history[-1][0] if self.history else None)
+            self.callback(step, pixels, self.history[-1][0] if self.history else None)
 
     def close(self):
         self.bar.close()

@@ -5,12 +5,12 @@
     python -m benchmarks.pyramid --size 128 --direct-steps 4 --levels-steps 4,2 --big-size 0 --out /tmp/x
 
 Both runs use the TensorFlow-tutorial objective (VGG19 ImageNet weights, astronaut / great_wave)
-and its Adam settings, or ``--optimizer lbfgs`` (neuralstyle's L-BFGS) for both.  "Time to target" counts compile time and step time of every level, from
-the first compile to the first final-size step whose loss is at or below the target; the targets
-are the losses the direct run reaches after each of ``--target-steps`` steps (default: its last).
-The 1-minute load average before and after each part is recorded: other work on the machine slows
-both runs.  Each part runs in its own
-process so that its peak resident memory (``ru_maxrss``) is its own.  Writes
+and its Adam settings, or ``--optimizer lbfgs`` (neuralstyle's L-BFGS) for both.  "Time to
+target" counts compile time and step time of every level, from the first compile to the first
+final-size step whose loss is at or below the target; the targets are the losses the direct run
+reaches after each of ``--target-steps`` steps (default: its last).  The 1-minute load average
+before and after each part is recorded: other work on the machine slows both runs.  Each part
+runs in its own process so that its peak resident memory (``ru_maxrss``) is its own.  Writes
 ``pyramid.json`` and ``pyramid.md`` into ``--out`` (default ``benchmarks/results``).
 """
 
@@ -54,8 +54,8 @@ def part_direct(args) -> dict:
     from neuralstyle import load_content_and_style, stylize
 
     content, style = load_content_and_style("astronaut", "great_wave", args.size, image_dir=args.image_dir)
-    result = stylize(_objective(args.weights), content, style, _optimizer(args.optimizer), steps=args.direct_steps,
-                     init=args.init, progress=False)
+    result = stylize(_objective(args.weights), content, style, _optimizer(args.optimizer),
+                     steps=args.direct_steps, init=args.init, progress=False)
     m = result.metrics
     return {"size": list(content.shape[:2]), "steps": m["steps"], "compile_s": m["compile_time_s"],
             "history": m["history"], "elapsed": m["history_elapsed_s"],
@@ -67,8 +67,8 @@ def part_pyramid(args, size, steps) -> dict:
 
     content, style = load_content_and_style("astronaut", "great_wave", size, image_dir=args.image_dir)
     t0 = time.perf_counter()
-    result = stylize_pyramid(_objective(args.weights), content, style, _optimizer(args.optimizer), steps=steps,
-                             levels=len(steps), init=args.init, progress=False)
+    result = stylize_pyramid(_objective(args.weights), content, style, _optimizer(args.optimizer),
+                             steps=steps, levels=len(steps), init=args.init, progress=False)
     total = time.perf_counter() - t0
     levels = [{"size": lv["image_size"], "steps": lv["steps"], "compile_s": lv["compile_time_s"],
                "wall_s": lv["wall_time_s"], "history": lv["history"], "elapsed": lv["history_elapsed_s"]}
@@ -82,7 +82,8 @@ def _child(args, part, extra):
     cmd = [sys.executable, "-m", "benchmarks.pyramid", "--child", part, "--size", str(args.size),
            "--direct-steps", str(args.direct_steps), "--levels-steps", args.levels_steps,
            "--big-size", str(args.big_size), "--big-steps", args.big_steps, "--weights", str(args.weights),
-           "--image-dir", str(args.image_dir), "--init", args.init, "--optimizer", args.optimizer]  # the parent computes the targets
+           "--image-dir", str(args.image_dir), "--init", args.init,
+           "--optimizer", args.optimizer]  # the parent computes the targets
     print("running", part, "...", flush=True)
     load_before = os.getloadavg()[0]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)

@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from .errors import ConfigError, WeightsError  # noqa: E402
 from .layers import CONVS_PER_BLOCK, canonical_layer_name, keras_layer_names  # noqa: E402
 from .weights import (  # noqa: E402
+    kernel_and_bias,
     load_lpips_vgg16,
     load_matconvnet,
     load_npy_dict,
@@ -233,8 +234,8 @@ class VGG:
         path = Path(self.weights).expanduser()
         if not path.is_file():
             raise WeightsError(
-                f"weights file {path} does not exist (weights must be 'imagenet', null, or a path "
-                "to a .h5, .npy or .mat file)"
+                f"weights file {path} does not exist (weights must be 'imagenet', 'torchvision', "
+                "null, or a path to a .h5, .keras, .npy or .mat file)"
             )
         suffix = path.suffix.lower()
         if suffix in (".h5", ".hdf5", ".keras") or path.name.endswith(".weights.h5"):
@@ -247,7 +248,7 @@ class VGG:
         elif suffix == ".mat":
             self._assign(load_matconvnet(path), path)
         else:
-            raise WeightsError(f"unsupported weights file {path}: expected .h5, .npy or .mat")
+            raise WeightsError(f"unsupported weights file {path}: expected .h5, .keras, .npy or .mat")
         return f"file: {path}"
 
     def _assign(self, arrays: dict[str, list[np.ndarray]], path: Path) -> None:
@@ -258,8 +259,7 @@ class VGG:
                 if paper not in arrays:
                     raise WeightsError(f"{path} has no weights for layer {paper}")
                 layer = self.model.get_layer(f"block{block}_conv{i}")
-                kernel, bias = (np.asarray(a, np.float32) for a in arrays[paper][:2])
-                bias = bias.reshape(-1)
+                kernel, bias = kernel_and_bias(arrays[paper], path, paper)
                 expected = tuple(tuple(v.shape) for v in layer.weights)
                 if (kernel.shape, bias.shape) != expected:
                     raise WeightsError(

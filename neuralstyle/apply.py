@@ -3,7 +3,10 @@
 Stylizes an image, or every image in a folder, with a transform network trained by
 ``python -m neuralstyle.train`` (see :mod:`neuralstyle.fast.apply`).  Results go to ``output``
 (an image path for a single input, or a folder), by default into the Hydra run directory; the
-path of every written image is printed.
+path of every written image is printed.  No input is ever written over and no two inputs share a
+result: ``cat.jpg`` and ``cat.png`` become ``cat.jpg.png`` and ``cat.png.png``, and an input whose
+result would replace an input or a file that ``apply`` did not write is skipped; each rename and
+skip is printed on stderr (the rules: :mod:`neuralstyle.fast.apply`).
 """
 
 from __future__ import annotations

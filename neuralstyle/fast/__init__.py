@@ -22,7 +22,7 @@ are thin command-line layers over them)::
 """
 
 from .apply import Stylizer, load_transform, stylize_files
-from .data import Batches, list_images, load_crop, photo_batches, photo_dataset
+from .data import Batches, hold_out, list_images, load_crop, photo_batches, photo_dataset
 from .train import (
     Checkpointer,
     TrainingDivergedError,
@@ -30,10 +30,12 @@ from .train import (
     TrainState,
     data_mesh,
     export_model,
+    files_digest,
     init_state,
     make_train_step,
     perceptual_loss,
     replicate,
+    run_lock,
     shard_batch,
     style_statistics,
     train,
@@ -51,10 +53,11 @@ from .transform import (
 )
 
 __all__ = [
-    "Stylizer", "load_transform", "stylize_files", "Batches", "list_images", "load_crop",
-    "photo_batches", "photo_dataset", "Checkpointer", "TrainingDivergedError", "TrainResult",
-    "TrainState", "data_mesh", "export_model", "init_state", "make_train_step", "perceptual_loss",
-    "replicate", "shard_batch", "style_statistics", "train", "CUSTOM_OBJECTS", "CropLike",
+    "Stylizer", "load_transform", "stylize_files", "Batches", "hold_out", "list_images",
+    "load_crop", "photo_batches", "photo_dataset", "Checkpointer", "TrainingDivergedError",
+    "TrainResult", "TrainState", "data_mesh", "export_model", "files_digest", "init_state",
+    "make_train_step", "perceptual_loss", "replicate", "run_lock", "shard_batch",
+    "style_statistics", "train", "CUSTOM_OBJECTS", "CropLike",
     "PadToMultiple", "ReflectionPadding2D", "TransformParams", "apply_fn", "get_params",
     "set_params", "transform_net",
 ]

@@ -18,6 +18,11 @@ The position in the stream is checkpointable: :meth:`Batches.get_state` /
 :meth:`Batches.set_state` wrap Grain's iterator state, so a resumed run sees exactly the batches
 the interrupted one would have seen next.
 
+The names of the files (relative to the folder) are :attr:`Batches.files`: training stores them
+with each checkpoint and refuses to resume when they changed.  :func:`hold_out` sets the first few
+decodable photos of the folder aside as validation images, so that training needs nothing but its
+data folder and a style image.
+
 The paper resizes each COCO image to 256 x 256 (Johnson et al. 2016, sec. 4.1); this pipeline
 resizes the shorter side and crops instead, which keeps the aspect ratio (as pytorch/examples'
 ``fast_neural_style`` does with ``Resize`` + ``CenterCrop``, but with a random crop).
@@ -35,7 +40,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import ConfigError
-from ..images import to_rgb_array
+from ..images import load_image, to_rgb_array
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
@@ -115,6 +120,8 @@ class Batches:
       skipped: how many undecodable files were skipped so far (carried over by set_state).
       consumed: how many dataset elements were read so far (decoded or skipped).
       skipped_files: the distinct unreadable files met by this iterator (each is logged once).
+      files: the names of the dataset's files relative to their folder, in order, when known
+        (set by :func:`photo_batches`; ``None`` otherwise).
     """
 
     def __init__(self, dataset: grain.MapDataset, batch_size: int, num_threads: int = 4,
@@ -129,6 +136,7 @@ class Batches:
         self.skipped = 0
         self.consumed = 0
         self.skipped_files: list[str] = []
+        self.files: Optional[list[str]] = None
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return self
@@ -164,7 +172,49 @@ class Batches:
 
 
 def photo_batches(folder: Union[str, Path], size: int, batch_size: int, seed: int = 0,
-                  num_threads: int = 4, prefetch: int = 32) -> tuple[Batches, int]:
-    """``(batches, number of files)`` for the images under ``folder``; see :class:`Batches`."""
-    files = list_images(folder)
-    return Batches(photo_dataset(files, size, seed), batch_size, num_threads, prefetch), len(files)
+                  num_threads: int = 4, prefetch: int = 32,
+                  files: Optional[Sequence[str]] = None) -> tuple[Batches, int]:
+    """``(batches, number of files)`` for the images under ``folder`` (or for ``files``, some of
+    them, e.g. those :func:`hold_out` left for training); see :class:`Batches`."""
+    folder = Path(folder).expanduser()
+    files = list_images(folder) if files is None else [str(f) for f in files]
+    if not files:
+        raise ConfigError(f"data.dir: no training images left in {folder}")
+    batches = Batches(photo_dataset(files, size, seed), batch_size, num_threads, prefetch)
+    batches.files = [_relative(f, folder) for f in files]
+    return batches, len(files)
+
+
+def _relative(path: str, folder: Path) -> str:
+    try:
+        return Path(path).relative_to(folder).as_posix()
+    except ValueError:  # a file outside the folder: its whole path
+        return str(path)
+
+
+def hold_out(files: Sequence[str], count: int, long_edge: Optional[int] = None
+             ) -> tuple[list[str], list[np.ndarray], list[str]]:
+    """Set the first ``count`` decodable files of ``files`` (in their order) aside as validation
+    photos: ``(held-out paths, their images at long_edge, the remaining files)``.
+
+    Files that cannot be decoded are passed over and stay with the rest (the training pipeline
+    skips them).  Raises :class:`~neuralstyle.errors.ConfigError` when no file would be left for
+    training.
+    """
+    held, images, rest = [], [], []
+    for path in files:
+        if len(held) < int(count):
+            try:
+                image = load_image(path, long_edge)
+            except Exception:  # noqa: BLE001 - an undecodable photo is simply not held out
+                rest.append(path)
+                continue
+            held.append(path)
+            images.append(image)
+        else:
+            rest.append(path)
+    if not rest:
+        raise ConfigError(f"data.dir holds {len(files)} images: holding {count} out for "
+                          "validation leaves none to train on (set validation.holdout lower, or "
+                          "list validation.images)")
+    return held, images, rest

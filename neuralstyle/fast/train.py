@@ -13,7 +13,8 @@ The pieces, each usable alone:
 * :class:`Checkpointer` -- orbax-checkpoint: network, optimizer state, step and the data
   pipeline's position, written atomically every ``checkpoint_every`` steps;
 * :func:`train` -- the loop: progress bar (images/s, losses, ETA), periodic validation images,
-  checkpoints, resume, and the exported Keras model file.
+  checkpoints, resume, and the exported Keras model file;
+* :func:`run_lock` -- one training per output directory at a time (an exclusive ``flock``).
 
 Loss normalization (a choice, stated here because the recipe's weights depend on it).  The paper
 defines, for a layer with features :math:`\phi` of shape :math:`C \times H \times W`,
@@ -41,9 +42,12 @@ entries (``mse_loss``), which is :math:`C^2` times smaller and would need a styl
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +68,15 @@ from ..objective import StyleObjective, Targets
 from .data import Batches
 from .transform import TransformParams, apply_fn, get_params, set_params
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: runs are not locked
+    fcntl = None
+
 log = logging.getLogger(__name__)
+
+#: The lock file a training holds in its output directory (see :func:`run_lock`).
+LOCK_FILE = "train.lock"
 
 
 class TrainingDivergedError(NeuralStyleError):
@@ -191,6 +203,13 @@ class Checkpointer:
             meta=ocp.args.JsonSave(meta)), force=True)
         self.manager.wait_until_finished()
 
+    def read_meta(self, step: Optional[int] = None) -> dict:
+        """The metadata of checkpoint ``step`` (default: the latest) alone, without its arrays:
+        enough to decide whether to resume it."""
+        ocp = self._ocp
+        step = self.latest_step() if step is None else step
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
     def restore(self, template: TrainState, step: Optional[int] = None):
         """``(state, data_state, meta)`` of checkpoint ``step`` (default: the latest), with the
         structure, shapes and dtypes of ``template``."""
@@ -207,6 +226,44 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+# --------------------------------------------------------------------------- the run lock
+
+@contextlib.contextmanager
+def run_lock(directory):
+    """Hold an exclusive lock on ``directory/train.lock`` while the block runs.
+
+    The lock is ``fcntl.flock`` taken without waiting: when another process (or another open of
+    the file) holds it, :class:`~neuralstyle.errors.ConfigError` is raised at once, naming the
+    directory and the holder's process id.  The operating system releases the lock when its
+    holder exits, also on a kill, so a crashed training never leaves a stale lock; the file itself
+    stays (deleting it would let two processes lock two different files).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_FILE
+    if fcntl is None:  # pragma: no cover
+        log.warning("no fcntl on this system: %s is not locked against a second training", directory)
+        yield path
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        holder = path.read_text().strip() if path.is_file() else ""
+        raise ConfigError(
+            f"another training{f' (process {holder})' if holder.isdigit() else ''} is running in "
+            f"{directory.resolve()} (it holds {LOCK_FILE}); wait for it to end, or train under "
+            "another name (name=...)") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # for the message above and for people
+        yield path
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -269,6 +326,8 @@ def train(
     devices: Optional[Sequence[jax.Device]] = None,
     progress: bool = True,
     callback: Optional[Callable[[int, dict], None]] = None,
+    lock: bool = True,
+    on_start: Optional[Callable[[], None]] = None,
 ) -> TrainResult:
     """Train ``transform`` against ``objective`` on ``batches`` for ``steps`` steps in all.
 
@@ -283,6 +342,19 @@ def train(
     sees the same batches it would have seen without the interruption.  ``fingerprint`` (a
     JSON-able dict of the settings that define the run) is stored with each checkpoint and must
     match on resume, so that a changed recipe never silently continues an old run.
+
+    When ``batches`` knows its files (:func:`~neuralstyle.fast.photo_batches` sets
+    ``batches.files``), their names are part of the fingerprint and stored with each checkpoint,
+    so a resume with images added to or removed from the data folder is refused with the names
+    that changed (the resumed run would no longer see exactly the batches it had not trained on).
+    Everything is checked before anything in ``output_dir`` is written; ``on_start()`` runs right
+    after the checks (the command line writes the run's record there, so a refused run leaves the
+    record of the accepted one as it was).  ``model.keras`` always ends up holding the newest
+    checkpoint, also when an earlier run was killed between a checkpoint and its export.
+
+    With ``lock`` (the default) the whole training holds :func:`run_lock` on ``output_dir``: a
+    second training into the same directory fails at once; pass ``lock=False`` when the caller
+    already holds it.
 
     ``style`` is the ``(H, W, 3)`` style image.  ``callback(step, metrics)`` runs after every step
     (tests use it to interrupt a run).  Training starts from ``transform``'s current weights (or
@@ -301,6 +373,25 @@ def train(
     checkpoint_every = int(checkpoint_every) if int(checkpoint_every) > 0 else steps + 1  # 0: at the end
     validation_every = max(0, int(validation_every))
 
+    files = getattr(batches, "files", None)
+    data_files = None if files is None else [str(f) for f in files]
+    if data_files is not None:
+        fingerprint["data.files"] = files_digest(data_files)
+    with run_lock(output_dir) if lock else contextlib.nullcontext():
+        return _train_locked(
+            transform, objective, style, batches, optimizer, steps, output_dir, mesh=mesh,
+            devices=devices, fingerprint=fingerprint, data_files=data_files,
+            checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+            validation_images=validation_images, validation_every=validation_every,
+            log_every=log_every, resume=resume, progress=progress, callback=callback,
+            on_start=on_start)
+
+
+def _train_locked(transform, objective, style, batches, optimizer, steps, output_dir, *, mesh,
+                  devices, fingerprint, data_files, checkpoint_every, keep_checkpoints,
+                  validation_images, validation_every, log_every, resume, progress, callback,
+                  on_start) -> TrainResult:
+    """:func:`train` once its arguments are checked and the run directory is locked."""
     loss_params = replicate(objective.params, mesh)
     statistics = replicate(style_statistics(objective, objective.params, style[None]), mesh)
     state = init_state(get_params(transform), optimizer)
@@ -312,11 +403,19 @@ def train(
             raise ConfigError(f"{checkpointer.directory} already holds a checkpoint (step "
                               f"{latest}); pass resume=true to continue it, or choose another "
                               "output directory (name=...)")
-        state, data_state, meta = checkpointer.restore(state)
-        _check_fingerprint(meta.get("fingerprint", {}), fingerprint, checkpointer.directory)
+        meta = checkpointer.read_meta(latest)  # checked before the arrays are read
+        try:
+            _check_fingerprint(meta.get("fingerprint", {}), fingerprint, checkpointer.directory,
+                               meta.get("data_files"), data_files)
+        except ConfigError:
+            checkpointer.close()
+            raise
+        state, data_state, _ = checkpointer.restore(state, latest)
         batches.set_state(data_state)
         resumed_from = int(state.step)
         log.info("resuming from %s at step %d", checkpointer.directory, resumed_from)
+    if on_start is not None:
+        on_start()
     state = replicate(state, mesh)
 
     step_fn = make_train_step(transform, objective, optimizer)
@@ -342,12 +441,20 @@ def train(
     # is read, so that a resumed run reads exactly the batches this one had not trained on yet.
     position = {"step": start, "data": first_position}
 
+    exported = {"step": None}  # the step of the model.keras written by this call
+
+    def export(current: TrainState):
+        export_model(transform, jax.device_get(current.params), output_dir / "model.keras")
+        exported["step"] = int(current.step)
+
     def checkpoint(current: TrainState):
         if position["step"] != int(current.step):
             raise RuntimeError("data position and train state are out of step")  # pragma: no cover
         meta = {"fingerprint": fingerprint, "step": int(current.step), "time": time.time()}
+        if data_files is not None:
+            meta["data_files"] = data_files
         checkpointer.save(current, position["data"], meta)
-        export_model(transform, jax.device_get(current.params), output_dir / "model.keras")
+        export(current)
 
     def validate(current: TrainState):
         for k, image in enumerate(validation_images):
@@ -419,8 +526,10 @@ def train(
     per_step = (t_end - t_first) / timed_steps if timed_steps > 0 else float("nan")
     if checkpointer.latest_step() != int(state.step):
         checkpoint(state)
-    elif not (output_dir / "model.keras").is_file():
-        export_model(transform, jax.device_get(state.params), output_dir / "model.keras")
+    elif exported["step"] != int(state.step):
+        # the state is the newest checkpoint, but model.keras may be older: a run killed between
+        # a checkpoint and its export leaves the export of an earlier one
+        export(state)
     validate(state)
     checkpointer.close()
 
@@ -449,12 +558,43 @@ def train(
     return TrainResult(jax.device_get(state.params), output_dir / "model.keras", result_metrics)
 
 
-def _check_fingerprint(saved: dict, current: dict, directory: Path) -> None:
-    if not saved or not current or saved == current:
+def files_digest(files: Sequence[str]) -> str:
+    """``"<count> files, sha256 <digest>"`` of a list of file names (order matters)."""
+    digest = hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]
+    return f"{len(files)} files, sha256 {digest}"
+
+
+def _names(names: Sequence[str], shown: int = 5) -> str:
+    more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def describe_file_change(before: Optional[Sequence[str]], now: Sequence[str]) -> str:
+    """What changed between the training files a run started with and those of now, in words."""
+    if before is None:
+        return "the training images changed (the checkpoint holds only their digest)"
+    added = sorted(set(now) - set(before))
+    removed = sorted(set(before) - set(now))
+    changes = [f"{len(added)} added ({_names(added)})"] if added else []
+    changes += [f"{len(removed)} removed ({_names(removed)})"] if removed else []
+    return (f"data.dir now has {len(now)} training images, the run was started with "
+            f"{len(before)}: " + (", ".join(changes) or "the same names in another order"))
+
+
+def _check_fingerprint(saved: dict, current: dict, directory: Path,
+                       saved_files: Optional[Sequence[str]] = None,
+                       files: Optional[Sequence[str]] = None) -> None:
+    """Refuse to resume a checkpoint whose settings differ from ``current``.  Keys the checkpoint
+    does not record (added to the fingerprint after it was written) are not compared."""
+    if not saved or not current:
         return
-    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-    detail = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:6])
+    changed = sorted(k for k in set(saved) | set(current)
+                     if k in saved and saved.get(k) != current.get(k))
+    if not changed:
+        return
+    details = [describe_file_change(saved_files, files or []) if k == "data.files"
+               else f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:6]]
     raise ConfigError(
-        f"the checkpoint in {directory} was trained with different settings ({detail}); resume "
-        "it with the original settings, or start a new run under another name (name=...)"
+        f"the checkpoint in {directory} was trained with different settings ({'; '.join(details)}); "
+        "resume it with the original settings, or start a new run under another name (name=...)"
     )

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .errors import ConfigError
 from .objective import WEIGHT_FIELDS, StyleObjective
 from .optim import LBFGS, make_lbfgs_functions, make_step
-from .stylize import initial_image
+from .stylize import check_memory, initial_image
 
 
 @dataclass
@@ -172,6 +172,7 @@ def stylize_batched(
     n = len(settings)
 
     styles_list = style if isinstance(style, (list, tuple)) else [style]
+    check_memory(content.shape[:2], optimizer, runs=n)
     objective.extractor.check_input(content.shape, "content image")
     for i, s in enumerate(styles_list):
         objective.extractor.check_input(s.shape, "style image" if i == 0 else f"style image {i}")

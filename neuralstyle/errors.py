@@ -55,6 +55,23 @@ class NonFiniteLossError(NeuralStyleError):
         )
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during optimization, carrying the image the loop had reached.
+
+    A ``KeyboardInterrupt`` (so code that stops on Ctrl-C still does), raised by the loops with
+    the current image so that the command-line entry can save it before exiting with status 130.
+
+    Attributes:
+      step: the number of completed steps.
+      image: the current image (H, W, 3 float32 in [0, 1]), or ``None`` before the first step.
+    """
+
+    def __init__(self, step: int, image=None, message: str = ""):
+        self.step = step
+        self.image = image
+        super().__init__(message)
+
+
 def exit_with_message(err: NeuralStyleError, status: int = 2) -> NoReturn:
     """Print ``err`` (and its cause, if any) as one ``neuralstyle: error:`` line; exit with ``status``.
 

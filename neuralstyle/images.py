@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -133,6 +134,35 @@ def _check_decodable(data: bytes, origin: str) -> None:
         raise OSError(f"{origin} did not return an image ({err})") from None
 
 
+def image_size(path: PathLike) -> tuple[int, int]:
+    """``(width, height)`` of an image file, read from its header without decoding the pixels.
+
+    Raises :class:`ImageError` naming the file if it is missing, not an image, or larger than
+    Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS`` x 2, about 179 Mpx).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"image file {path} does not exist")
+    if path.is_dir():
+        raise ImageError(f"{path} is a folder, not an image file")
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Image.DecompressionBombError as err:
+        raise ImageError(_bomb_message(path, err)) from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path} is not an image file Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"could not read image {path}: {err}") from None
+
+
+def _bomb_message(path: Path, err: Exception) -> str:
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    pixels = f"{int(found.group(1)) / 1e6:.0f} Mpx" if found else "too many pixels"
+    return (f"{path} claims {pixels}, more than Pillow's decompression-bomb limit of "
+            f"{2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} Mpx; refusing to decode it (resize the file first)")
+
+
 def load_image(path: PathLike, long_edge: Optional[int] = None) -> np.ndarray:
     """Read ``path`` as float32 ``(H, W, 3)`` RGB in ``[0, 1]``, optionally resized.
 
@@ -141,14 +171,20 @@ def load_image(path: PathLike, long_edge: Optional[int] = None) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise ImageError(f"image file {path} does not exist")
+    if path.is_dir():
+        raise ImageError(f"{path} is a folder, not an image file")
     try:
         with Image.open(path) as im:
             im.load()
             image = to_rgb_array(ImageOps.exif_transpose(im))
+    except Image.DecompressionBombError as err:
+        raise ImageError(_bomb_message(path, err)) from None
     except UnidentifiedImageError:
         raise ImageError(f"{path} is not an image file Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"could not read image {path}: {err}") from None
+    except MemoryError:
+        raise ImageError(f"not enough memory to decode {path}") from None
     return resize_long_edge(image, long_edge) if long_edge else image
 
 
@@ -209,17 +245,35 @@ def save_image(image: np.ndarray, path: PathLike) -> Path:
 
 
 def atomic_write(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    The file gets the permissions of any file the user creates (``0o666`` less the umask), not
+    the ``0o600`` of the temporary file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (read without changing it where /proc allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc: set and restore (not thread-safe, but brief)
+    os.umask(mask)
+    return mask
 
 
 NAMED_MASKS = ("all", "none", "left", "right", "top", "bottom")

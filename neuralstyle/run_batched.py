@@ -12,23 +12,20 @@ path.  Style masks and pyramids are not batched (use ``python -m neuralstyle.run
 from __future__ import annotations
 
 import json
-import logging
-import os
 from pathlib import Path
 from typing import Optional
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
+from .entry import run_entry  # noqa: I001  (first: sets KERAS_BACKEND and the run_id resolver)
 
 import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from .batched import stylize_batched  # noqa: E402
 from .color import apply_color_control  # noqa: E402
-from .errors import ConfigError, NeuralStyleError, exit_with_message  # noqa: E402
+from .errors import ConfigError  # noqa: E402
 from .images import atomic_write, save_image  # noqa: E402
 from .objective import WEIGHT_FIELDS  # noqa: E402
-from .run import _instantiate, _plain, build_objective, config_dir  # noqa: E402
+from .run import _instantiate, _plain, build_objective, check_config, config_dir  # noqa: E402
 from .stylize import initial_image, load_content_and_style  # noqa: E402
 
 BATCH_KEYS = WEIGHT_FIELDS + ("seed",)
@@ -66,6 +63,7 @@ def run_batched_from_config(cfg, output_dir) -> list:
     weights, seeds = batch_settings(_plain(cfg.get("batch")))
     if "transform" in cfg:
         raise ConfigError("batched sweeps optimize images; fast_* experiments train a network")
+    check_config(cfg)
     if cfg.style_masks is not None or int(cfg.pyramid.levels) > 1:
         raise ConfigError("batched sweeps support neither style_masks nor pyramid.levels > 1; "
                           "run those settings one by one with python -m neuralstyle.run -m")
@@ -90,8 +88,8 @@ def run_batched_from_config(cfg, output_dir) -> list:
         run_dir = output_dir / f"run_{k:02d}"
         metrics = {"content": str(cfg.content), "style": _plain(cfg.style), **run,
                    "batch": result.metrics}
-        atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
-        path = save_image(finish(result.images[k]), run_dir / "result.png")
+        path = save_image(finish(result.images[k]), run_dir / "result.png")  # image first,
+        atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2).encode())  # record last
         summary.append({"run": k, "weights": run["weights"], "seed": run["seed"],
                         "final_loss": run["final"]["total"] if run["final"] else None,
                         "result": str(path)})
@@ -102,12 +100,8 @@ def run_batched_from_config(cfg, output_dir) -> list:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
-def main(cfg) -> None:
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-    try:
-        run_batched_from_config(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except NeuralStyleError as err:
-        exit_with_message(err)
+def main(cfg) -> list:
+    return run_entry(run_batched_from_config, cfg)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ becomes NaN or infinite.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from .errors import ConfigError, ImageError, NonFiniteLossError
+from .errors import ConfigError, ImageError, Interrupted, NonFiniteLossError
 from .images import load_image, resize, resolve_image, save_image
 from .objective import StyleObjective
 from .optim import LBFGS, make_lbfgs_functions, make_step
@@ -87,6 +88,54 @@ def initial_image(kind: str, content: np.ndarray, style: np.ndarray, seed: int =
     raise ConfigError(f"unknown init {kind!r}; expected one of {INIT_KINDS}")
 
 
+#: Peak memory of one VGG19 forward and backward pass per output pixel, measured with
+#: ``benchmarks/pyramid.py`` and ``benchmarks/speed.py`` (5.0 GB peak RSS at 1024x1024 with Adam,
+#: about 1 GB of it the process before the first step), rounded up.
+BYTES_PER_PIXEL = 4_500
+#: Fixed cost of the process (JAX, Keras, the backbone's weights).
+BASE_BYTES = 1.5e9
+
+
+def estimate_memory_bytes(shape: tuple[int, int], optimizer=None, runs: int = 1) -> float:
+    """A rough upper estimate of the peak memory of ``runs`` runs at ``shape = (H, W)``.
+
+    Activations and their gradients (:data:`BYTES_PER_PIXEL`), plus the optimizer's own state:
+    Adam keeps two moments (8 bytes a channel value), L-BFGS ``2 * memory_size`` image-sized
+    vectors.  It is meant to refuse sizes that cannot fit, not to predict to the megabyte.
+    """
+    pixels = float(shape[0]) * float(shape[1])
+    per_pixel = BYTES_PER_PIXEL + 3 * 4 * 4  # the image, its gradient and two moments (fp32)
+    if isinstance(optimizer, LBFGS):
+        per_pixel += 3 * 4 * 2 * optimizer.memory_size
+    return BASE_BYTES + runs * pixels * per_pixel
+
+
+def available_memory_bytes() -> Optional[float]:
+    """Memory of the device that runs the step: an accelerator's limit, or the host's RAM."""
+    try:
+        device = jax.devices()[0]
+        if device.platform != "cpu":
+            stats = device.memory_stats() or {}
+            if stats.get("bytes_limit"):
+                return float(stats["bytes_limit"])
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # no sysconf on this platform
+        return None
+
+
+def check_memory(shape: tuple[int, int], optimizer=None, what: str = "the image",
+                 runs: int = 1) -> None:
+    """Raise :class:`ConfigError` if ``runs`` runs at ``shape`` need more memory than the
+    machine has (see :func:`estimate_memory_bytes`)."""
+    need, have = estimate_memory_bytes(shape, optimizer, runs), available_memory_bytes()
+    if have is not None and need > have:
+        batch = f"{runs} runs at " if runs > 1 else "a "
+        raise ConfigError(
+            f"{what}: {batch}{shape[1]}x{shape[0]} px run needs about {need / 1e9:.3g} GB, more than "
+            f"the {have / 1e9:.3g} GB this machine has; use a smaller size"
+        )
+
+
 def _floats(terms: dict) -> dict:
     return {k: float(v) for k, v in terms.items()}
 
@@ -141,6 +190,7 @@ def stylize(
     if tuple(start.shape) != tuple(content.shape):
         raise ConfigError(f"initial image has shape {start.shape}, content has {content.shape}")
 
+    check_memory(content.shape[:2], optimizer)
     objective.extractor.check_input(content.shape, "content image")
     for i, s in enumerate(style if isinstance(style, (list, tuple)) else [style]):
         objective.extractor.check_input(s.shape, "style image" if i == 0 else f"style image {i}")
@@ -159,8 +209,12 @@ def stylize(
         raise ConfigError(
             f"optimizer must be an optax GradientTransformation or neuralstyle.LBFGS, got {optimizer!r}"
         )
-    loop = driver(objective, optimizer, image, params, targets, steps, progress, snapshots,
-                  snapshot_every, callback)
+    tracker = _Progress(steps, progress, snapshots, snapshot_every, callback, image)
+    try:
+        loop = driver(objective, optimizer, image, params, targets, steps, tracker)
+    except KeyboardInterrupt:
+        tracker.close()
+        raise Interrupted(tracker.step, np.asarray(tracker.image[0])) from None
     final_image, history, compile_time, wall, evaluations, completed = loop
 
     final_loss, final_terms, _ = history[-1]
@@ -192,18 +246,25 @@ def stylize(
 class _Progress:
     """The progress bar, snapshots, callback and non-finite check shared by both loops."""
 
-    def __init__(self, steps, show, snapshots, snapshot_every, callback):
-        self.bar = tqdm(total=steps, desc="stylize", disable=not show, dynamic_ncols=True,
-                        unit="step")
+    def __init__(self, steps, show, snapshots, snapshot_every, callback, image):
+        self.steps, self.show = steps, show
+        self.bar = None
         self.snapshots, self.every, self.callback = snapshots, snapshot_every, callback
         self.history: list = []  # (loss, terms, seconds since the loop started)
+        self.step, self.image = 0, image  # the newest image (on the device), for Ctrl-C
+        self.start = time.perf_counter()
+
+    def start_clock(self):
+        """Called once the step is compiled: the bar and the history's clock start here."""
+        self.bar = tqdm(total=self.steps, desc="stylize", disable=not self.show,
+                        dynamic_ncols=True, unit="step")
         self.start = time.perf_counter()
 
     def record(self, step: int, image, loss, terms, last_good):
         """Record the loss of the image after ``step`` updates; raise if it is not finite."""
         loss, terms = float(loss), _floats(terms)
         if not math.isfinite(loss):
-            self.bar.close()
+            self.close()
             good_image, good_step = last_good
             raise NonFiniteLossError(
                 step, None if good_image is None else np.asarray(good_image[0]), good_step, terms
@@ -212,6 +273,7 @@ class _Progress:
         self.bar.set_postfix_str(_format(loss, terms), refresh=False)
 
     def after_step(self, step: int, image):
+        self.step, self.image = step, image
         self.bar.update(1)
         snapshot = self.snapshots is not None and step % self.every == 0
         if not snapshot and self.callback is None:
@@ -223,7 +285,8 @@ class _Progress:
             self.callback(step, pixels, self.history[-1][0] if self.history else None)
 
     def close(self):
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _compile(fn, *args):
@@ -238,14 +301,14 @@ def _compile(fn, *args):
         ) from None
 
 
-def _run_optax(objective, tx, image, params, targets, steps, show, snapshots, every, callback):
+def _run_optax(objective, tx, image, params, targets, steps, progress):
     t0 = time.perf_counter()
     opt_state = tx.init(image)
     compiled = _compile(make_step(objective, tx), image, opt_state, params, targets)
     evaluate = _compile(objective, params, image, targets)
     compile_time = time.perf_counter() - t0
 
-    progress = _Progress(steps, show, snapshots, every, callback)
+    progress.start_clock()
     previous = (None, -1)
     t0 = time.perf_counter()
     base_key = targets.key
@@ -263,8 +326,7 @@ def _run_optax(objective, tx, image, params, targets, steps, show, snapshots, ev
     return image, progress.history, compile_time, wall, steps, steps
 
 
-def _run_lbfgs(objective, opt: LBFGS, image, params, targets, steps, show, snapshots, every,
-               callback):
+def _run_lbfgs(objective, opt: LBFGS, image, params, targets, steps, progress):
     direction_fn, trial_fn = make_lbfgs_functions(objective, opt)
     state = opt.direction_transform.init(image)
     zeros = jnp.zeros_like(image)
@@ -273,7 +335,7 @@ def _run_lbfgs(objective, opt: LBFGS, image, params, targets, steps, show, snaps
     direction = _compile(direction_fn, zeros, state, image)
     compile_time = time.perf_counter() - t0
 
-    progress = _Progress(steps, show, snapshots, every, callback)
+    progress.start_clock()
     t0 = time.perf_counter()
     current = trial(image, zeros, zeros, 0.0, params, targets)  # loss and gradient at the start
     evaluations = 1

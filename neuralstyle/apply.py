@@ -11,17 +11,14 @@ skip is printed on stderr (the rules: :mod:`neuralstyle.fast.apply`).
 
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
+from .entry import run_entry  # noqa: I001  (first: sets KERAS_BACKEND and the run_id resolver)
 
 import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from .errors import ConfigError, NeuralStyleError, exit_with_message  # noqa: E402
+from .errors import ConfigError  # noqa: E402
 from .run import config_dir  # noqa: E402
 
 
@@ -46,12 +43,7 @@ def apply_from_config(cfg: DictConfig, output_dir: Path) -> list[Path]:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="apply")
 def main(cfg: DictConfig) -> None:
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        apply_from_config(cfg, output_dir)
-    except NeuralStyleError as err:
-        exit_with_message(err)
+    run_entry(apply_from_config, cfg)
 
 
 if __name__ == "__main__":

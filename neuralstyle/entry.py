@@ -93,29 +93,36 @@ def is_multirun() -> bool:
         return False
 
 
-#: When this process started: files older than that are never removed.
+#: When this process started: folders older than that are never removed.
 _STARTED = time.time()
 
 
 def remove_hydra_leftovers(output_dir: Path) -> None:
-    """After a single run that failed on bad input, remove what Hydra wrote for it (``.hydra/``
-    and the job's log, if this process created them) and the run directory if that leaves it
-    empty: bad input leaves nothing behind.  Files the run did not create are never touched."""
+    """After a single run that failed on bad input, remove what Hydra wrote for it, so that bad
+    input leaves nothing behind.
+
+    Only a run directory that holds nothing but Hydra's own files (``.hydra/config.yaml``,
+    ``hydra.yaml``, ``overrides.yaml`` and the job's log) is cleared, and then removed with the
+    empty folders above it that this process created (``outputs/DATE``, ``outputs``).  A directory
+    with anything else in it (a training run's checkpoints, a user's files) is left untouched.
+    """
     from hydra.core.hydra_config import HydraConfig
 
     hydra_cfg = HydraConfig.get()
-    candidates = [output_dir / f"{hydra_cfg.job.name}.log"]
-    if hydra_cfg.output_subdir:
-        subdir = output_dir / str(hydra_cfg.output_subdir)
-        candidates += [subdir / n for n in ("config.yaml", "hydra.yaml", "overrides.yaml")]
-    for path in candidates:
-        try:
-            if path.is_file() and path.stat().st_mtime >= _STARTED - 1:
-                path.unlink()
-        except OSError:
-            pass
-    if hydra_cfg.output_subdir:
-        _remove_empty(output_dir / str(hydra_cfg.output_subdir))
+    subdir = str(hydra_cfg.output_subdir) if hydra_cfg.output_subdir else None
+    ours = {Path(f"{hydra_cfg.job.name}.log")}
+    if subdir:
+        ours |= {Path(subdir) / n for n in ("config.yaml", "hydra.yaml", "overrides.yaml")}
+    try:
+        found = {p.relative_to(output_dir) for p in output_dir.rglob("*") if not p.is_dir()}
+        if not found <= ours:
+            return
+        for relative in found:
+            (output_dir / relative).unlink()
+    except OSError:
+        return
+    if subdir:
+        _remove_empty(output_dir / subdir)
     folder, stop = output_dir.resolve(), Path.cwd().resolve()
     while folder != stop and stop in folder.parents and _remove_empty(folder):
         folder = folder.parent  # outputs/DATE/TIME_ID, then outputs/DATE, then outputs

@@ -17,19 +17,16 @@ was.  The validation photos default to the first ``validation.holdout`` decodabl
 from __future__ import annotations
 
 import json
-import logging
-import os
-import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
+from .entry import run_entry  # noqa: I001  (first: sets KERAS_BACKEND and the run_id resolver)
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from .errors import ConfigError, NeuralStyleError, exit_with_message  # noqa: E402
+from .errors import ConfigError, NeuralStyleError  # noqa: E402
 from .images import atomic_write, load_image, resolve_image  # noqa: E402
 from .run import _instantiate, build_objective, config_dir  # noqa: E402
 
@@ -155,15 +152,8 @@ def _hydra_record(cfg: DictConfig, output_dir: Path) -> Callable[[], None]:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def main(cfg: DictConfig) -> float:
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-checkpoint INFO lines
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        return train_from_config(cfg, output_dir, record=_hydra_record(cfg, output_dir))
-    except NeuralStyleError as err:
-        exit_with_message(err)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    return run_entry(lambda cfg, output_dir: train_from_config(
+        cfg, output_dir, record=_hydra_record(cfg, output_dir)), cfg)
 
 
 if __name__ == "__main__":

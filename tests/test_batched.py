@@ -71,8 +71,15 @@ def _sequential(objective, pair, settings, seeds, init, steps, opt):
                     seed=s, progress=False) for w, s in zip(settings, seeds)]
 
 
+# Equality between a batched and a sequential run is checked with plain gradient descent: its update
+# is proportional to the gradient, so the rounding differences of a batch-N convolution (which
+# differ between AVX2 and AVX-512 CPUs) stay rounding-sized.  Adam's first steps divide the gradient
+# by its own magnitude and can turn a rounding-level gradient into a full-size pixel change.
+PROPORTIONAL = optax.sgd(0.05)
+
+
 def test_batched_weights_equal_sequential_runs(objective, pair):
-    opt = optax.adam(0.05, b1=0.9, eps=0.1)
+    opt = PROPORTIONAL
     batched = stylize_batched(objective, pair[0], pair[1], weights=WEIGHTS, optimizer=opt,
                               steps=4, progress=False)
     sequential = _sequential(objective, pair, WEIGHTS, [0, 0, 0], "content", 4, opt)
@@ -93,7 +100,7 @@ def test_batched_weights_equal_sequential_runs(objective, pair):
 def test_batched_seeds_equal_sequential_runs_with_noise_and_stochastic_loss(random_vgg19, pair):
     objective = StyleObjective.build(random_vgg19, content_weight=1.0, style_weight=1.0,
                                      tv_weight=0.1, style_loss=sliced_wasserstein_loss(8), **LAYERS)
-    opt = optax.adam(0.05)
+    opt = PROPORTIONAL
     seeds = [0, 7]
     batched = stylize_batched(objective, pair[0], pair[1], seeds=seeds, optimizer=opt, steps=3,
                               init="noise", progress=False)

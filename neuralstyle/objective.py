@@ -9,11 +9,18 @@ r"""The style-transfer objective: weighted content, style and total-variation te
 (Gatys et al. 2016, eq. 7, with the total-variation regularizer of Johnson et al. 2016 and of
 the TensorFlow tutorial).  :math:`P^l` are the content image's features and :math:`A^l` the style
 image's statistics (Gram matrices for the Gram loss), computed once by :meth:`StyleObjective.targets`.
+
+:class:`StyleObjective` is a JAX pytree: its weights (:math:`\alpha`, :math:`\beta`, :math:`\gamma`
+and the per-layer :math:`w_l`) are its leaves, while the feature extractor, the layer names and
+the loss functions are static (part of the tree structure).  Compiled steps take the objective as
+an argument, so one compiled program serves every weight setting, and a batch of weight settings is
+one objective whose leaves have a leading axis, ``jax.vmap``-ped over.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
@@ -69,14 +76,25 @@ def style_blend_weights(blend, count: int) -> tuple[float, ...]:
 
 
 WEIGHT_FIELDS = ("content_weight", "style_weight", "tv_weight")
+#: The pytree leaves of a :class:`StyleObjective` (the per-layer weights are tuples of leaves).
+DATA_FIELDS = ("content_layer_weights", "style_layer_weights") + WEIGHT_FIELDS
+#: Its static part: compared by equality (the extractor and loss functions by identity).
+META_FIELDS = ("extractor", "content_layers", "style_layers", "content_loss", "style_loss", "tv_loss")
 
 
-@dataclass(frozen=True)
+@partial(jax.tree_util.register_dataclass, data_fields=list(DATA_FIELDS),
+         meta_fields=list(META_FIELDS))
+@dataclass(frozen=True, eq=False)  # hashed by identity: leaves may be arrays or tracers
 class StyleObjective:
     """A pure objective ``(params, image, targets) -> (total, terms)``; build it with :meth:`build`.
 
     ``terms`` holds the weighted contributions ``content``, ``style`` and ``tv`` (they add up to
     ``total``).  Images are ``(B, H, W, 3)`` RGB in ``[0, 1]``; the total is summed over the batch.
+
+    A pytree whose leaves are the weights ``content_layer_weights``, ``style_layer_weights``
+    (tuples, one leaf per layer), ``content_weight``, ``style_weight`` and ``tv_weight``; two
+    objectives that differ only in weights (e.g. ``dataclasses.replace(objective, style_weight=1.0)``)
+    have the same tree structure, so a step compiled for one runs the other without retracing.
     """
 
     extractor: FeatureExtractor
@@ -104,6 +122,9 @@ class StyleObjective:
         **weights_and_losses,
     ) -> "StyleObjective":
         """Resolve layer names (Keras or paper), per-layer weights, and cut the backbone once."""
+        for name in WEIGHT_FIELDS:
+            if name in weights_and_losses:
+                weights_and_losses[name] = _weight(weights_and_losses[name], name)
         content = tuple(canonical_layer_name(n, backbone.arch) for n in content_layers)
         style = tuple(canonical_layer_name(n, backbone.arch) for n in style_layers)
         extractor = backbone.extractor(content + style)
@@ -121,18 +142,14 @@ class StyleObjective:
         return self.extractor.params
 
     def with_weights(self, **weights) -> "StyleObjective":
-        """A copy with other term weights ``content_weight``, ``style_weight`` and ``tv_weight``.
-
-        The values may be JAX scalars traced under ``jit``/``vmap`` (only :meth:`terms` reads
-        them, as factors of the term sums), so one compiled program serves many weight settings:
-        :func:`neuralstyle.batched.stylize_batched` vmaps over them.  With Python floats this is
-        ``dataclasses.replace`` and the result behaves exactly like an objective built with them.
-        """
+        """A copy with other term weights ``content_weight``, ``style_weight`` and ``tv_weight``
+        (``dataclasses.replace`` with the names checked; Python ints become floats, so the copy
+        has the same leaf types and runs a step compiled for the original without retracing)."""
         unknown = sorted(set(weights) - set(WEIGHT_FIELDS))
         if unknown:
             raise ConfigError(f"unknown objective weight(s) {unknown}; expected some of "
                               f"{list(WEIGHT_FIELDS)}")
-        return replace(self, **weights)
+        return replace(self, **{k: _weight(v, k) for k, v in weights.items()})
 
     def targets(self, params: BackboneParams, content: jnp.ndarray, style, blend=None,
                 masks=None) -> Targets:
@@ -198,3 +215,10 @@ class StyleObjective:
     def __call__(self, params: BackboneParams, image: jnp.ndarray, targets: Targets):
         terms = self.terms(params, image, targets)
         return terms["content"] + terms["style"] + terms["tv"], terms
+
+
+def _weight(value, name: str):
+    """A Python int weight as a float (an int leaf would compile another program)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    return float(value) if isinstance(value, int) else value

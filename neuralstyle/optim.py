@@ -2,7 +2,7 @@
 
 * Any optax ``GradientTransformation`` (the TensorFlow tutorial's Adam is
   ``optax.adam(0.02, b1=0.99, eps=0.1)``) runs through :func:`make_step`: one jit-compiled pure
-  function ``(image, opt_state, params, targets) -> (image, opt_state, loss, terms)``.
+  function ``(objective, image, opt_state, params, targets) -> (image, opt_state, loss, terms)``.
 * :class:`LBFGS` is the classic optimizer of Gatys et al. and of jcjohnson/neural-style.  It keeps
   optax's two-loop recursion (:func:`optax.scale_by_lbfgs`) but runs the backtracking (Armijo)
   line search from Python over one compiled trial function, instead of ``optax.lbfgs``'s zoom
@@ -10,6 +10,10 @@
   several times slower (jax-ml/jax#12868) and ``optax.lbfgs`` compiles its step twice.  A step
   of length 1 is accepted almost always, so an iteration costs one forward and backward pass,
   like jcjohnson's fixed-step L-BFGS, while a rejected step is still shrunk safely.
+
+The objective (a :class:`~neuralstyle.objective.StyleObjective`, a pytree whose leaves are its
+weights) is an argument of every compiled function, never closed over: one compiled program
+serves every weight setting, and ``jax.vmap`` over the objective's leaves runs many at once.
 
 Pixels are kept in ``[0, 1]`` by projecting every new image onto that box.
 """
@@ -29,17 +33,26 @@ def project(image: jnp.ndarray) -> jnp.ndarray:
     return jnp.clip(image, 0.0, 1.0)
 
 
-def make_step(objective: Callable, tx: optax.GradientTransformation) -> Callable:
-    """The pure update step for an optax optimizer (not yet jitted; see :func:`compile_step`).
+def evaluate(objective: Callable, params, image, targets):
+    """``objective(params, image, targets) -> (loss, terms)`` with the objective as an argument
+    (so ``jax.jit(evaluate)`` compiles once for every weight setting)."""
+    return objective(params, image, targets)
 
-    Returns ``step(image, opt_state, params, targets) -> (new_image, opt_state, loss, terms)``
-    where ``loss`` and ``terms`` are those of the input ``image``.
+
+def _value_and_grad(objective, params, image, targets):
+    return jax.value_and_grad(evaluate, argnums=2, has_aux=True)(objective, params, image, targets)
+
+
+def make_step(tx: optax.GradientTransformation) -> Callable:
+    """The pure update step for an optax optimizer (not yet jitted).
+
+    Returns ``step(objective, image, opt_state, params, targets) -> (new_image, opt_state, loss,
+    terms)`` where ``loss`` and ``terms`` are those of the input ``image``.  The objective is an
+    argument: ``jax.jit(make_step(tx))`` traces once per image shape, whatever the weights.
     """
 
-    def step(image, opt_state, params, targets):
-        (loss, terms), grad = jax.value_and_grad(objective, argnums=1, has_aux=True)(
-            params, image, targets
-        )
+    def step(objective, image, opt_state, params, targets):
+        (loss, terms), grad = _value_and_grad(objective, params, image, targets)
         updates, opt_state = tx.update(grad, opt_state, image)
         return project(optax.apply_updates(image, updates)), opt_state, loss, terms
 
@@ -83,7 +96,7 @@ class Trial(NamedTuple):
     slope: Any  # <g_old, new_image - image>: the first-order predicted change of the loss
 
 
-def make_lbfgs_functions(objective: Callable, opt: LBFGS):
+def make_lbfgs_functions(opt: LBFGS):
     """The two pure functions an L-BFGS iteration needs (both compiled once per image shape).
 
     ``direction(grad, state, image) -> (d, state)``: the two-loop recursion; a curvature pair with
@@ -91,8 +104,8 @@ def make_lbfgs_functions(objective: Callable, opt: LBFGS):
     that satisfies Armijo but not the curvature condition) is stored with weight zero, i.e. skipped,
     as PyTorch's L-BFGS does.
 
-    ``trial(image, grad, d, t, params, targets) -> Trial``: the projected point
-    ``clip(image - t d)`` with its loss, terms and gradient.
+    ``trial(objective, image, grad, d, t, params, targets) -> Trial``: the projected point
+    ``clip(image - t d)`` with its loss, terms and gradient under ``objective``.
     """
     tx = opt.direction_transform
 
@@ -105,11 +118,9 @@ def make_lbfgs_functions(objective: Callable, opt: LBFGS):
         )
         return tx.update(grad, state, image)
 
-    def trial(image, grad, d, t, params, targets):
+    def trial(objective, image, grad, d, t, params, targets):
         new_image = project(image - t * d)
-        (loss, terms), new_grad = jax.value_and_grad(objective, argnums=1, has_aux=True)(
-            params, new_image, targets
-        )
+        (loss, terms), new_grad = _value_and_grad(objective, params, new_image, targets)
         return Trial(new_image, loss, terms, new_grad, jnp.vdot(grad, new_image - image))
 
     return direction, trial

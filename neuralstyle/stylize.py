@@ -13,6 +13,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 from .errors import ConfigError, ImageError, Interrupted, NonFiniteLossError
 from .images import load_image, resize, resolve_image, save_image
 from .objective import StyleObjective
-from .optim import LBFGS, make_lbfgs_functions, make_step
+from .optim import LBFGS, evaluate, make_lbfgs_functions, make_step
 
 INIT_KINDS = ("content", "style", "noise", "file")
 
@@ -301,11 +302,18 @@ def _compile(fn, *args):
         ) from None
 
 
+def on_device(objective):
+    """The objective with its weight leaves as device arrays: passed to a compiled step every
+    iteration without converting Python floats each time (same dtypes, same compiled program)."""
+    return jax.tree.map(jnp.asarray, objective)
+
+
 def _run_optax(objective, tx, image, params, targets, steps, progress):
     t0 = time.perf_counter()
     opt_state = tx.init(image)
-    compiled = _compile(make_step(objective, tx), image, opt_state, params, targets)
-    evaluate = _compile(objective, params, image, targets)
+    objective = on_device(objective)
+    compiled = _compile(make_step(tx), objective, image, opt_state, params, targets)
+    value = _compile(evaluate, objective, params, image, targets)
     compile_time = time.perf_counter() - t0
 
     progress.start_clock()
@@ -314,12 +322,12 @@ def _run_optax(objective, tx, image, params, targets, steps, progress):
     base_key = targets.key
     for i in range(1, steps + 1):
         targets = targets._replace(key=jax.random.fold_in(base_key, i))
-        new_image, opt_state, loss, terms = compiled(image, opt_state, params, targets)
+        new_image, opt_state, loss, terms = compiled(objective, image, opt_state, params, targets)
         progress.record(i - 1, image, loss, terms, previous)  # loss of the image after i-1 steps
         previous = (image, i - 1)
         image = new_image
         progress.after_step(i, image)
-    loss, terms = evaluate(params, image, targets)
+    loss, terms = value(objective, params, image, targets)
     progress.record(steps, image, loss, terms, previous)
     wall = time.perf_counter() - t0
     progress.close()
@@ -327,11 +335,14 @@ def _run_optax(objective, tx, image, params, targets, steps, progress):
 
 
 def _run_lbfgs(objective, opt: LBFGS, image, params, targets, steps, progress):
-    direction_fn, trial_fn = make_lbfgs_functions(objective, opt)
+    direction_fn, trial_fn = make_lbfgs_functions(opt)
     state = opt.direction_transform.init(image)
     zeros = jnp.zeros_like(image)
     t0 = time.perf_counter()
-    trial = _compile(trial_fn, image, zeros, zeros, 0.0, params, targets)
+    stochastic = objective.style_loss.stochastic
+    objective = on_device(objective)
+    trial = partial(_compile(trial_fn, objective, image, zeros, zeros, 0.0, params, targets),
+                    objective)
     direction = _compile(direction_fn, zeros, state, image)
     compile_time = time.perf_counter() - t0
 
@@ -345,7 +356,7 @@ def _run_lbfgs(objective, opt: LBFGS, image, params, targets, steps, progress):
     while i < steps:
         # a stochastic loss gets fresh randomness per iteration, fixed within its line search;
         # the current point is re-evaluated under it so that Armijo compares like with like
-        if i > 0 and objective.style_loss.stochastic:
+        if i > 0 and stochastic:
             targets = targets._replace(key=jax.random.fold_in(base_key, i + 1))
             current = trial(current.image, zeros, zeros, 0.0, params, targets)
             evaluations += 1

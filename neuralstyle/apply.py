@@ -19,7 +19,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from .errors import ConfigError  # noqa: E402
-from .run import config_dir  # noqa: E402
+from .recipe import config_dir  # noqa: E402
 
 
 def apply_from_config(cfg: DictConfig, output_dir: Path) -> list[Path]:

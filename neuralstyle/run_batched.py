@@ -21,12 +21,10 @@ import hydra  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from .batched import stylize_batched  # noqa: E402
-from .color import apply_color_control  # noqa: E402
 from .errors import ConfigError  # noqa: E402
 from .images import atomic_write, save_image  # noqa: E402
 from .objective import WEIGHT_FIELDS  # noqa: E402
-from .run import _instantiate, _plain, build_objective, check_config, config_dir  # noqa: E402
-from .stylize import initial_image, load_content_and_style  # noqa: E402
+from .recipe import build_run, check_config, config_dir, plain  # noqa: E402
 
 BATCH_KEYS = WEIGHT_FIELDS + ("seed",)
 
@@ -60,33 +58,26 @@ def run_batched_from_config(cfg, output_dir) -> list:
     setting, ``config.yaml`` and ``batch.json`` (every setting with its final loss).  Returns the
     final losses."""
     output_dir = Path(output_dir)
-    weights, seeds = batch_settings(_plain(cfg.get("batch")))
+    weights, seeds = batch_settings(plain(cfg.get("batch")))
     if "transform" in cfg:
         raise ConfigError("batched sweeps optimize images; fast_* experiments train a network")
     check_config(cfg)
     if cfg.style_masks is not None or int(cfg.pyramid.levels) > 1:
         raise ConfigError("batched sweeps support neither style_masks nor pyramid.levels > 1; "
                           "run those settings one by one with python -m neuralstyle.run -m")
-    content, style = load_content_and_style(
-        cfg.content, _plain(cfg.style), size=int(cfg.size), style_scale=float(cfg.style_scale),
-        image_dir=cfg.image_dir)
-    content, style, finish = apply_color_control(content, style, cfg.preserve_colors)
+    parts = build_run(cfg)
     run_seeds = seeds if seeds is not None else [int(cfg.seed)] * len(weights)
-    starts = [initial_image(cfg.init.kind, content, style, seed=int(s),
-                            noise_mean=float(cfg.init.get("mean", 0.5)),
-                            noise_std=float(cfg.init.get("std", 0.25)), path=cfg.init.get("path"))
-              for s in run_seeds]
-    objective = build_objective(cfg)
-    optimizer = _instantiate(cfg.optimizer, "optimizer")
     atomic_write(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
-    result = stylize_batched(objective, content, style, weights=weights, seeds=seeds,
-                             optimizer=optimizer, steps=int(cfg.steps), init=starts,
+    result = stylize_batched(parts.objective, parts.content, parts.style, weights=weights,
+                             seeds=seeds, optimizer=parts.optimizer, steps=int(cfg.steps),
+                             init=[parts.initial_image(int(s)) for s in run_seeds],
                              seed=int(cfg.seed), progress=bool(cfg.progress),
-                             style_blend=_plain(cfg.style_blend_weights))
+                             style_blend=parts.style_blend)
+    finish = parts.finish
     summary = []
     for k, run in enumerate(result.runs):
         run_dir = output_dir / f"run_{k:02d}"
-        metrics = {"content": str(cfg.content), "style": _plain(cfg.style), **run,
+        metrics = {"content": str(cfg.content), "style": plain(cfg.style), **run,
                    "batch": result.metrics}
         path = save_image(finish(result.images[k]), run_dir / "result.png")  # image first,
         atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2).encode())  # record last
@@ -99,7 +90,7 @@ def run_batched_from_config(cfg, output_dir) -> list:
     return [s["final_loss"] for s in summary]
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="batched")
 def main(cfg) -> list:
     return run_entry(run_batched_from_config, cfg)
 

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from .errors import ConfigError, NeuralStyleError  # noqa: E402
 from .images import atomic_write, load_image, resolve_image  # noqa: E402
-from .run import _instantiate, build_objective, config_dir  # noqa: E402
+from .recipe import build_objective, config_dir, instantiate_node  # noqa: E402
 
 #: Config keys that define a training run: a checkpoint is resumed only if they are unchanged.
 FINGERPRINT_KEYS = (
@@ -102,7 +102,7 @@ def _train_locked(cfg: DictConfig, output_dir: Path, callback, record) -> float:
     files = list_images(cfg.data.dir)
     validation, held_out, files = _validation(cfg, files)
     objective = build_objective(cfg)
-    optimizer = _instantiate(cfg.optimizer, "optimizer")
+    optimizer = instantiate_node(cfg.optimizer, "optimizer")
     batches, count = photo_batches(cfg.data.dir, int(cfg.size), int(cfg.batch_size),
                                    seed=int(cfg.seed), num_threads=int(cfg.data.threads),
                                    prefetch=int(cfg.data.prefetch), files=files)

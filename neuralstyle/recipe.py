@@ -1,0 +1,208 @@
+"""The recipe layer: one place that turns a config into the parts of a run.
+
+Every command-line entry (``run``, ``run_batched``, ``train``) and the benchmarks call these
+functions instead of decoding the config themselves:
+
+* :func:`check_config` refuses bad values by key before any heavy work;
+* :func:`instantiate_node` instantiates a config group (``_target_``) and reports our own errors
+  without Hydra's wrapping;
+* :func:`build_objective` builds the :class:`~neuralstyle.objective.StyleObjective`;
+* :func:`build_run` loads the images (with the colour control, masks and memory check) and builds
+  the objective, the optimizer and the initialization of an optimization run: a :class:`RunParts`.
+
+Nothing here imports Hydra's application machinery: a config composed with ``hydra.compose`` (or
+any ``DictConfig`` with the keys of ``conf/config.yaml``) is enough.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from .color import apply_color_control
+from .errors import ConfigError, ImageError, NeuralStyleError
+from .images import image_size, load_mask, resolve_image
+from .objective import StyleObjective
+from .stylize import INIT_KINDS, check_memory, initial_image, load_content_and_style
+
+
+def config_dir() -> Path:
+    """The config tree: shipped inside the package in a wheel, ``conf/`` in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise RuntimeError(f"neuralstyle's config tree is missing (looked in {here / 'conf'})")
+
+
+def instantiate_node(node: DictConfig, key: str):
+    """``hydra.utils.instantiate`` of the group ``key``; our own errors come out unwrapped and
+    prefixed with the key, anything else becomes a :class:`ConfigError` naming the key."""
+    try:
+        return instantiate(node)
+    except MissingMandatoryValue as err:
+        raise ConfigError(f"{key}: a value is required ({str(err).splitlines()[0]}; "
+                          f"set it as {err.full_key}=...)") from None
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, NeuralStyleError):
+            raise type(cause)(f"{key}: {cause}") from None
+        raise ConfigError(f"{key}: {err}") from None
+
+
+def plain(value):
+    """A config node as plain Python (lists, dicts); other values unchanged."""
+    return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+# --------------------------------------------------------------------------- checks
+
+#: Keys checked before any heavy work: (key, kind, description of what is accepted).
+CHECKED_KEYS = (
+    ("size", "positive_int", "a whole number of pixels >= 1 (the output's long edge)"),
+    ("steps", "non_negative_int", "a whole number >= 0"),
+    ("seed", "int", "a whole number"),
+    ("snapshot_every", "non_negative_int", "a whole number >= 0 (0: no snapshots)"),
+    ("style_scale", "positive_float", "a finite number > 0"),
+    ("content_weight", "non_negative_float", "a finite number >= 0"),
+    ("style_weight", "non_negative_float", "a finite number >= 0"),
+    ("tv_weight", "non_negative_float", "a finite number >= 0"),
+    ("pyramid.levels", "positive_int", "a whole number >= 1"),
+)
+
+
+def _valid(value, kind: str) -> bool:
+    if isinstance(value, bool):
+        return False
+    if kind.endswith("int"):
+        if not isinstance(value, int):
+            return False
+        return {"positive_int": value >= 1, "non_negative_int": value >= 0}.get(kind, True)
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return value > 0 if kind == "positive_float" else value >= 0
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` naming the key for the first value of :data:`CHECKED_KEYS`
+    that is not what it should be (``size=abc``, ``steps=-1``, ``style_scale=inf``, ...).
+    Keys the config does not have are skipped."""
+    for key, kind, accepted in CHECKED_KEYS:
+        if OmegaConf.select(cfg, key, default="__absent__") == "__absent__":
+            continue
+        value = OmegaConf.select(cfg, key)
+        if not _valid(value, kind):
+            raise ConfigError(f"{key} must be {accepted}, got {value!r}")
+
+
+def planned_shape(path: Path, size: int) -> tuple[int, int]:
+    """``(H, W)`` of ``path`` resized to long edge ``size``, from the file's header alone."""
+    width, height = image_size(path)
+    scale = size / max(width, height)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+# --------------------------------------------------------------------------- components
+
+@dataclass(frozen=True)
+class InitSpec:
+    """The starting image of an optimization (config group ``init``, ``_target_`` this class).
+
+    ``kind`` is one of :data:`~neuralstyle.stylize.INIT_KINDS`; ``mean`` and ``std`` describe the
+    noise, ``path`` the file of ``kind="file"``.  :meth:`image` makes it for a content image.
+    """
+
+    kind: str = "content"
+    mean: float = 0.5
+    std: float = 0.25
+    path: Optional[str] = None
+
+    def __post_init__(self):
+        if self.kind not in INIT_KINDS:
+            raise ConfigError(f"unknown init kind {self.kind!r}; expected one of {INIT_KINDS}")
+
+    def image(self, content: np.ndarray, style, seed: int) -> np.ndarray:
+        return initial_image(self.kind, content, style, seed=seed, noise_mean=self.mean,
+                             noise_std=self.std, path=self.path)
+
+
+def build_objective(cfg: DictConfig) -> StyleObjective:
+    """The objective described by ``cfg`` (backbone, layers, weights and loss components)."""
+    backbone = instantiate_node(cfg.backbone, "backbone")
+    return StyleObjective.build(
+        backbone,
+        content_layers=list(cfg.content_layers),
+        style_layers=list(cfg.style_layers),
+        content_layer_weights=plain(cfg.content_layer_weights),
+        style_layer_weights=plain(cfg.style_layer_weights),
+        content_weight=float(cfg.content_weight),
+        style_weight=float(cfg.style_weight),
+        tv_weight=float(cfg.tv_weight),
+        content_loss=instantiate_node(cfg.content_loss, "content_loss"),
+        style_loss=instantiate_node(cfg.style_loss, "style_loss"),
+        tv_loss=instantiate_node(cfg.tv_loss, "tv_loss"),
+    )
+
+
+@dataclass
+class RunParts:
+    """Everything an optimization run needs, built once from a config by :func:`build_run`.
+
+    ``content`` and ``style`` are the images the objective sees (after the colour control);
+    ``finish`` maps an optimized image back to the output's colours (identity without a colour
+    control); ``masks`` are the style masks at the content's size, or ``None``.
+    """
+
+    content_path: Path
+    content: np.ndarray
+    style: Union[np.ndarray, list]
+    finish: Callable[[np.ndarray], np.ndarray]
+    masks: Optional[list]
+    objective: StyleObjective
+    optimizer: Any
+    init: InitSpec
+    style_blend: Optional[list]
+
+    def initial_image(self, seed: int) -> np.ndarray:
+        return self.init.image(self.content, self.style, seed)
+
+
+def build_run(cfg: DictConfig) -> RunParts:
+    """Check ``cfg`` and build the parts of its run, cheapest checks first: values, the content
+    file's header and the memory estimate come before any image is decoded or network built."""
+    check_config(cfg)
+    content_path = _resolve("content", cfg.content, cfg.image_dir)
+    try:
+        shape = planned_shape(content_path, int(cfg.size))
+    except ImageError as err:
+        raise ImageError(f"content: {err}") from None
+    optimizer = instantiate_node(cfg.optimizer, "optimizer")
+    init = instantiate_node(cfg.init, "init")
+    check_memory(shape, optimizer, what=f"size={int(cfg.size)} ({content_path})")
+    content, style = load_content_and_style(
+        str(content_path), plain(cfg.style), size=int(cfg.size), style_scale=float(cfg.style_scale),
+        image_dir=cfg.image_dir,
+    )
+    masks = None
+    if cfg.style_masks is not None:
+        masks = [load_mask(path, content.shape[:2]) for path in cfg.style_masks]
+    content, style, finish = apply_color_control(content, style, cfg.preserve_colors)
+    objective = build_objective(cfg)
+    objective.extractor.check_input(content.shape, f"content image {content_path}")
+    return RunParts(content_path, content, style, finish, masks, objective, optimizer, init,
+                    plain(cfg.style_blend_weights))
+
+
+def _resolve(role: str, name, image_dir) -> Path:
+    try:
+        return resolve_image(name, image_dir)
+    except ImageError as err:
+        raise ImageError(f"{role}: {err}") from None

@@ -140,27 +140,7 @@ def image_size(path: PathLike) -> tuple[int, int]:
     Raises :class:`ImageError` naming the file if it is missing, not an image, or larger than
     Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS`` x 2, about 179 Mpx).
     """
-    path = Path(path)
-    if not path.exists():
-        raise ImageError(f"image file {path} does not exist")
-    if path.is_dir():
-        raise ImageError(f"{path} is a folder, not an image file")
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except Image.DecompressionBombError as err:
-        raise ImageError(_bomb_message(path, err)) from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{path} is not an image file Pillow can read") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"could not read image {path}: {err}") from None
-
-
-def _bomb_message(path: Path, err: Exception) -> str:
-    found = re.search(r"\((\d+) pixels\)", str(err))
-    pixels = f"{int(found.group(1)) / 1e6:.0f} Mpx" if found else "too many pixels"
-    return (f"{path} claims {pixels}, more than Pillow's decompression-bomb limit of "
-            f"{2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} Mpx; refusing to decode it (resize the file first)")
+    return _read(path, lambda im: im.size)
 
 
 def load_image(path: PathLike, long_edge: Optional[int] = None) -> np.ndarray:
@@ -168,6 +148,13 @@ def load_image(path: PathLike, long_edge: Optional[int] = None) -> np.ndarray:
 
     ``long_edge`` resizes so that the longer side has that many pixels, keeping the aspect ratio.
     """
+    image = _read(path, lambda im: to_rgb_array(ImageOps.exif_transpose(im)))
+    return resize_long_edge(image, long_edge) if long_edge else image
+
+
+def _read(path: PathLike, read):
+    """``read(opened Pillow image)``, with every way a file can fail as one :class:`ImageError`
+    naming it: missing, a folder, not an image, a decompression bomb, truncated, too large."""
     path = Path(path)
     if not path.exists():
         raise ImageError(f"image file {path} does not exist")
@@ -175,17 +162,19 @@ def load_image(path: PathLike, long_edge: Optional[int] = None) -> np.ndarray:
         raise ImageError(f"{path} is a folder, not an image file")
     try:
         with Image.open(path) as im:
-            im.load()
-            image = to_rgb_array(ImageOps.exif_transpose(im))
+            return read(im)
     except Image.DecompressionBombError as err:
-        raise ImageError(_bomb_message(path, err)) from None
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        pixels = f"{int(found.group(1)) / 1e6:.0f} Mpx" if found else "too many pixels"
+        raise ImageError(f"{path} claims {pixels}, more than Pillow's decompression-bomb limit of "
+                         f"{2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} Mpx; refusing to decode it "
+                         "(resize the file first)") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path} is not an image file Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"could not read image {path}: {err}") from None
     except MemoryError:
         raise ImageError(f"not enough memory to decode {path}") from None
-    return resize_long_edge(image, long_edge) if long_edge else image
 
 
 def to_rgb_array(im: Image.Image) -> np.ndarray:

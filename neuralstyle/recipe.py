@@ -197,6 +197,13 @@ def build_run(cfg: DictConfig) -> RunParts:
     content, style, finish = apply_color_control(content, style, cfg.preserve_colors)
     objective = build_objective(cfg)
     objective.extractor.check_input(content.shape, f"content image {content_path}")
+    names = plain(cfg.style)
+    names, images = (names, style) if isinstance(names, list) else ([names], [style])
+    for i, (name, image) in enumerate(zip(names, images)):
+        role = "style" if len(names) == 1 else f"style[{i}]"
+        objective.extractor.check_input(
+            image.shape, f"{role} image {_resolve(role, name, cfg.image_dir)} at style_scale="
+                         f"{float(cfg.style_scale):g}")
     return RunParts(content_path, content, style, finish, masks, objective, optimizer, init,
                     plain(cfg.style_blend_weights))
 

@@ -103,6 +103,13 @@ def test_an_image_too_small_for_the_layers_names_the_file(image_dir, tmp_path):
         run_from_config(cfg, tmp_path)
 
 
+def test_a_style_image_too_small_for_the_layers_names_the_file(image_dir, tmp_path):
+    cfg = compose_config([f"image_dir={image_dir}", *TINY, "size=64", "style_scale=0.1",
+                          "style_layers=[conv5_1]"])
+    with pytest.raises(ConfigError, match=r"style image .*great_wave\.jpg at style_scale=0.1 is 7x4 px"):
+        run_from_config(cfg, tmp_path)
+
+
 @pytest.mark.slow
 def test_cli_bad_value_is_one_line_and_leaves_nothing(image_dir, tmp_path):
     proc = cli(["size=abc"], tmp_path, image_dir)

@@ -12,23 +12,16 @@ objective (benchmarks/torch_reference.py).  Each reports the final loss, seconds
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-IMAGES = REPO.parent / "shared" / "assets" / "images"
+from benchmarks import harness
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = harness.parser("benchmarks.lbfgs", __doc__.splitlines()[0], "lbfgs")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--iterations", type=int, default=30)
     p.add_argument("--weights", default="imagenet")
-    p.add_argument("--image-dir", default=os.environ.get("NEURALSTYLE_IMAGE_DIR", str(IMAGES)))
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--no-optax-lbfgs", action="store_true", help="skip the slow plain optax.lbfgs row")
     args = p.parse_args(argv)
 
@@ -115,15 +108,11 @@ def main(argv=None):
                      "compile_s": None})
         print(rows[-1], flush=True)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     adam = next(r["final_loss"] for r in rows if r["optimizer"].startswith("optax.adam"))
-    report = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "size": list(content.shape[:2]),
-              "machine": f"{os.cpu_count()} CPUs", "rows": rows}
-    (out / "lbfgs.json").write_text(json.dumps(report, indent=1))
-    lines = [f"# L-BFGS vs Adam, {n} iterations, VGG19 at {content.shape[1]}x{content.shape[0]} px",
-             "", f"- date: {report['date']}; machine: {report['machine']}; TF-tutorial objective, "
-             "astronaut / great_wave, content initialization", "",
+    report = harness.report("benchmarks.lbfgs", argv, size=list(content.shape[:2]), rows=rows)
+    lines = harness.markdown_header(
+        f"L-BFGS vs Adam, {n} iterations, VGG19 at {content.shape[1]}x{content.shape[0]} px", report)
+    lines += ["TF-tutorial objective, astronaut / great_wave, content initialization", "",
              "| optimizer | final loss | loss / Adam's | s per iteration | objective evaluations | compile s |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -131,7 +120,7 @@ def main(argv=None):
         compile_s = "–" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
         lines.append(f"| {r['optimizer']} | {r['final_loss']:.4g} | {r['final_loss'] / adam:.2f} | "
                      f"{r['s_per_iteration']:.3f} | {evaluations} | {compile_s} |")
-    (out / "lbfgs.md").write_text("\n".join(lines) + "\n")
+    harness.write_report(args.out, args.name, report, "\n".join(lines))
     print("\n".join(lines))
 
 

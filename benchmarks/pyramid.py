@@ -19,15 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-IMAGES = REPO.parent / "shared" / "assets" / "images"
+from benchmarks import harness
+
+REPO = harness.REPO
 
 
 def _objective(weights):
@@ -105,7 +104,7 @@ def time_to_target(levels: list, target: float):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = harness.parser("benchmarks.pyramid", __doc__.splitlines()[0], None)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--direct-steps", type=int, default=80)
     p.add_argument("--levels-steps", default="150,60,40", help="pyramid steps per level, coarsest first")
@@ -115,11 +114,8 @@ def main(argv=None):
     p.add_argument("--init", default="content", choices=["content", "noise"])
     p.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS),
                    help="the same optimizer (fresh state per level) for the direct run and every level")
-    p.add_argument("--image-dir", default=os.environ.get("NEURALSTYLE_IMAGE_DIR", str(IMAGES)))
     p.add_argument("--target-steps", default=None,
                    help="comma-separated direct step counts whose losses are the targets (default: the last)")
-    p.add_argument("--name", default=None, help="output file stem (default: pyramid or pyramid_<init>)")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.weights in ("null", "none"):
@@ -149,20 +145,14 @@ def main(argv=None):
                         "pyramid_s": pyramid_time,
                         "speedup": None if pyramid_time is None else direct_time / pyramid_time})
     target, direct_time, pyramid_time = (targets[-1][k] for k in ("loss", "direct_s", "pyramid_s"))
-    report = {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": "python -m benchmarks.pyramid " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
-        "optimizer": OPTIMIZERS[args.optimizer], "init": args.init,
-        "target_loss": target, "direct": direct, "pyramid": pyramid, "big": big,
-        "direct_time_to_target_s": direct_time, "pyramid_time_to_target_s": pyramid_time,
-        "targets": targets,
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    lines = [
-        "# Coarse-to-fine benchmark", "",
-        f"- date: {report['date']}", f"- command: `{report['command']}`", f"- machine: {report['machine']}",
+    report = harness.report(
+        "benchmarks.pyramid", argv,
+        optimizer=OPTIMIZERS[args.optimizer], init=args.init,
+        target_loss=target, direct=direct, pyramid=pyramid, big=big,
+        direct_time_to_target_s=direct_time, pyramid_time_to_target_s=pyramid_time,
+        targets=targets,
+    )
+    lines = harness.markdown_header("Coarse-to-fine benchmark", report)[:-1] + [
         "- objective: TensorFlow-tutorial recipe, VGG19 "
         f"({'ImageNet' if args.weights else 'random'} weights), astronaut / great_wave, {OPTIMIZERS[args.optimizer]}, "
         f"initialized from the {args.init}", "",
@@ -188,8 +178,7 @@ def main(argv=None):
             f"{lv['size'][0]}x{lv['size'][1]}: {lv['compile_s']:.1f}, {1000 * lv['wall_s'] / max(lv['steps'], 1):.0f}"
             for lv in big["levels"])]
     name = args.name or ("pyramid" if args.init == "content" else f"pyramid_{args.init}")
-    (out / f"{name}.json").write_text(json.dumps(report, indent=1))
-    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    harness.write_report(args.out, name, report, "\n".join(lines))
     print("\n".join(lines))
 
 

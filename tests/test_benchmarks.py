@@ -115,3 +115,16 @@ def test_pyramid_tiny(tmp_path, image_dir, optimizer):
     assert first["direct_s"] < last["direct_s"]
     for t in report["targets"]:  # the speed-up is the ratio of the two times, when reached
         assert t["pyramid_s"] is None or abs(t["speedup"] - t["direct_s"] / t["pyramid_s"]) < 1e-9
+
+
+def test_lbfgs_tiny(tmp_path, image_dir):
+    run(["benchmarks.lbfgs", "--size", "48", "--iterations", "2", "--weights", "null",
+         "--no-optax-lbfgs", "--image-dir", str(image_dir)], tmp_path)
+    report = json.loads((tmp_path / "lbfgs.json").read_text())
+    assert report["command"].startswith("python -m benchmarks.lbfgs --size 48")
+    assert report["machine"]["cpu_model"] and report["versions"]["jax"]
+    names = [r["optimizer"] for r in report["rows"]]
+    assert names[:2] == ["neuralstyle lbfgs()", "optax.adam(0.02, b1=0.99, eps=0.1)"]
+    assert all(r["iterations"] <= 2 for r in report["rows"])
+    md = (tmp_path / "lbfgs.md").read_text()
+    assert md.startswith("# L-BFGS vs Adam, 2 iterations") and "| neuralstyle lbfgs() |" in md

@@ -25,18 +25,13 @@ weights, 64x64 apply) is the smoke test's setting.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-IMAGES = REPO.parent / "shared" / "assets" / "images"
+from benchmarks import harness
+from benchmarks.harness import cpu_snapshot, foreign_load, log, wait_until_quiet
 
 COCO_TRAIN2014_IMAGES = 82783  # images in COCO train2014 (Lin et al. 2014)
 EPOCHS = 2
@@ -48,10 +43,6 @@ GPU_ASSUMPTIONS = [
     {"gpu": "NVIDIA A100 (TF32 peak 156 TFLOP/s)", "peak_tflops": 156.0, "sustained_fraction": (0.2, 0.4)},
     {"gpu": "NVIDIA H100 SXM (TF32 peak 495 TFLOP/s)", "peak_tflops": 495.0, "sustained_fraction": (0.1, 0.3)},
 ]
-
-
-def _log(msg: str) -> None:
-    print(msg, flush=True)
 
 
 def make_photo_folder(folder: Path, image_dir: Path, count: int, side=(640, 480)) -> Path:
@@ -71,7 +62,7 @@ def make_photo_folder(folder: Path, image_dir: Path, count: int, side=(640, 480)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = harness.parser("benchmarks.fast", __doc__.splitlines()[0], "fast")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=8, help="timed train steps")
@@ -81,8 +72,6 @@ def main(argv=None):
     p.add_argument("--weights", default="torchvision", help="VGG16 weights: torchvision | null")
     p.add_argument("--apply-sizes", default="512x512,1024x768,1920x1080", help="WxH,...")
     p.add_argument("--data-batches", type=int, default=40)
-    p.add_argument("--image-dir", default=os.environ.get("NEURALSTYLE_IMAGE_DIR", str(IMAGES)))
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--wait-quiet", type=float, default=0.0,
                    help="wait up to S seconds for other processes to use < 10%% of the CPU before "
                         "each timed loop (this VM is shared)")
@@ -98,7 +87,6 @@ def main(argv=None):
     import numpy as np
     import optax
 
-    from benchmarks.speed import _cpu_snapshot, _foreign_load, machine_info, versions, wait_until_quiet
     from neuralstyle import VGG, StyleObjective, content_loss, gram_loss
     from neuralstyle.fast import (
         Stylizer,
@@ -111,12 +99,10 @@ def main(argv=None):
     )
     from neuralstyle.images import load_image
 
-    command = "python -m benchmarks.fast " + " ".join(sys.argv[1:] if argv is None else argv)
-    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command,
-              "machine": machine_info(), "versions": versions(),
-              "devices": [str(d) for d in jax.devices()], "backend": jax.default_backend()}
+    report = harness.report("benchmarks.fast", argv, devices=[str(d) for d in jax.devices()],
+                            backend=jax.default_backend())
     weights = None if args.weights in ("null", "none", "random") else args.weights
-    _log(f"loss network: VGG16 weights={weights}")
+    log(f"loss network: VGG16 weights={weights}")
     vgg = VGG("vgg16", weights=weights)
     objective = StyleObjective.build(
         vgg, content_layers=["conv3_3"], style_layers=["conv1_2", "conv2_2", "conv3_3", "conv4_3"],
@@ -142,18 +128,18 @@ def main(argv=None):
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         flops = float(cost["flops"]) if cost and "flops" in cost else None
-        _log(f"train step compiled in {compile_s:.1f} s; {flops / 1e9 if flops else float('nan'):.1f} GFLOP/step")
+        log(f"train step compiled in {compile_s:.1f} s; {flops / 1e9 if flops else float('nan'):.1f} GFLOP/step")
         for _ in range(args.warmup):
             state, metrics = jax.block_until_ready(compiled(state, params, stats, batch))
         times = []
         if args.wait_quiet:
             wait_until_quiet(args.wait_quiet)
-        a = _cpu_snapshot()
+        a = cpu_snapshot()
         for _ in range(args.steps):
             t = time.perf_counter()
             state, metrics = jax.block_until_ready(compiled(state, params, stats, batch))
             times.append(time.perf_counter() - t)
-        other = _foreign_load(a, _cpu_snapshot())
+        other = foreign_load(a, cpu_snapshot())
         median = statistics.median(times)
         train = {
             "size": args.size, "batch": args.batch, "transform_width": args.width,
@@ -166,7 +152,7 @@ def main(argv=None):
             "achieved_gflops": round(flops / median / 1e9, 1) if flops else None,
             "other_load": other, "final_loss": float(metrics["loss"]),
         }
-        _log(f"train: {train['median_step_ms']} ms/step, {train['images_per_s']} images/s "
+        log(f"train: {train['median_step_ms']} ms/step, {train['images_per_s']} images/s "
              f"(other load {other})")
 
         # ------------------------------------------------------------ data pipeline
@@ -179,7 +165,7 @@ def main(argv=None):
         data = {"source_images": "640x480 JPEG" if not args.quick else "96x72 JPEG",
                 "threads": 4, "batches": args.data_batches,
                 "crops_per_s": round(args.data_batches * args.batch / data_s, 1)}
-        _log(f"data pipeline: {data['crops_per_s']} crops/s")
+        log(f"data pipeline: {data['crops_per_s']} crops/s")
 
     # ---------------------------------------------------------------- apply
     stylizer = Stylizer(net)
@@ -193,19 +179,19 @@ def main(argv=None):
         runs = []
         if args.wait_quiet:
             wait_until_quiet(args.wait_quiet)
-        a = _cpu_snapshot()
+        a = cpu_snapshot()
         for _ in range(3):
             t = time.perf_counter()
             stylizer(image)
             runs.append(time.perf_counter() - t)
-        other = _foreign_load(a, _cpu_snapshot())
+        other = foreign_load(a, cpu_snapshot())
         med = statistics.median(runs)
         mp = w * h / 1e6
         apply_rows.append({"width": w, "height": h, "megapixels": round(mp, 3),
                            "first_call_s": round(first, 2), "runs_s": [round(r, 3) for r in runs],
                            "median_s": round(med, 3), "s_per_megapixel": round(med / mp, 3),
                            "other_load": other})
-        _log(f"apply {w}x{h}: {med:.3f} s ({med / mp:.3f} s/MP, compile+first {first:.1f} s)")
+        log(f"apply {w}x{h}: {med:.3f} s ({med / mp:.3f} s/MP, compile+first {first:.1f} s)")
 
     # ---------------------------------------------------------------- GPU estimate
     estimate = None
@@ -222,11 +208,7 @@ def main(argv=None):
                     "data_minutes_here": round(images / data["crops_per_s"] / 60, 1)}
     report.update(train=train, data=data, apply=apply_rows, gpu_estimate=estimate)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fast.json").write_text(json.dumps(report, indent=2))
-    (out / "fast.md").write_text(markdown(report))
-    _log(f"wrote {out / 'fast.json'} and {out / 'fast.md'}")
+    harness.write_report(args.out, args.name, report, markdown(report))
 
 
 def markdown(r: dict) -> str:

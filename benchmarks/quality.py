@@ -23,8 +23,10 @@ Grids (``--grid``):
 * ``tiny``: a 2x2 factorial (style weight x style layer set) for the smoke test.
 
 Compiled steps are reused: the numeric settings (per-layer weights, content/style/TV weights)
-travel as arguments of the compiled step (:class:`TunableObjective`), so every configuration with
-the same loss functions, optimizer and image shape runs the same XLA program, and JAX's
+are the leaves of the objective (a pytree, passed to the compiled step as an argument), and the
+configurations with the same loss functions share one objective over the union of their layers
+(:func:`objective_for`: a layer a configuration does not use has weight 0), so every configuration
+with the same loss functions, optimizer and image shape runs the same XLA program, and JAX's
 persistent compilation cache (``--jax-cache``) returns it instead of compiling again.
 
 Writes into ``--out``: ``quality.csv`` (one row per run), ``quality.json``, ``quality.md``
@@ -45,7 +47,6 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO.parent / "shared" / "assets" / "images"
@@ -104,64 +105,6 @@ GRIDS = {"ofat": ofat_grid, "tiny": tiny_grid}
 # --------------------------------------------------------------------------- compiled-step reuse
 
 
-class Knobs(NamedTuple):
-    """The numeric settings of a configuration, passed to the compiled step as arrays."""
-
-    content_layer_weights: object  # (n_content,) over the objective's union of content layers
-    style_layer_weights: object  # (n_style,) over the union of style layers (0: layer unused)
-    content_weight: object
-    style_weight: object
-    tv_weight: object
-
-
-@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: jax.jit needs a hashable callable
-class TunableObjective:
-    """A :class:`~neuralstyle.objective.StyleObjective` over the union of the grid's layers whose
-    numeric weights come in with the parameters, ``params = (backbone params, knobs)``.
-
-    A layer with weight 0 contributes nothing, so for the knobs of a configuration the value and
-    gradient equal those of that configuration's own objective (``tests/test_quality_benchmark.py``
-    checks this); but every configuration shares one traced program.  It has the attributes
-    :func:`neuralstyle.stylize` uses (``params``, ``targets``, ``extractor``, ``style_loss``).
-    """
-
-    base: object  # StyleObjective over the union of layers
-    knobs: Knobs
-
-    @property
-    def extractor(self):
-        return self.base.extractor
-
-    @property
-    def style_loss(self):
-        return self.base.style_loss
-
-    @property
-    def params(self):
-        return (self.base.params, self.knobs)
-
-    def targets(self, params, *args, **kwargs):
-        return self.base.targets(params[0], *args, **kwargs)
-
-    def concrete(self, knobs: Knobs):
-        """The plain StyleObjective with these knobs (inside a trace they may be tracers)."""
-        n_c, n_s = len(self.base.content_layers), len(self.base.style_layers)
-        return dataclasses.replace(
-            self.base,
-            content_layer_weights=tuple(knobs.content_layer_weights[i] for i in range(n_c)),
-            style_layer_weights=tuple(knobs.style_layer_weights[i] for i in range(n_s)),
-            content_weight=knobs.content_weight, style_weight=knobs.style_weight,
-            tv_weight=knobs.tv_weight,
-        )
-
-    def __call__(self, params, image, targets):
-        backbone_params, knobs = params
-        return self.concrete(knobs)(backbone_params, image, targets)
-
-    def with_knobs(self, knobs: Knobs) -> "TunableObjective":
-        return dataclasses.replace(self, knobs=knobs)
-
-
 def union_layers(configs, key: str, arch: str) -> list[str]:
     """The Keras names of the layers any of ``configs`` lists under ``key``, each once."""
     from neuralstyle.layers import canonical_layer_name
@@ -169,9 +112,10 @@ def union_layers(configs, key: str, arch: str) -> list[str]:
     return list(dict.fromkeys(canonical_layer_name(n, arch) for c in configs for n in c[key]))
 
 
-def knobs_for(cfg, base) -> Knobs:
-    """The knobs that make ``base`` (over a union of layers) compute ``cfg``'s objective."""
-    import jax.numpy as jnp
+def objective_for(cfg, base):
+    """``base`` (a StyleObjective over a union of layers) with ``cfg``'s weights: the layers
+    ``cfg`` lists get its per-layer weights, the others 0, so the value and gradient equal those of
+    ``cfg``'s own objective while the tree structure (and so the compiled program) is ``base``'s."""
     from omegaconf import OmegaConf
 
     from neuralstyle.layers import canonical_layer_name, layer_weights
@@ -185,12 +129,16 @@ def knobs_for(cfg, base) -> Knobs:
         names = [canonical_layer_name(n, arch) for n in names]
         spec = OmegaConf.to_container(spec) if not isinstance(spec, str) else spec
         weights = dict(zip(names, layer_weights(spec, names, what)))
-        return jnp.asarray([weights.get(n, 0.0) for n in union], jnp.float32)
+        return tuple(float(weights.get(n, 0.0)) for n in union)
 
-    return Knobs(
-        spread(cfg.content_layers, cfg.content_layer_weights, base.content_layers, "content layer"),
-        spread(cfg.style_layers, cfg.style_layer_weights, base.style_layers, "style layer"),
-        jnp.float32(cfg.content_weight), jnp.float32(cfg.style_weight), jnp.float32(cfg.tv_weight),
+    return dataclasses.replace(
+        base,
+        content_layer_weights=spread(cfg.content_layers, cfg.content_layer_weights,
+                                     base.content_layers, "content layer"),
+        style_layer_weights=spread(cfg.style_layers, cfg.style_layer_weights, base.style_layers,
+                                   "style layer"),
+        content_weight=float(cfg.content_weight), style_weight=float(cfg.style_weight),
+        tv_weight=float(cfg.tv_weight),
     )
 
 
@@ -203,7 +151,7 @@ def panel_order(photos, paintings) -> list[tuple[str, str]]:
 
 
 def structure_key(cfg) -> str:
-    """Configurations with the same key share a TunableObjective (and compiled programs)."""
+    """Configurations with the same key share an objective's structure (and compiled programs)."""
     from omegaconf import OmegaConf
 
     return OmegaConf.to_yaml({k: cfg[k] for k in ("backbone", "content_loss", "style_loss", "tv_loss")})
@@ -265,7 +213,7 @@ def run_grid(args, on_pair_done=None) -> dict:
     else:
         metrics = PerceptualMetrics()
 
-    # one TunableObjective per loss structure, over the union of the layers its configs use
+    # one objective per loss structure, over the union of the layers its configs use
     backbones, objectives = {}, {}
     for cfg in configs:
         key = structure_key(cfg)
@@ -281,8 +229,8 @@ def run_grid(args, on_pair_done=None) -> dict:
             content_loss=instantiate(cfg.content_loss), style_loss=instantiate(cfg.style_loss),
             tv_loss=instantiate(cfg.tv_loss),
         )
-        objectives[key] = TunableObjective(base, None)
-    initial_style = {key: _initial_style_fn(tunable) for key, tunable in objectives.items()}
+        objectives[key] = base
+    initial_style = {key: _initial_style_fn(base) for key, base in objectives.items()}
 
     image_dir = args.image_dir
     inputs, content_features, style_statistics = {}, {}, {}
@@ -302,11 +250,11 @@ def run_grid(args, on_pair_done=None) -> dict:
                            extra={}))
 
     reference_style_term = {}  # (photo, painting) -> base recipe's weighted initial style term
-    knobs = [knobs_for(cfg, objectives[structure_key(cfg)].base) for cfg in configs]
+    configured = [objective_for(cfg, objectives[structure_key(cfg)]) for cfg in configs]
     optimizers = [instantiate(cfg.optimizer) for cfg in configs]
     state = {"rows": rows, "variants": variants, "configs": configs, "inputs": {}, "pairs_done": 0,
              "pairs_planned": len(inputs), "metric_weights": metrics.weights_source,
-             "backbone_weights": next(iter(objectives.values())).base.extractor.weights_source}
+             "backbone_weights": next(iter(objectives.values())).extractor.weights_source}
     started = time.perf_counter()
     # pair-major: after each pair the grid is complete on the pairs done so far
     for (photo, painting), (content, style) in inputs.items():
@@ -315,14 +263,14 @@ def run_grid(args, on_pair_done=None) -> dict:
             break
         for index, (variant, cfg) in enumerate(zip(variants, configs)):
             key = structure_key(cfg)
-            used = knobs[index]
+            used = configured[index]
             if index == 0:
                 reference_style_term[photo, painting] = float(used.style_weight) * initial_style[key](
                     used, content, style)
             elif variant.calibrate:
                 term = initial_style[key](used, content, style)
-                used = used._replace(style_weight=np.float32(reference_style_term[photo, painting] / term))
-            result = stylize(objectives[key].with_knobs(used), content, style,
+                used = used.with_weights(style_weight=reference_style_term[photo, painting] / term)
+            result = stylize(used, content, style,
                              optimizer=optimizers[index], steps=int(cfg.steps),
                              init=str(cfg.init.kind), seed=int(cfg.seed), progress=False)
             m = result.metrics
@@ -349,21 +297,21 @@ def run_grid(args, on_pair_done=None) -> dict:
     return state
 
 
-def _initial_style_fn(tunable: TunableObjective):
-    """``f(knobs, content, style)``: the unweighted style term of the starting image (the content
-    photo), for calibrating ``style_weight``; compiled once per image shape."""
+def _initial_style_fn(base):
+    """``f(objective, content, style)``: the unweighted style term of the starting image (the
+    content photo) under ``objective`` (``base`` with a configuration's weights), for calibrating
+    ``style_weight``; compiled once per image shape for all weights."""
     import jax
     import jax.numpy as jnp
 
-    base = tunable.base
     targets = jax.jit(base.targets)
-    terms = jax.jit(lambda p, x, t, k: tunable.concrete(k).terms(p, x, t)["style"])
+    terms = jax.jit(lambda objective, p, x, t: objective.terms(p, x, t)["style"])
 
-    def initial_style(knobs: Knobs, content, style) -> float:
+    def initial_style(objective, content, style) -> float:
         params = base.params
         x = jnp.asarray(content)[None]
         t = targets(params, x, jnp.asarray(style)[None])
-        return float(terms(params, x, t, knobs._replace(style_weight=jnp.float32(1.0))))
+        return float(terms(objective.with_weights(style_weight=1.0), params, x, t))
 
     return initial_style
 

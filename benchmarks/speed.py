@@ -395,6 +395,7 @@ def worker_jax(spec: dict) -> dict:
     import optax
 
     from neuralstyle.optim import make_step
+    from neuralstyle.stylize import on_device
 
     result = {"xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__,
               "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
@@ -404,6 +405,7 @@ def worker_jax(spec: dict) -> dict:
     objective, weights_source, warnings = _build_objective(spec)
     result.update(weights=weights_source, warnings=warnings,
                   build_s=round(time.perf_counter() - t0, 2))
+    objective = on_device(objective)  # weight leaves as device arrays, as stylize passes them
     params = objective.params
     tx = optax.adam(0.02, b1=0.99, eps=0.1)
 
@@ -421,7 +423,8 @@ def worker_jax(spec: dict) -> dict:
         opt_state = tx.init(image)
         with PeakMemory() as compile_mem:
             t = time.perf_counter()
-            compiled = jax.jit(make_step(objective, tx)).lower(image, opt_state, params, targets).compile()
+            compiled = jax.jit(make_step(tx)).lower(objective, image, opt_state, params,
+                                                   targets).compile()
             compile_s = time.perf_counter() - t
         losses, times = [], []
         x, s = image, opt_state
@@ -430,7 +433,7 @@ def worker_jax(spec: dict) -> dict:
                 if i == spec["warmup"]:
                     snap = _cpu_snapshot()
                 t = time.perf_counter()
-                x, s, loss, _ = jax.block_until_ready(compiled(x, s, params, targets))
+                x, s, loss, _ = jax.block_until_ready(compiled(objective, x, s, params, targets))
                 times.append(time.perf_counter() - t)
                 losses.append(float(loss))
         adam = {"compile_s": round(compile_s, 2), "warmup": spec["warmup"],
@@ -474,6 +477,10 @@ def _lbfgs_iterations(objective, params, targets, image, spec) -> dict:
     """Time L-BFGS iterations exactly as ``neuralstyle.stylize`` drives them."""
     import jax
 
+    from neuralstyle.stylize import on_device
+
+    objective = on_device(objective)
+
     with PeakMemory() as compile_mem:
         opt, compile_s, start, iterate = _lbfgs_driver(objective, params, targets, image)
     with PeakMemory() as step_mem:
@@ -496,7 +503,7 @@ def _lbfgs_iterations(objective, params, targets, image, spec) -> dict:
         d, _ = jax.block_until_ready(direction(current.grad, state, current.image))
         d_times.append(time.perf_counter() - t)
         t = time.perf_counter()
-        jax.block_until_ready(trial(current.image, current.grad, d, 1.0, params, targets))
+        jax.block_until_ready(trial(objective, current.image, current.grad, d, 1.0, params, targets))
         t_times.append(time.perf_counter() - t)
     return {"compile_s": round(compile_s, 2), "warmup": warm, **_stats(times[warm:]),
             "evaluations": evals[warm:],
@@ -517,25 +524,27 @@ def _lbfgs_driver(objective, params, targets, image):
     import jax.numpy as jnp
 
     from neuralstyle.optim import LBFGS, make_lbfgs_functions
+    from neuralstyle.stylize import on_device
 
     opt = LBFGS()
-    direction_fn, trial_fn = make_lbfgs_functions(objective, opt)
+    direction_fn, trial_fn = make_lbfgs_functions(opt)
+    objective = on_device(objective)
     state0 = opt.direction_transform.init(image)
     zeros = jnp.zeros_like(image)
     t = time.perf_counter()
-    trial = jax.jit(trial_fn).lower(image, zeros, zeros, 0.0, params, targets).compile()
+    trial = jax.jit(trial_fn).lower(objective, image, zeros, zeros, 0.0, params, targets).compile()
     direction = jax.jit(direction_fn).lower(zeros, state0, image).compile()
     compile_s = time.perf_counter() - t
 
     def start():
-        current = trial(image, zeros, zeros, 0.0, params, targets)
+        current = trial(objective, image, zeros, zeros, 0.0, params, targets)
         return jax.block_until_ready(current), state0
 
     def iterate(current, state):
         d, new_state = direction(current.grad, state, current.image)
         step, evaluations = 1.0, 0
         for _ in range(opt.max_linesearch):
-            last = trial(current.image, current.grad, d, step, params, targets)
+            last = trial(objective, current.image, current.grad, d, step, params, targets)
             evaluations += 1
             value = float(last.loss)
             if math.isfinite(value) and value <= float(current.loss) + opt.c1 * float(last.slope):
@@ -654,8 +663,10 @@ def worker_ttt_jax(spec: dict, built=None) -> dict:
     import optax
 
     from neuralstyle.optim import make_step
+    from neuralstyle.stylize import on_device
 
     objective, weights_source, warnings = built or _build_objective(spec)
+    objective = on_device(objective)
     params, target, size = objective.params, spec["target"], spec["size"]
     content, style, desc = _load_images(spec, size)
     targets = jax.jit(objective.targets)(params, jnp.asarray(content)[None], jnp.asarray(style)[None])
@@ -665,13 +676,13 @@ def worker_ttt_jax(spec: dict, built=None) -> dict:
     tx = optax.adam(0.02, b1=0.99, eps=0.1)
     t = time.perf_counter()
     state = tx.init(image)
-    compiled = jax.jit(make_step(objective, tx)).lower(image, state, params, targets).compile()
+    compiled = jax.jit(make_step(tx)).lower(objective, image, state, params, targets).compile()
     compile_s = time.perf_counter() - t
     x, losses, reached = image, [], None
     snap = _cpu_snapshot()
     t0 = time.perf_counter()
     for i in range(spec["max_steps"]["adam"] + 1):
-        new_x, state, loss, _ = compiled(x, state, params, targets)  # loss of x (i updates)
+        new_x, state, loss, _ = compiled(objective, x, state, params, targets)  # loss of x (i updates)
         losses.append(float(loss))
         if losses[-1] < target:
             reached = (i, time.perf_counter() - t0)

@@ -3,10 +3,10 @@
 :func:`stylize_batched` runs what N calls of :func:`neuralstyle.stylize` would run, with the
 content, style and initialization shared (the initialization differs per seed when it is noise),
 but as one program: the update step of :func:`neuralstyle.optim.make_step` is ``jax.vmap``-ped
-over the images, the optimizer states, the per-run term weights (traced arrays passed to
-:meth:`~neuralstyle.objective.StyleObjective.with_weights`, not Python floats baked into the
-trace) and the per-run PRNG keys, then jit-compiled once for all N runs.  Under ``vmap`` the
-N batch-1 convolutions of VGG become one batch-N convolution.
+over the objective (a pytree whose weight leaves get a leading run axis, see :func:`stack_runs`),
+the images, the optimizer states and the per-run PRNG keys (the ``key`` of the targets), then
+jit-compiled once for all N runs.  Under ``vmap`` the N batch-1 convolutions of VGG become one
+batch-N convolution.
 
 Whether that is faster than N sequential runs depends on the machine: on a CPU that one image
 already keeps busy, a batch only saves the per-step overhead (see ``benchmarks/batched.py``).
@@ -31,8 +31,8 @@ import optax
 from tqdm.auto import tqdm
 
 from .errors import ConfigError
-from .objective import WEIGHT_FIELDS, StyleObjective
-from .optim import LBFGS, make_lbfgs_functions, make_step
+from .objective import WEIGHT_FIELDS, StyleObjective, Targets
+from .optim import LBFGS, evaluate, make_lbfgs_functions, make_step
 from .stylize import check_memory, initial_image
 
 
@@ -95,32 +95,17 @@ def sweep_settings(objective: StyleObjective, weights=None, seeds=None, seed: in
     return settings, seeds
 
 
-def make_batched_step(objective: StyleObjective, tx: optax.GradientTransformation):
-    """The vmapped update step (not yet jitted).
-
-    ``step(images, opt_states, weights, keys, i, params, targets)`` with ``images`` ``(N, 1, H, W,
-    3)``, per-run optimizer states, ``weights`` ``{name: (N,) float32}``, ``keys`` ``(N,)`` PRNG
-    keys and the step number ``i`` returns ``(images, opt_states, losses (N,), terms {name: (N,)})``.
-    Run ``k`` computes exactly :func:`~neuralstyle.optim.make_step` of
-    ``objective.with_weights(**weights[k])`` with ``targets.key = fold_in(keys[k], i)``, as
-    :func:`~neuralstyle.stylize` does at step ``i`` with run ``k``'s seed.
-    """
-
-    def one(image, opt_state, weights, key, i, params, targets):
-        step = make_step(objective.with_weights(**weights), tx)
-        return step(image, opt_state, params, targets._replace(key=jax.random.fold_in(key, i)))
-
-    return jax.vmap(one, in_axes=(0, 0, 0, 0, None, None, None))
+def stack_runs(objectives: Sequence[StyleObjective]) -> StyleObjective:
+    """N objectives that differ only in weights as one objective whose leaves are ``(N,)``
+    float32 arrays, for ``jax.vmap`` with ``in_axes=0`` over the objective."""
+    return jax.tree.map(lambda *leaves: jnp.asarray(leaves, jnp.float32), *objectives)
 
 
-def make_batched_objective(objective: StyleObjective):
-    """``evaluate(images, weights, keys, i, params, targets) -> (losses (N,), terms)``, vmapped."""
+#: ``in_axes`` of the targets in a batched step: everything shared but the per-run PRNG key.
+RUN_TARGETS = Targets(content=None, style=None, blend=None, key=0, masks=None)
 
-    def one(image, weights, key, i, params, targets):
-        return objective.with_weights(**weights)(
-            params, image, targets._replace(key=jax.random.fold_in(key, i)))
-
-    return jax.vmap(one, in_axes=(0, 0, 0, None, None, None))
+#: The key of step ``i`` of every run, ``fold_in(keys[k], i)`` (as :func:`neuralstyle.stylize`).
+_step_keys = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
 
 
 def stylize_batched(
@@ -193,14 +178,14 @@ def stylize_batched(
     targets = jax.jit(objective.targets, static_argnames="blend")(
         params, jnp.asarray(content)[None], [jnp.asarray(s)[None] for s in styles_list], blend=blend)
     images = jnp.stack([jnp.asarray(s, jnp.float32)[None] for s in starts])  # (N, 1, H, W, 3)
-    weight_arrays = {k: jnp.asarray([w[k] for w in settings], jnp.float32) for k in WEIGHT_FIELDS}
+    runs_objective = stack_runs([objective.with_weights(**w) for w in settings])
     keys = jnp.stack([jax.random.key(s) for s in run_seeds])
 
     loop = _loop_lbfgs if isinstance(optimizer, LBFGS) else _loop_optax
     bar = tqdm(total=steps, desc=f"stylize x{n}", disable=not progress, dynamic_ncols=True,
                unit="step")
     try:
-        out = loop(objective, optimizer, images, weight_arrays, keys, params, targets, steps, bar)
+        out = loop(runs_objective, optimizer, images, keys, params, targets, steps, bar)
     finally:
         bar.close()
     final_images, histories, non_finite, compile_time, wall, elapsed, evaluations = out
@@ -238,16 +223,17 @@ def _row(losses, terms, k) -> tuple:
     return float(losses[k]), {t: float(v[k]) for t, v in terms.items()}
 
 
-def _loop_optax(objective, tx, images, weights, keys, params, targets, steps, bar):
-    """Adam & co: every run takes every step; see :func:`make_batched_step`."""
+def _loop_optax(objective, tx, images, keys, params, targets, steps, bar):
+    """Adam & co: every run takes every step: run ``k`` of the vmapped step is
+    :func:`~neuralstyle.optim.make_step` with run ``k``'s weights and key ``fold_in(keys[k], i)``."""
     n = images.shape[0]
     t0 = time.perf_counter()
     opt_states = jax.vmap(tx.init)(images)
-    step_i = jnp.asarray(0, jnp.int32)
-    compiled = jax.jit(make_batched_step(objective, tx)).lower(
-        images, opt_states, weights, keys, step_i, params, targets).compile()
-    evaluate = jax.jit(make_batched_objective(objective)).lower(
-        images, weights, keys, step_i, params, targets).compile()
+    targets = targets._replace(key=_step_keys(keys, 0))
+    compiled = jax.jit(jax.vmap(make_step(tx), in_axes=(0, 0, 0, None, RUN_TARGETS))).lower(
+        objective, images, opt_states, params, targets).compile()
+    value = jax.jit(jax.vmap(evaluate, in_axes=(0, None, 0, RUN_TARGETS))).lower(
+        objective, params, images, targets).compile()
     compile_time = time.perf_counter() - t0
 
     histories = [[] for _ in range(n)]
@@ -265,12 +251,12 @@ def _loop_optax(objective, tx, images, weights, keys, params, targets, steps, ba
     t0 = time.perf_counter()
     previous = images
     for i in range(1, steps + 1):
-        new_images, opt_states, losses, terms = compiled(
-            images, opt_states, weights, keys, jnp.asarray(i, jnp.int32), params, targets)
+        targets = targets._replace(key=_step_keys(keys, i))
+        new_images, opt_states, losses, terms = compiled(objective, images, opt_states, params, targets)
         record(i - 1, losses, terms, previous)  # losses of the images after i-1 steps
         previous, images = images, new_images
         bar.update(1)
-    losses, terms = evaluate(images, weights, keys, jnp.asarray(steps, jnp.int32), params, targets)
+    losses, terms = value(objective, params, images, targets._replace(key=_step_keys(keys, steps)))
     record(steps, losses, terms, previous)
     wall = time.perf_counter() - t0
     out = np.array(images[:, 0])
@@ -280,20 +266,6 @@ def _loop_optax(objective, tx, images, weights, keys, params, targets, steps, ba
     return out, histories, non_finite, compile_time, wall, elapsed, [steps + 1] * n
 
 
-def make_batched_lbfgs_functions(objective: StyleObjective, opt: LBFGS):
-    """``(direction, trial)`` of :func:`neuralstyle.optim.make_lbfgs_functions`, vmapped over N
-    runs: ``direction(grads, states, images)`` and ``trial(images, grads, ds, ts, weights, keys,
-    params, targets)`` with per-run step lengths ``ts`` (N,), weights and PRNG keys."""
-
-    def trial(image, grad, d, t, weights, key, params, targets):
-        _, trial_fn = make_lbfgs_functions(objective.with_weights(**weights), opt)
-        return trial_fn(image, grad, d, t, params, targets._replace(key=key))
-
-    direction_fn, _ = make_lbfgs_functions(objective, opt)
-    return (jax.vmap(direction_fn),
-            jax.vmap(trial, in_axes=(0, 0, 0, 0, 0, 0, None, None)))
-
-
 def _select(mask, new, old):
     """Per run, ``new`` where ``mask`` (N,) else ``old``, for pytrees with a leading N axis."""
     mask = jnp.asarray(mask)
@@ -301,23 +273,28 @@ def _select(mask, new, old):
         lambda a, b: jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b), new, old)
 
 
-def _loop_lbfgs(objective, opt, images, weights, keys, params, targets, steps, bar):
+def _loop_lbfgs(objective, opt, images, keys, params, targets, steps, bar):
     """L-BFGS for N runs in lockstep passes; each pass does for every active run what one pass of
     ``neuralstyle.stylize``'s L-BFGS loop does (stochastic re-evaluation, direction, backtracking
     line search with a per-run step length, restart of a stale memory, stop), so run ``k``
     follows its sequential run.  A pass evaluates all N runs each line-search trial (the results
     of runs that already accepted a step are discarded), so a rare rejected step costs every run."""
     n = images.shape[0]
-    direction_fn, trial_fn = make_batched_lbfgs_functions(objective, opt)
+    direction_fn, trial_fn = make_lbfgs_functions(opt)
     init_state = jax.vmap(opt.direction_transform.init)
     states = init_state(images)
     zeros = jnp.zeros_like(images)
     ts = jnp.zeros((n,), jnp.float32)
     t0 = time.perf_counter()
-    trial = jax.jit(trial_fn).lower(images, zeros, zeros, ts, weights, keys, params, targets).compile()
-    direction = jax.jit(direction_fn).lower(zeros, states, images).compile()
+    batched_trial = jax.jit(jax.vmap(trial_fn, in_axes=(0, 0, 0, 0, 0, None, RUN_TARGETS))).lower(
+        objective, images, zeros, zeros, ts, params, targets._replace(key=keys)).compile()
+    direction = jax.jit(jax.vmap(direction_fn)).lower(zeros, states, images).compile()
     compile_time = time.perf_counter() - t0
     stochastic = objective.style_loss.stochastic
+
+    def trial(image, grad, d, t, run_keys):
+        """The vmapped line-search trial: run ``k`` with its weights, step length and key."""
+        return batched_trial(objective, image, grad, d, t, params, targets._replace(key=run_keys))
 
     histories = [[] for _ in range(n)]
     non_finite, elapsed = [None] * n, []
@@ -325,7 +302,7 @@ def _loop_lbfgs(objective, opt, images, weights, keys, params, targets, steps, b
     done_steps = np.zeros(n, int)
     active = np.ones(n, bool)
     t0 = time.perf_counter()
-    current = trial(images, zeros, zeros, ts, weights, keys, params, targets)
+    current = trial(images, zeros, zeros, ts, keys)
 
     def record(trial_out, which):
         losses = np.asarray(trial_out.loss)
@@ -345,7 +322,7 @@ def _loop_lbfgs(objective, opt, images, weights, keys, params, targets, steps, b
         if stochastic and (done_steps > 0).any():  # fresh randomness per iteration, as stylize
             pass_keys = jnp.stack([jax.random.fold_in(keys[k], int(done_steps[k]) + 1)
                                    if done_steps[k] > 0 else keys[k] for k in range(n)])
-            fresh = trial(current.image, zeros, zeros, ts, weights, pass_keys, params, targets)
+            fresh = trial(current.image, zeros, zeros, ts, pass_keys)
             redo = active & (done_steps > 0)
             current = _select(redo, fresh, current)
             evaluations += redo
@@ -354,8 +331,7 @@ def _loop_lbfgs(objective, opt, images, weights, keys, params, targets, steps, b
         searching, accepted = active.copy(), None
         current_loss = np.asarray(current.loss)
         for _ in range(opt.max_linesearch):
-            last = trial(current.image, current.grad, d, jnp.asarray(step), weights, pass_keys,
-                         params, targets)
+            last = trial(current.image, current.grad, d, jnp.asarray(step), pass_keys)
             evaluations += searching
             value, slope = np.asarray(last.loss), np.asarray(last.slope)
             ok = searching & np.isfinite(value) & (value <= current_loss + opt.c1 * slope)

@@ -10,6 +10,7 @@ from neuralstyle import (
     ConfigError, LBFGS, StyleObjective, sliced_wasserstein_loss, stylize, stylize_batched,
 )
 from neuralstyle.objective import StyleObjective as _StyleObjective
+from neuralstyle.optim import evaluate
 
 RNG = np.random.default_rng(3)
 LAYERS = dict(content_layers=["conv2_2"], style_layers=["conv1_1", "conv2_1"])
@@ -33,25 +34,24 @@ def _targets(objective, pair):
     return objective.targets(objective.params, jnp.asarray(c)[None], jnp.asarray(s)[None])
 
 
-def test_with_weights_traced_equals_python_floats(random_vgg19, objective, pair):
+def test_traced_weights_equal_python_floats(random_vgg19, objective, pair):
+    """The objective passed through jit (weights traced leaves) equals one built with them."""
     built = StyleObjective.build(random_vgg19, content_weight=2.0, style_weight=5e-3,
                                  tv_weight=0.5, **LAYERS)
     x = jnp.asarray(pair[0][::-1].copy())[None]
     targets = _targets(objective, pair)
-
-    @jax.jit
-    def traced(w):
-        return objective.with_weights(content_weight=w[0], style_weight=w[1], tv_weight=w[2])(
-            objective.params, x, targets)
-
-    total, terms = traced(jnp.asarray([2.0, 5e-3, 0.5], jnp.float32))
+    traced = jax.jit(evaluate)
+    total, terms = traced(objective.with_weights(content_weight=2.0, style_weight=5e-3, tv_weight=0.5),
+                          objective.params, x, targets)
     ref_total, ref_terms = built(built.params, x, targets)
     assert float(total) == pytest.approx(float(ref_total), rel=1e-6)
     for k in ("content", "style", "tv"):
         assert float(terms[k]) == pytest.approx(float(ref_terms[k]), rel=1e-6)
-    # the original is untouched and Python floats give a plain copy
+    # the original is untouched and with_weights gives a plain copy
     assert objective.style_weight == 1e-3
     assert objective.with_weights(style_weight=0.1).style_weight == 0.1
+    assert objective.with_weights(tv_weight=2).tv_weight == 2.0 and isinstance(
+        objective.with_weights(tv_weight=2).tv_weight, float)
 
 
 def test_with_weights_rejects_unknown_names(objective):
@@ -190,7 +190,7 @@ def _compose(overrides):
     from neuralstyle.run import config_dir
 
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=overrides)
+        return compose("batched", overrides=overrides)
 
 
 TINY_CLI = ["size=32", "steps=2", "backbone.weights=null", "progress=false",

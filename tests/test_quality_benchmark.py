@@ -15,9 +15,8 @@ import pytest
 from PIL import Image
 
 from benchmarks.quality import (
-    TunableObjective,
     compose_all,
-    knobs_for,
+    objective_for,
     ofat_grid,
     structure_key,
     summarize,
@@ -46,20 +45,26 @@ def test_ofat_grid_composes_and_covers_the_factors():
     assert len(tiny_grid()) == 4
 
 
-def test_tunable_objective_equals_each_configurations_objective(random_vgg19):
-    """Zero weights switch layers off exactly: same value and gradient as the config's own objective."""
+def test_shared_objective_equals_each_configurations_objective(random_vgg19):
+    """Zero weights switch layers off exactly: same value and gradient as the config's own
+    objective, from one compiled program for every configuration (the weights are leaves)."""
     variants = [v for v in ofat_grid() if v.factor in ("base", "content_layer", "style_layers",
                                                          "layer_weights")]
     configs = compose_all(variants, ["size=32", "backbone.weights=null", "style_weight=1"])
     union = lambda key: union_layers(configs, key, "vgg19")  # noqa: E731
     base = StyleObjective.build(random_vgg19, content_layers=union("content_layers"),
                                 style_layers=union("style_layers"))
-    tunable = TunableObjective(base, None)
     rng = np.random.default_rng(0)
     content, style, image = (jnp.asarray(rng.uniform(0, 1, (1, 32, 32, 3)), jnp.float32) for _ in range(3))
     value_and_grad = lambda objective: jax.value_and_grad(  # noqa: E731
         lambda p, x, t: objective(p, x, t)[0], argnums=1)
-    tunable_value_and_grad = jax.jit(value_and_grad(tunable))  # one program for every config
+    traces = []
+
+    def shared(objective, p, x, t):
+        traces.append(1)
+        return jax.value_and_grad(lambda y: objective(p, y, t)[0])(x)
+
+    shared_value_and_grad = jax.jit(shared)  # one program for every config
     targets = base.targets(base.params, content, style)
     checked = 0
     for cfg in configs:
@@ -69,22 +74,22 @@ def test_tunable_objective_equals_each_configurations_objective(random_vgg19):
                 cfg.style_layer_weights, str) else cfg.style_layer_weights,
             content_weight=float(cfg.content_weight), style_weight=float(cfg.style_weight),
             tv_weight=float(cfg.tv_weight))
-        knobs = knobs_for(cfg, base)
-        assert float(jnp.sum(knobs.style_layer_weights)) == pytest.approx(
+        configured = objective_for(cfg, base)
+        assert sum(configured.style_layer_weights) == pytest.approx(
             sum(own.style_layer_weights), rel=1e-6)
         own_targets = own.targets(own.params, content, style)
         want_value, want_grad = value_and_grad(own)(own.params, image, own_targets)  # eager
-        got_value, got_grad = tunable_value_and_grad((base.params, knobs), image, targets)
+        got_value, got_grad = shared_value_and_grad(configured, base.params, image, targets)
         np.testing.assert_allclose(got_value, want_value, rtol=1e-5)
         np.testing.assert_allclose(got_grad, want_grad, rtol=1e-4, atol=1e-6 * float(jnp.abs(want_grad).max()))
         checked += 1
-    assert checked == 6
-    # unused layers really are off: conv1-only knobs weight only conv1_1
-    conv1 = knobs_for(configs[[v.level for v in variants].index("conv1")], base)
+    assert checked == 6 and len(traces) == 1
+    # unused layers really are off: the conv1-only configuration weights only conv1_1
+    conv1 = objective_for(configs[[v.level for v in variants].index("conv1")], base)
     names = union("style_layers")
     assert len(names) == 5 and len(union("content_layers")) == 2
-    assert dict(zip(names, np.asarray(conv1.style_layer_weights)))["block1_conv1"] == 1.0
-    assert float(jnp.sum(conv1.style_layer_weights)) == 1.0
+    assert dict(zip(names, conv1.style_layer_weights))["block1_conv1"] == 1.0
+    assert sum(conv1.style_layer_weights) == 1.0
 
 
 def test_pareto_front_and_means():

@@ -72,17 +72,17 @@ def test_adam_step_jit_equals_eager_and_does_not_retrace(objective, pair):
 
     def counted(*args):
         traces.append(1)
-        return make_step(objective, tx)(*args)
+        return make_step(tx)(*args)
 
     step = jax.jit(counted)
-    eager = make_step(objective, tx)
+    eager = make_step(tx)
     x = jnp.asarray(pair[0])[None]
     state = tx.init(x)
     xe, se = x, state
     for _ in range(4):
-        x, state, loss, _ = step(x, state, objective.params, targets)
+        x, state, loss, _ = step(objective, x, state, objective.params, targets)
         with jax.disable_jit():
-            xe, se, loss_e, _ = eager(xe, se, objective.params, targets)
+            xe, se, loss_e, _ = eager(objective, xe, se, objective.params, targets)
         assert float(loss) == pytest.approx(float(loss_e), rel=1e-4)
     np.testing.assert_allclose(x, xe, atol=1e-5)
     assert len(traces) == 1  # one trace, however many steps
@@ -106,7 +106,7 @@ def test_stylize_lowers_the_loss_with_adam_and_lbfgs(objective, pair):
 def test_lbfgs_skips_pairs_without_positive_curvature(objective, pair):
     """A pair with <dy, ds> <= 0 is stored with weight 0, so it cannot flip the direction."""
     opt = LBFGS(memory_size=3)
-    direction, _ = make_lbfgs_functions(objective, opt)
+    direction, _ = make_lbfgs_functions(opt)
     x0 = jnp.asarray(pair[0])[None]
     g0 = jnp.ones_like(x0)
     state = opt.direction_transform.init(x0)

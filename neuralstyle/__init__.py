@@ -62,6 +62,7 @@ from .stylize import (  # noqa: E402
     stylize,
     stylize_pyramid,
 )
+from .arbitrary import ArbitraryStylizer, style_predictor, style_transformer  # noqa: E402
 
 __all__ = [
     "VGG", "BackboneParams", "FeatureExtractor", "caffe_preprocess",
@@ -73,5 +74,6 @@ __all__ = [
     "initial_image", "load_content_and_style", "stylize", "bn_statistics_loss", "histogram_loss",
     "mean_std_loss", "mmd_loss", "mrf_loss", "sliced_wasserstein_loss", "pyramid_shapes",
     "stylize_pyramid", "BatchedResult", "stylize_batched",
+    "ArbitraryStylizer", "style_predictor", "style_transformer",
 ]
 __version__ = "0.1.0"

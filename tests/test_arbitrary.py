@@ -91,6 +91,7 @@ def test_any_size_in_same_size_out(untrained, height, width):
     assert out.shape == (height, width, 3)
 
 
+@pytest.mark.slow  # four shapes to compile (about 10 s on 2 cores)
 def test_batches_of_photos_and_of_styles(untrained):
     photos = np.random.default_rng(0).uniform(size=(3, 20, 28, 3)).astype(np.float32)
     embeddings = np.zeros((3, EMBEDDING_DIM), np.float32)
@@ -98,7 +99,7 @@ def test_batches_of_photos_and_of_styles(untrained):
     assert untrained.stylize(photos, embeddings[0]).shape == (3, 20, 28, 3)  # one style for all
     mixed = untrained.stylize([photos[0], photos[1, :12, :16]], embeddings[:2])
     assert [m.shape for m in mixed] == [(20, 28, 3), (12, 16, 3)]
-    styles = untrained.embed([photos[0], photos[1]])
+    styles = untrained.embed([photos[0], photos[1]], resize_style=False)
     assert styles.shape == (2, EMBEDDING_DIM)
 
 

@@ -89,7 +89,7 @@ def test_overrides_reach_the_components(image_dir, tmp_path):
     (["style_loss=mrf", "style_layers=[relu5_1]"], ConfigError, "3x3 patches need feature maps"),
     (["style=[great_wave,starry_night]", "style_blend_weights=[1]"], ConfigError, "one per style image"),
     (["preserve_colors=sepia"], ConfigError, "preserve_colors"),
-    (["style_scale=0.25"], ConfigError, "style image is 8x4 px, but the layers .* need at least 16 px"),
+    (["style_scale=0.25"], ConfigError, r"style image .*great_wave\.jpg at style_scale=0.25 is 8x4 px, but the layers .* need at least 16 px"),
     (["optimizer.learning_rate=fast"], ConfigError, "could not compile the update step"),
 ])
 def test_bad_input_raises_clearly_and_writes_no_result(overrides, error, pattern, image_dir, tmp_path):

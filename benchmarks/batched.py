@@ -22,29 +22,17 @@ results (they compute the same thing).  Results: ``benchmarks/results/batched.js
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
-import os
-import shlex
 import sys
 import time
-from pathlib import Path
 
-from benchmarks.speed import (
-    CONTENT_IMAGE, DEFAULT_IMAGE_DIR, STYLE_IMAGE, PeakMemory, _cpu_snapshot,
-    _foreign_load, machine_info, versions, wait_until_quiet,
-)
+from benchmarks import harness
+from benchmarks.harness import PeakMemory, cpu_snapshot, foreign_load, log, wait_until_quiet
+from benchmarks.speed import CONTENT_IMAGE, STYLE_IMAGE
 
-REPO = Path(__file__).resolve().parents[1]
 MEMORY_METHOD_HERE = ("peak resident set size (VmHWM) of the benchmark process during the batched "
                       "call, reset through /proc/self/clear_refs before it (so it includes what the "
                       "process already held: JAX, Keras, the VGG19 weights and earlier buffers)")
 STYLE_WEIGHTS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0)
-
-
-def _log(msg: str) -> None:
-    print(msg, flush=True)
 
 
 def _steady_ms(elapsed: list[float], warmup: int, steps: int) -> float:
@@ -72,7 +60,7 @@ def measure(objective, content, style, n_max: int, ns: list[int], warmup: int, s
     if wait_s:
         wait_until_quiet(wait_s)
     for k, w in enumerate(settings):
-        snap = _cpu_snapshot()
+        snap = cpu_snapshot()
         with PeakMemory() as mem:
             t = time.perf_counter()
             r = stylize(objective.with_weights(**w), content, style, opt, steps=total, progress=False)
@@ -81,21 +69,21 @@ def measure(objective, content, style, n_max: int, ns: list[int], warmup: int, s
         seq.append({"weights": w, "compile_s": m["compile_time_s"], "wall_s": wall,
                     "ms_per_step": _steady_ms(m["history_elapsed_s"], warmup, steps),
                     "final_loss": m["final"]["total"], "image": r.image,
-                    "memory": mem.result(), "foreign_cpu_load": _foreign_load(snap, _cpu_snapshot())})
-        _log(f"  sequential run {k + 1}/{n_max}: compile {m['compile_time_s']:.1f} s, "
+                    "memory": mem.result(), "foreign_cpu_load": foreign_load(snap, cpu_snapshot())})
+        log(f"  sequential run {k + 1}/{n_max}: compile {m['compile_time_s']:.1f} s, "
              f"{seq[-1]['ms_per_step']:.0f} ms/step, load {seq[-1]['foreign_cpu_load']}")
 
     rows = []
     for n in ns:
         if wait_s:
             wait_until_quiet(wait_s)
-        snap = _cpu_snapshot()
+        snap = cpu_snapshot()
         with PeakMemory() as mem:
             t = time.perf_counter()
             b = stylize_batched(objective, content, style, weights=settings[:n], optimizer=opt,
                                 steps=total, progress=False)
             wall = time.perf_counter() - t
-        load = _foreign_load(snap, _cpu_snapshot())
+        load = foreign_load(snap, cpu_snapshot())
         bm = b.metrics
         batched_ms = _steady_ms(bm["history_elapsed_s"], warmup, steps)
         s = seq[:n]
@@ -124,7 +112,7 @@ def measure(objective, content, style, n_max: int, ns: list[int], warmup: int, s
         row["ratio_end_to_end"] = round(row["batched"]["images_per_s_end_to_end"]
                                         / row["sequential"]["images_per_s_end_to_end"], 3)
         rows.append(row)
-        _log(f"  N={n}: batched {batched_ms:.0f} ms/step ({row['batched']['image_steps_per_s']:.2f} "
+        log(f"  N={n}: batched {batched_ms:.0f} ms/step ({row['batched']['image_steps_per_s']:.2f} "
              f"image-steps/s), sequential {seq_ms:.0f} ms/step; ratio {row['ratio_steady']:.2f} "
              f"(end to end {row['ratio_end_to_end']:.2f}); load {load}")
     for r in seq:
@@ -176,18 +164,16 @@ def markdown(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.batched", description=__doc__.split("\n")[0])
+    p = harness.parser("benchmarks.batched", __doc__.split("\n")[0], "batched")
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     p.add_argument("--ns", type=int, nargs="+", default=[1, 2, 4, 8],
                    help=f"batch sizes N (at most {len(STYLE_WEIGHTS)})")
     p.add_argument("--warmup", type=int, default=1, help="warm-up steps per run (default 1)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per run (default 3)")
     p.add_argument("--weights", default="imagenet", help="'imagenet' (default) or 'random'")
-    p.add_argument("--image-dir", default=os.environ.get("NEURALSTYLE_IMAGE_DIR", str(DEFAULT_IMAGE_DIR)))
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                    help="before the sequential series and before each batched run, wait up to S "
                         "seconds for other processes to use under 10%% of the CPU")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = p.parse_args(argv)
     ns = sorted(set(args.ns))
     if ns[0] < 1 or ns[-1] > len(STYLE_WEIGHTS) or args.steps < 1 or args.warmup < 0:
@@ -195,13 +181,11 @@ def main(argv=None) -> int:
 
     from neuralstyle import VGG, StyleObjective, load_content_and_style
 
-    argv_list = sys.argv[1:] if argv is None else list(argv)
-    report = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "command": " ".join(["python -m benchmarks.batched"] + [shlex.quote(a) for a in argv_list]),
-              "machine": machine_info(), "versions": versions(),
-              "config": {"sizes": args.sizes, "ns": ns, "warmup": args.warmup, "steps": args.steps,
-                         "style_weights": list(STYLE_WEIGHTS[:ns[-1]])},
-              "memory_method": MEMORY_METHOD_HERE, "sizes": {}, "warnings": []}
+    report = harness.report(
+        "benchmarks.batched", argv,
+        config={"sizes": args.sizes, "ns": ns, "warmup": args.warmup, "steps": args.steps,
+                "style_weights": list(STYLE_WEIGHTS[:ns[-1]])},
+        memory_method=MEMORY_METHOD_HERE, sizes={}, warnings=[])
     started = time.perf_counter()
     backbone = VGG("vgg19", weights=None if args.weights == "random" else args.weights)
     report["weights"] = backbone.weights_source
@@ -209,7 +193,7 @@ def main(argv=None) -> int:
     for size in args.sizes:
         content, style = load_content_and_style(CONTENT_IMAGE, STYLE_IMAGE, size=size,
                                                 image_dir=args.image_dir)
-        _log(f"{size} px (content {content.shape[1]}x{content.shape[0]}), N = {ns} ...")
+        log(f"{size} px (content {content.shape[1]}x{content.shape[0]}), N = {ns} ...")
         res = measure(objective, content, style, ns[-1], ns, args.warmup, args.steps, args.wait_quiet)
         res["shape"] = list(content.shape)
         report["sizes"][str(size)] = res
@@ -219,12 +203,9 @@ def main(argv=None) -> int:
         report["warnings"].append(f"other processes used up to {100 * max(loads):.0f}% of the CPU "
                                   "during some measurements: those timings are inflated")
     report["total_wall_s"] = round(time.perf_counter() - started, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "batched.json").write_text(json.dumps(report, indent=1))
     md = markdown(report)
-    (args.out / "batched.md").write_text(md)
     print(md)
-    print(f"wrote {args.out / 'batched.json'} and {args.out / 'batched.md'} ({report['total_wall_s']:.0f} s)")
+    harness.write_report(args.out, args.name, report, md)
     return 0
 
 

@@ -43,13 +43,13 @@ import dataclasses
 import io
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-IMAGES = REPO.parent / "shared" / "assets" / "images"
+from benchmarks import harness
+from benchmarks.harness import IMAGES, REPO
+from neuralstyle.entry import default_cache_dir
 
 PHOTOS = ("astronaut", "chelsea", "coffee")
 PAINTINGS = ("great_wave", "starry_night", "the_scream")
@@ -170,18 +170,10 @@ def compose_all(variants, extra_overrides) -> list:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem = next(int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines()
-                   if l.startswith("MemTotal")) / 2**20
-        mem = f", {mem:.0f} GiB"
-    except (OSError, StopIteration):
-        mem = ""
-    return f"{os.cpu_count()} vCPU {cpu}{mem}, {platform.system()} {platform.release()}"
+    """One line: cores, CPU model and SIMD flags, RAM, from :func:`benchmarks.harness.machine_info`."""
+    m = harness.machine_info()
+    return (f"{m.get('nproc')} vCPU {m.get('cpu_model', '?')} ({m.get('simd') or '?'}), "
+            f"{m.get('ram_gib', '?')} GiB, {m.get('platform', '?')}")
 
 
 def run_grid(args, on_pair_done=None) -> dict:
@@ -476,7 +468,7 @@ def main(argv=None) -> dict:
                         "rewritten after every pair, so a stopped run leaves a complete grid on "
                         "the pairs done")
     p.add_argument("--thumb", type=int, default=96, help="contact-sheet thumbnail size in pixels")
-    p.add_argument("--jax-cache", default=str(Path.home() / ".cache" / "neuralstyle-jax"),
+    p.add_argument("--jax-cache", default=str(default_cache_dir()),
                    help="JAX persistent compilation cache ('' to disable)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--replot", action="store_true",

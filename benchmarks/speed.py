@@ -43,20 +43,28 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import re
-import resource
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "benchmarks" / "results"
-DEFAULT_IMAGE_DIR = REPO.parent / "shared" / "assets" / "images"
+from benchmarks.harness import (  # noqa: F401  (machine_busy is part of this module's API)
+    IMAGES as DEFAULT_IMAGE_DIR,
+    REPO,
+    RESULTS as DEFAULT_OUT,
+    PeakMemory,
+    cpu_snapshot,
+    foreign_load,
+    log,
+    machine_busy,
+    machine_info,
+    stats,
+    versions,
+    wait_until_quiet,
+)
 CONTENT_IMAGE, STYLE_IMAGE = "astronaut", "great_wave"
 TORCH_HINT = "pip install torch==2.13.0"
 
@@ -95,74 +103,10 @@ VARIANTS = [
      "a jax config option, not an XLA flag"),
     ("bf16 experiment (Keras mixed_bfloat16)", "", {"_DTYPE_POLICY": "mixed_bfloat16"},
      "NOT acceptable for results: features and losses in bfloat16"),
-    ("max-pool VJP experiment", "", {"_MAXPOOL_VJP": "1"},
-     "not an XLA flag: Keras MaxPooling2D patched (in the worker only) to a mask-based gradient "
-     "instead of select-and-scatter; same results. Obsolete since the backbone's own MaxPool2x2 "
-     "(neuralstyle.backbones) replaced MaxPooling2D: the patch then changes nothing"),
-    ("max-pool VJP experiment + no YNNPACK", "--xla_cpu_experimental_ynn_fusion_type=",
-     {"_MAXPOOL_VJP": "1"}, "both of the above"),
 ]
 
 
 # ============================================================================ helpers
-
-
-def _log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def _cpu_snapshot():
-    """(busy jiffies of the whole machine, own CPU seconds, wall time)."""
-    try:
-        with open("/proc/stat") as f:
-            vals = [int(v) for v in f.readline().split()[1:]]
-        busy = sum(vals[:8]) - vals[3] - vals[4]
-    except OSError:
-        busy = None
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return busy, ru.ru_utime + ru.ru_stime, time.perf_counter()
-
-
-def _foreign_load(a, b) -> float | None:
-    """Fraction of the machine's CPU time that *other* processes used between two snapshots."""
-    if a[0] is None or b[0] is None:
-        return None
-    wall = b[2] - a[2]
-    busy = (b[0] - a[0]) / os.sysconf("SC_CLK_TCK")
-    foreign = busy - (b[1] - a[1])
-    return round(max(0.0, foreign) / (wall * (os.cpu_count() or 1)), 3) if wall > 0 else None
-
-
-def machine_busy(sample_s: float = 2.0) -> float | None:
-    """Fraction of the machine's CPU that other processes use, sampled over ``sample_s``."""
-    a = _cpu_snapshot()
-    time.sleep(sample_s)
-    return _foreign_load(a, _cpu_snapshot())
-
-
-def wait_until_quiet(max_wait_s: float, threshold: float = 0.1) -> float | None:
-    """Wait (up to ``max_wait_s``) until other processes use less than ``threshold`` of the CPU."""
-    deadline = time.perf_counter() + max_wait_s
-    busy = machine_busy(1.0)
-    announced = False
-    while busy is not None and busy > threshold and time.perf_counter() < deadline:
-        if not announced:
-            _log(f"  (machine busy: other processes use {100 * busy:.0f}% of the CPU; waiting up to "
-                 f"{max_wait_s:.0f} s)")
-            announced = True
-        busy = machine_busy(5.0)
-    return busy
-
-
-def _stats(seconds: list[float]) -> dict:
-    ms = [1000.0 * s for s in seconds]
-    return {
-        "ms": [round(v, 2) for v in ms],
-        "median_ms": round(statistics.median(ms), 2),
-        "mean_ms": round(statistics.fmean(ms), 2),
-        "min_ms": round(min(ms), 2),
-        "stdev_ms": round(statistics.stdev(ms), 2) if len(ms) > 1 else 0.0,
-    }
 
 
 MEMORY_METHOD = ("peak resident set size (VmHWM in /proc/self/status) of the worker subprocess, "
@@ -172,47 +116,6 @@ MEMORY_METHOD = ("peak resident set size (VmHWM in /proc/self/status) of the wor
 MEMORY_METHOD_FALLBACK = ("peak resident set size of the worker subprocess since it started "
                           "(resource.getrusage(RUSAGE_SELF).ru_maxrss; /proc/self/clear_refs "
                           "could not reset it, so later phases report the maximum so far)")
-
-
-def _read_status_kib(key: str) -> int | None:
-    try:
-        m = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    except OSError:
-        return None
-    return int(m.group(1)) if m else None
-
-
-class PeakMemory:
-    """Peak RSS of this process during a phase: ``with PeakMemory() as mem: ...; mem.result()``.
-
-    On Linux the high-water mark is reset on entry (``/proc/self/clear_refs`` = 5), so the peak is
-    that of the phase; elsewhere it is ``ru_maxrss``, the peak since the process started.
-    """
-
-    def __enter__(self):
-        import gc
-
-        gc.collect()
-        self.baseline = _read_status_kib("VmRSS")
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            self.reset = _read_status_kib("VmHWM") is not None
-        except OSError:
-            self.reset = False
-        return self
-
-    def __exit__(self, *exc):
-        hwm = _read_status_kib("VmHWM") if self.reset else None
-        if hwm is None:
-            hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-        self.peak = hwm
-        return False
-
-    def result(self) -> dict:
-        mib = lambda kib: None if kib is None else round(kib / 1024, 1)  # noqa: E731
-        return {"peak_rss_mib": mib(self.peak), "baseline_rss_mib": mib(self.baseline),
-                "above_baseline_mib": mib(self.peak - self.baseline) if self.baseline else None,
-                "method": "VmHWM (reset per phase)" if self.reset else "ru_maxrss (process peak)"}
 
 
 def _best_matmul_gflops(fn, n: int, repeats: int) -> float:
@@ -258,55 +161,11 @@ def _load_images(spec: dict, size: int):
             return content, style, (f"content {CONTENT_IMAGE} {content.shape[1]}x{content.shape[0]}, "
                                     f"style {STYLE_IMAGE} {style.shape[1]}x{style.shape[0]} (W x H)")
         except Exception as err:  # no network and no local copy
-            _log(f"WARNING: could not load the example images ({err}); using random images")
+            log(f"WARNING: could not load the example images ({err}); using random images")
     rng = np.random.default_rng(size)
     content = rng.random((size, size, 3), dtype=np.float32)
     style = rng.random((size, size, 3), dtype=np.float32)
     return content, style, f"random square images {size}x{size} (seeded)"
-
-
-def _patch_keras_maxpool_vjp() -> None:
-    """Experiment (not neuralstyle's code): 2x2/stride-2 max pooling with a cheap mask-based
-    gradient instead of XLA's select-and-scatter, patched into Keras' ``MaxPooling2D`` in this
-    worker process only.  The gradient goes to the first maximum of each window, like
-    select-and-scatter, so results are unchanged."""
-    import jax
-    import jax.numpy as jnp
-    import keras
-
-    @jax.custom_vjp
-    def maxpool2(x):
-        b, h, w, c = x.shape
-        x = x[:, : h // 2 * 2, : w // 2 * 2]
-        return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
-
-    def fwd(x):
-        y = maxpool2(x)
-        return y, (x, y)
-
-    def bwd(res, g):
-        x, y = res
-        b, h, w, c = x.shape
-        xc = x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
-        taken, parts = jnp.zeros(y.shape, bool), []
-        for i in range(2):
-            for j in range(2):
-                hit = (xc[:, :, i, :, j, :] == y) & ~taken
-                taken = taken | hit
-                parts.append(jnp.where(hit, g, jnp.zeros_like(g)))
-        gx = jnp.stack(parts, axis=-2).reshape(b, h // 2, w // 2, 2, 2, c)
-        gx = gx.transpose(0, 1, 3, 2, 4, 5).reshape(b, h // 2 * 2, w // 2 * 2, c)
-        return (jnp.pad(gx, ((0, 0), (0, h - h // 2 * 2), (0, w - w // 2 * 2), (0, 0))),)
-
-    maxpool2.defvjp(fwd, bwd)
-    original = keras.layers.MaxPooling2D.call
-
-    def call(self, inputs):
-        if tuple(self.pool_size) == (2, 2) and tuple(self.strides) == (2, 2) and self.padding == "valid":
-            return maxpool2(inputs)
-        return original(self, inputs)
-
-    keras.layers.MaxPooling2D.call = call
 
 
 def hlo_summary(compiled) -> dict:
@@ -329,8 +188,6 @@ def _build_objective(spec: dict):
     import neuralstyle
 
     warnings = []
-    if spec.get("maxpool_vjp"):
-        _patch_keras_maxpool_vjp()
     policy = spec.get("dtype_policy")
     if policy:
         import keras
@@ -341,7 +198,7 @@ def _build_objective(spec: dict):
         backbone = neuralstyle.VGG("vgg19", weights=None if weights == "random" else weights)
     except Exception as err:
         msg = f"WARNING: VGG19 weights {weights!r} unavailable ({err}); using random weights"
-        _log(msg)
+        log(msg)
         warnings.append(msg)
         backbone = neuralstyle.VGG("vgg19", weights=None)
     return neuralstyle.StyleObjective.build(backbone), backbone.weights_source, warnings
@@ -431,19 +288,19 @@ def worker_jax(spec: dict) -> dict:
         with PeakMemory() as step_mem:
             for i in range(spec["warmup"] + spec["steps"]):
                 if i == spec["warmup"]:
-                    snap = _cpu_snapshot()
+                    snap = cpu_snapshot()
                 t = time.perf_counter()
                 x, s, loss, _ = jax.block_until_ready(compiled(objective, x, s, params, targets))
                 times.append(time.perf_counter() - t)
                 losses.append(float(loss))
         adam = {"compile_s": round(compile_s, 2), "warmup": spec["warmup"],
                 "warmup_ms": [round(1000 * v, 1) for v in times[: spec["warmup"]]],
-                **_stats(times[spec["warmup"]:]), "xla_flops": _cost_flops(compiled),
+                **stats(times[spec["warmup"]:]), "xla_flops": _cost_flops(compiled),
                 "hlo": hlo_summary(compiled),
-                "losses": losses, "foreign_cpu_load": _foreign_load(snap, _cpu_snapshot()),
+                "losses": losses, "foreign_cpu_load": foreign_load(snap, cpu_snapshot()),
                 "memory": step_mem.result(), "compile_memory": compile_mem.result()}
         out["adam"] = adam
-        _log(f"  [jax {size}px] Adam: compile {adam['compile_s']} s, median "
+        log(f"  [jax {size}px] Adam: compile {adam['compile_s']} s, median "
              f"{adam['median_ms']:.0f} ms/step, peak RSS {adam['memory']['peak_rss_mib']} MiB, "
              f"foreign CPU load {adam['foreign_cpu_load']}")
         del compiled, x, s
@@ -456,7 +313,7 @@ def worker_jax(spec: dict) -> dict:
         if spec.get("lbfgs_steps", 0) > 0:
             out["lbfgs"] = _lbfgs_iterations(objective, params, targets, image, spec)
             lb = out["lbfgs"]
-            _log(f"  [jax {size}px] L-BFGS: compile {lb['compile_s']} s, median "
+            log(f"  [jax {size}px] L-BFGS: compile {lb['compile_s']} s, median "
                  f"{lb['median_ms']:.0f} ms/iteration, {lb['evaluations_per_iteration']} "
                  f"evaluations/iteration")
 
@@ -489,12 +346,12 @@ def _lbfgs_iterations(objective, params, targets, image, spec) -> dict:
         times, evals = [], []
         for i in range(warm + n):
             if i == warm:
-                snap = _cpu_snapshot()
+                snap = cpu_snapshot()
             t = time.perf_counter()
             current, state, e = iterate(current, state)
             times.append(time.perf_counter() - t)
             evals.append(e)
-    load = _foreign_load(snap, _cpu_snapshot())
+    load = foreign_load(snap, cpu_snapshot())
     direction, trial = iterate.direction, iterate.trial
     # breakdown: one trial evaluation and one direction call, each synchronized
     d_times, t_times = [], []
@@ -505,7 +362,7 @@ def _lbfgs_iterations(objective, params, targets, image, spec) -> dict:
         t = time.perf_counter()
         jax.block_until_ready(trial(objective, current.image, current.grad, d, 1.0, params, targets))
         t_times.append(time.perf_counter() - t)
-    return {"compile_s": round(compile_s, 2), "warmup": warm, **_stats(times[warm:]),
+    return {"compile_s": round(compile_s, 2), "warmup": warm, **stats(times[warm:]),
             "evaluations": evals[warm:],
             "evaluations_per_iteration": round(sum(evals[warm:]) / n, 2),
             "trial_ms": round(1000 * min(t_times), 1), "direction_ms": round(1000 * min(d_times), 1),
@@ -589,7 +446,7 @@ def worker_torch(spec: dict) -> dict:
             "relative_difference": abs(tval - float(jax_value)) / abs(float(jax_value)),
             "jax_terms": {k: float(v) for k, v in jax_terms.items()}, "torch_terms": tterms,
         }
-        _log(f"  [torch {size}px] objective at the content image: JAX {float(jax_value):.7g}, "
+        log(f"  [torch {size}px] objective at the content image: JAX {float(jax_value):.7g}, "
              f"torch {tval:.7g} (relative difference {out['check']['relative_difference']:.2e})")
         if spec.get("channels_last"):
             tobj.features.to(memory_format=torch.channels_last)
@@ -599,16 +456,16 @@ def worker_torch(spec: dict) -> dict:
             x, step = tr.make_adam_step(tobj, c)
             for i in range(spec["warmup"] + spec["steps"]):
                 if i == spec["warmup"]:
-                    snap = _cpu_snapshot()
+                    snap = cpu_snapshot()
                 t = time.perf_counter()
                 losses.append(float(step()))
                 times.append(time.perf_counter() - t)
         out["adam"] = {"warmup": spec["warmup"],
                        "warmup_ms": [round(1000 * v, 1) for v in times[: spec["warmup"]]],
-                       **_stats(times[spec["warmup"]:]), "losses": losses,
-                       "foreign_cpu_load": _foreign_load(snap, _cpu_snapshot()),
+                       **stats(times[spec["warmup"]:]), "losses": losses,
+                       "foreign_cpu_load": foreign_load(snap, cpu_snapshot()),
                        "memory": mem.result()}
-        _log(f"  [torch {size}px] Adam: median {out['adam']['median_ms']:.0f} ms/step, peak RSS "
+        log(f"  [torch {size}px] Adam: median {out['adam']['median_ms']:.0f} ms/step, peak RSS "
              f"{out['adam']['memory']['peak_rss_mib']} MiB, foreign CPU load {out['adam']['foreign_cpu_load']}")
         del x, step
         if spec.get("lbfgs_steps", 0) > 0:
@@ -618,17 +475,17 @@ def worker_torch(spec: dict) -> dict:
                 lb = tr.LBFGSRun(tobj, c)
                 for i in range(warm + n):
                     if i == warm:
-                        snap = _cpu_snapshot()
+                        snap = cpu_snapshot()
                     before = lb.evaluations
                     t = time.perf_counter()
                     lb.step()
                     times.append(time.perf_counter() - t)
                     evals.append(lb.evaluations - before)
-            out["lbfgs"] = {"warmup": warm, **_stats(times[warm:]), "evaluations": evals[warm:],
+            out["lbfgs"] = {"warmup": warm, **stats(times[warm:]), "evaluations": evals[warm:],
                             "evaluations_per_iteration": round(sum(evals[warm:]) / n, 2),
-                            "final_loss": lb.losses[-1], "foreign_cpu_load": _foreign_load(snap, _cpu_snapshot()),
+                            "final_loss": lb.losses[-1], "foreign_cpu_load": foreign_load(snap, cpu_snapshot()),
                             "memory": mem.result(), "optimizer": tr.LBFGS_DESC}
-            _log(f"  [torch {size}px] L-BFGS: median {out['lbfgs']['median_ms']:.0f} ms/iteration, "
+            log(f"  [torch {size}px] L-BFGS: median {out['lbfgs']['median_ms']:.0f} ms/iteration, "
                  f"{out['lbfgs']['evaluations_per_iteration']} evaluations/iteration")
             del lb
     if spec.get("ttt"):
@@ -651,7 +508,7 @@ def _ttt_result(target, losses, reached, compile_s, snap, evaluations=None) -> d
             "seconds_with_compile": None if seconds is None else round(seconds + (compile_s or 0.0), 3),
             "iterates_evaluated": len(losses), "evaluations": evaluations,
             "final_loss": losses[-1] if losses else None, "losses": losses,
-            "foreign_cpu_load": _foreign_load(snap, _cpu_snapshot())}
+            "foreign_cpu_load": foreign_load(snap, cpu_snapshot())}
 
 
 def worker_ttt_jax(spec: dict, built=None) -> dict:
@@ -679,7 +536,7 @@ def worker_ttt_jax(spec: dict, built=None) -> dict:
     compiled = jax.jit(make_step(tx)).lower(objective, image, state, params, targets).compile()
     compile_s = time.perf_counter() - t
     x, losses, reached = image, [], None
-    snap = _cpu_snapshot()
+    snap = cpu_snapshot()
     t0 = time.perf_counter()
     for i in range(spec["max_steps"]["adam"] + 1):
         new_x, state, loss, _ = compiled(objective, x, state, params, targets)  # loss of x (i updates)
@@ -689,11 +546,11 @@ def worker_ttt_jax(spec: dict, built=None) -> dict:
             break
         x = new_x
     result["adam"] = _ttt_result(target, losses, reached, compile_s, snap, evaluations=len(losses))
-    _log(f"  [jax ttt {size}px] Adam: {result['adam']['steps']} steps, {result['adam']['seconds']} s")
+    log(f"  [jax ttt {size}px] Adam: {result['adam']['steps']} steps, {result['adam']['seconds']} s")
     del compiled
 
     _, compile_s, start, iterate = _lbfgs_driver(objective, params, targets, image)
-    snap = _cpu_snapshot()
+    snap = cpu_snapshot()
     t0 = time.perf_counter()
     current, state = start()
     evaluations, losses, reached = 1, [float(current.loss)], None
@@ -708,7 +565,7 @@ def worker_ttt_jax(spec: dict, built=None) -> dict:
         if losses[-1] < target:
             reached = (i, time.perf_counter() - t0)
     result["lbfgs"] = _ttt_result(target, losses, reached, compile_s, snap, evaluations)
-    _log(f"  [jax ttt {size}px] L-BFGS: {result['lbfgs']['steps']} iterations, "
+    log(f"  [jax ttt {size}px] L-BFGS: {result['lbfgs']['steps']} iterations, "
          f"{result['lbfgs']['seconds']} s")
     return result
 
@@ -729,7 +586,7 @@ def worker_ttt_torch(spec: dict, built=None) -> dict:
 
     x, step = tr.make_adam_step(tobj, c)
     losses, reached = [], None
-    snap = _cpu_snapshot()
+    snap = cpu_snapshot()
     t0 = time.perf_counter()
     for i in range(spec["max_steps"]["adam"] + 1):
         losses.append(float(step()))  # loss of the image after i updates
@@ -737,12 +594,12 @@ def worker_ttt_torch(spec: dict, built=None) -> dict:
             reached = (i, time.perf_counter() - t0)
             break
     result["adam"] = _ttt_result(target, losses, reached, None, snap, evaluations=len(losses))
-    _log(f"  [torch ttt {size}px] Adam: {result['adam']['steps']} steps, {result['adam']['seconds']} s")
+    log(f"  [torch ttt {size}px] Adam: {result['adam']['steps']} steps, {result['adam']['seconds']} s")
     del x, step
 
     lb = tr.LBFGSRun(tobj, c)
     reached = None
-    snap = _cpu_snapshot()
+    snap = cpu_snapshot()
     t0 = time.perf_counter()
     for i in range(spec["max_steps"]["lbfgs"] + 1):
         lb.step()  # starts by evaluating the current iterate (after i updates)
@@ -751,7 +608,7 @@ def worker_ttt_torch(spec: dict, built=None) -> dict:
             break
     result["lbfgs"] = _ttt_result(target, lb.iterate_losses, reached, None, snap, lb.evaluations)
     result["lbfgs"]["optimizer"] = tr.LBFGS_DESC
-    _log(f"  [torch ttt {size}px] L-BFGS: {result['lbfgs']['steps']} iterations, "
+    log(f"  [torch ttt {size}px] L-BFGS: {result['lbfgs']['steps']} iterations, "
          f"{result['lbfgs']['seconds']} s")
     return result
 
@@ -790,7 +647,7 @@ def run_worker(kind: str, spec: dict, xla_flags: str | None, extra_env: dict | N
         if load <= QUIET["threshold"]:
             break
         if attempt < QUIET["retries"]:
-            _log(f"  (other processes used {100 * load:.0f}% of the CPU during the timing: re-running)")
+            log(f"  (other processes used {100 * load:.0f}% of the CPU during the timing: re-running)")
     best["attempts"] = attempt + 1
     return best
 
@@ -809,8 +666,6 @@ def _run_worker_once(kind: str, spec: dict, xla_flags: str | None, extra_env: di
     for k, v in (extra_env or {}).items():
         if k == "_DTYPE_POLICY":
             spec["dtype_policy"] = v
-        elif k == "_MAXPOOL_VJP":
-            spec["maxpool_vjp"] = True
         else:
             env[k] = v
     with tempfile.TemporaryDirectory() as tmp:
@@ -826,7 +681,7 @@ def _run_worker_once(kind: str, spec: dict, xla_flags: str | None, extra_env: di
         wall = time.perf_counter() - t
         for line in proc.stdout.splitlines():
             if line.startswith(("  [", "WARNING")):
-                _log(line)
+                log(line)
         if proc.returncode != 0 or not result_path.exists():
             tail = "\n".join(proc.stdout.strip().splitlines()[-8:])
             return {"error": f"worker exited with status {proc.returncode}", "output_tail": tail}
@@ -852,18 +707,18 @@ def time_to_target(args, base_spec: dict, main_flags: str, with_torch: bool,
            "init": "content", "max_steps": tspec["max_steps"], "warnings": []}
     res = attached.get("jax")
     if res is None:
-        _log(f"time to target {args.ttt_target:g} at {args.ttt_size} px: JAX ...")
+        log(f"time to target {args.ttt_target:g} at {args.ttt_size} px: JAX ...")
         res = run_worker("ttt_jax", spec, main_flags)
     if "error" in res:
         out["warnings"].append(f"time to target (JAX) failed: {res['error']}")
-        _log(out["warnings"][-1] + "\n" + res.get("output_tail", ""))
+        log(out["warnings"][-1] + "\n" + res.get("output_tail", ""))
         return out
     out["images"], out["weights"] = res["images"], res["weights"]
     out["jax"] = {k: res[k] for k in ("adam", "lbfgs")}
     if with_torch:
         res = attached.get("torch")
         if res is None:
-            _log("time to target: PyTorch ...")
+            log("time to target: PyTorch ...")
             res = run_worker("ttt_torch", spec, None)
         if "error" in res:
             out["warnings"].append(f"time to target (PyTorch) failed: {res['error']}")
@@ -967,45 +822,6 @@ def check_flags(xla_flags: str, known: set[str], cache: dict) -> list[str]:
 
 
 # ============================================================================ report
-
-
-def machine_info() -> dict:
-    info = {"nproc": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version()}
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        get = lambda key: (re.search(rf"^{key}\s*:\s*(.*)$", cpuinfo, re.M) or [None, "?"])[1]
-        flags = get("flags").split()
-        info["cpu_model"] = get("model name")
-        info["cpu_family_model"] = f"family {get('cpu family')} model {get('model')}"
-        info["simd"] = " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
-                                if f in flags)
-        info["hypervisor"] = "hypervisor" in flags
-    except OSError:
-        info["cpu_model"] = platform.processor() or "?"
-    try:
-        mem = Path("/proc/meminfo").read_text()
-        kb = int(re.search(r"MemTotal:\s+(\d+)", mem).group(1))
-        info["ram_gib"] = round(kb / 2**20, 1)
-    except (OSError, AttributeError):
-        pass
-    try:
-        info["loadavg_at_start"] = Path("/proc/loadavg").read_text().split()[:3]
-    except OSError:
-        pass
-    return info
-
-
-def versions() -> dict:
-    from importlib import metadata
-
-    out = {}
-    for pkg in ("jax", "jaxlib", "keras", "optax", "numpy", "torch"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 def _fmt(v, spec="{:.0f}", dash="–"):
@@ -1362,7 +1178,7 @@ def main(argv=None) -> int:
         "memory_method": MEMORY_METHOD,
         "warnings": [],
     }
-    _log(f"neuralstyle speed benchmark: sizes {sizes}, {report['machine'].get('nproc')} CPUs, "
+    log(f"neuralstyle speed benchmark: sizes {sizes}, {report['machine'].get('nproc')} CPUs, "
          f"{report['machine'].get('cpu_model')}")
 
     # ---- which XLA flags exist
@@ -1380,11 +1196,11 @@ def main(argv=None) -> int:
                 return 2
 
     # ---- yardstick A (NumPy BLAS, in this process: NumPy only, no jax)
-    _log("yardstick A: NumPy BLAS fp32 matmul ...")
+    log("yardstick A: NumPy BLAS fp32 matmul ...")
     if args.wait_quiet > 0:
         wait_until_quiet(args.wait_quiet)
     report["yardsticks"] = {"numpy_blas": numpy_matmul_yardstick(matmul_sizes, matmul_repeats)}
-    _log(f"  NumPy BLAS: {report['yardsticks']['numpy_blas']['gflops']} GFLOP/s")
+    log(f"  NumPy BLAS: {report['yardsticks']['numpy_blas']['gflops']} GFLOP/s")
 
     base_spec = {"weights": args.weights, "images": args.images, "image_dir": args.image_dir,
                  "matmul_sizes": matmul_sizes, "matmul_repeats": matmul_repeats}
@@ -1395,7 +1211,7 @@ def main(argv=None) -> int:
     report["jax"] = {"sizes": {}}
     for s in sizes:
         w, n, lb = plan[s]
-        _log(f"JAX/XLA {s} px (XLA_FLAGS={main_flags!r}) ...")
+        log(f"JAX/XLA {s} px (XLA_FLAGS={main_flags!r}) ...")
         spec = dict(base_spec, sizes=[s], warmup=w, steps=n, lbfgs_steps=lb, lbfgs_warmup=1,
                     matmul_sizes=matmul_sizes if s == sizes[0] else [],
                     ttt=ttt_spec(args) if s == args.ttt_size else None)
@@ -1419,10 +1235,10 @@ def main(argv=None) -> int:
     # ---- yardstick B: PyTorch eager
     report["torch"] = None
     if args.no_torch:
-        _log("PyTorch reference: skipped (--no-torch)")
+        log("PyTorch reference: skipped (--no-torch)")
     elif importlib.util.find_spec("torch") is None:
         msg = f"PyTorch reference skipped: torch is not installed ({TORCH_HINT} to include it)"
-        _log(msg)
+        log(msg)
         report["warnings"].append(msg)
     else:
         report["torch"] = {"sizes": {}}
@@ -1430,19 +1246,19 @@ def main(argv=None) -> int:
         for s in sizes:
             w, n, lb = plan[s]
             if args.torch_channels_last:
-                _log(f"PyTorch eager {s} px, channels_last ...")
+                log(f"PyTorch eager {s} px, channels_last ...")
                 res = run_worker("torch", dict(base_spec, sizes=[s], warmup=w, steps=n,
                                                matmul_sizes=[], channels_last=True), None)
                 if "error" not in res:
                     report["torch"].setdefault("channels_last", {})[str(s)] = res["sizes"][str(s)]["adam"]
-            _log(f"PyTorch eager {s} px ...")
+            log(f"PyTorch eager {s} px ...")
             spec = dict(base_spec, sizes=[s], warmup=w, steps=n, lbfgs_steps=lb, lbfgs_warmup=1,
                         matmul_sizes=matmul_sizes if s == sizes[0] else [],
                         ttt=ttt_spec(args) if s == args.ttt_size else None)
             res = run_worker("torch", spec, None)
             if "error" in res:
                 msg = f"PyTorch reference at {s} px failed: {res['error']}"
-                _log(msg + "\n" + res.get("output_tail", ""))
+                log(msg + "\n" + res.get("output_tail", ""))
                 report["warnings"].append(msg)
                 continue
             report["torch"]["sizes"].update(res.pop("sizes"))
@@ -1475,23 +1291,23 @@ def main(argv=None) -> int:
     report["variants"] = []
     if wanted_variants:
         vsize = args.variant_size or (256 if 256 in sizes else sizes[0])
-        _log(f"XLA_FLAGS variants at {vsize} px (2 warm-up + {args.variant_steps} timed steps each) ...")
+        log(f"XLA_FLAGS variants at {vsize} px (2 warm-up + {args.variant_steps} timed steps each) ...")
         for name, flags, env, note in wanted_variants:
             v = {"name": name, "size": vsize, "xla_flags": flags, "note": note,
                  "steps": 2 + args.variant_steps,
                  "env": " ".join(f"{k}={val}" for k, val in env.items()
-                                 ).replace("_DTYPE_POLICY", "keras dtype policy").replace("_MAXPOOL_VJP=1", "max-pool VJP patch")}
+                                 ).replace("_DTYPE_POLICY", "keras dtype policy")}
             missing = check_flags(flags, known, probe_cache)
             if missing:
                 v["skipped"] = f"not available in jaxlib {report['versions']['jaxlib']} (unknown flag {', '.join(missing)})"
-                _log(f"  {name}: {v['skipped']}")
+                log(f"  {name}: {v['skipped']}")
             else:
                 spec = dict(base_spec, sizes=[vsize], warmup=2, steps=args.variant_steps,
                             lbfgs_steps=0, matmul_sizes=[])
                 res = run_worker("jax", spec, flags, env)
                 if "error" in res:
                     v["error"] = res["error"]
-                    _log(f"  {name}: FAILED ({res['error']})")
+                    log(f"  {name}: FAILED ({res['error']})")
                 else:
                     r = res["sizes"][str(vsize)]
                     v["adam"] = {k: r["adam"][k] for k in ("compile_s", "median_ms", "mean_ms", "min_ms",
@@ -1502,7 +1318,7 @@ def main(argv=None) -> int:
                     if len(main_losses) >= k:
                         v["adam"]["loss_vs_main_run"] = abs(r["adam"]["losses"][-1] - main_losses[k - 1]) / abs(main_losses[k - 1])
                     v["objective_at_content"] = r["objective_at_content"]["total"]
-                    _log(f"  {name}: {v['adam']['median_ms']:.0f} ms/step")
+                    log(f"  {name}: {v['adam']['median_ms']:.0f} ms/step")
             report["variants"].append(v)
 
     if known:

@@ -1,7 +1,10 @@
-"""Command-line entry: ``python -m neuralstyle.apply model=runs/train/fast_wave/model.keras input=photo.jpg``.
+"""Command-line entry: ``python -m neuralstyle.apply model=runs/train/fast_wave/model.keras input=photo.jpg``
+or ``python -m neuralstyle.apply model=arbitrary style=great_wave input=photo.jpg``.
 
 Stylizes an image, or every image in a folder, with a transform network trained by
-``python -m neuralstyle.train`` (see :mod:`neuralstyle.fast.apply`).  Results go to ``output``
+``python -m neuralstyle.train`` (see :mod:`neuralstyle.fast.apply`), or with the arbitrary-style
+network of Ghiasi et al. 2017 and any style image (:mod:`neuralstyle.arbitrary`; ``strength``,
+several styles blended by ``style_weights``, ``style_size``).  Results go to ``output``
 (an image path for a single input, or a folder), by default into the Hydra run directory; the
 path of every written image is printed.  No input is ever written over and no two inputs share a
 result: ``cat.jpg`` and ``cat.png`` become ``cat.jpg.png`` and ``cat.png.png``, and an input whose
@@ -18,27 +21,69 @@ from .entry import run_entry  # noqa: I001  (first: sets KERAS_BACKEND and the r
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from .errors import ConfigError  # noqa: E402
+from .errors import ConfigError, NeuralStyleError  # noqa: E402
 from .recipe import config_dir  # noqa: E402
 
 
 def apply_from_config(cfg: DictConfig, output_dir: Path) -> list[Path]:
-    """Stylize ``cfg.input`` with ``cfg.model``; return the written paths."""
-    from .fast.apply import APPLY_COLORS, Stylizer, stylize_files
+    """Stylize ``cfg.input`` with ``cfg.model`` (a trained network, or ``arbitrary`` with
+    ``cfg.style``); return the written paths."""
+    from .fast.apply import APPLY_COLORS, Stylizer, input_files, stylize_files
 
     for key in ("model", "input"):
         if OmegaConf.is_missing(cfg, key) or cfg[key] is None:
             raise ConfigError(f"{key}= is required (python -m neuralstyle.apply "
-                              "model=runs/train/NAME/model.keras input=photo.jpg)")
+                              "model=runs/train/NAME/model.keras input=photo.jpg, or "
+                              "model=arbitrary style=great_wave input=photo.jpg)")
     if cfg.preserve_colors not in APPLY_COLORS:
         raise ConfigError(f"preserve_colors must be one of {APPLY_COLORS}, got {cfg.preserve_colors!r}")
-    stylizer = Stylizer(cfg.model)
+    input_files(cfg.input)  # a missing or empty input fails before any network is built
+    if str(cfg.model) == "arbitrary":
+        stylizer = arbitrary_stylizer(cfg)
+    elif cfg.get("style") is not None:
+        raise ConfigError("style= applies to model=arbitrary only: a trained network has its style "
+                          "built in")
+    else:
+        stylizer = Stylizer(cfg.model)
     written = stylize_files(stylizer, cfg.input, cfg.output, Path(output_dir),
                             size=cfg.size, preserve_colors=cfg.preserve_colors,
                             progress=bool(cfg.progress))
     for path in written:
         print(Path(path).resolve())
     return written
+
+
+def arbitrary_stylizer(cfg: DictConfig):
+    """``(image, preserve_colors) -> image`` with the arbitrary-style network and ``cfg.style``
+    (one image or several blended by ``cfg.style_weights``) at ``cfg.strength``."""
+    from .arbitrary import ArbitraryStylizer
+    from .images import load_image, resolve_image
+
+    if cfg.get("style") is None:
+        raise ConfigError("model=arbitrary needs style= (a path or an example image name, or a "
+                          "list of them), e.g. style=great_wave")
+    names = OmegaConf.to_container(cfg.style) if OmegaConf.is_config(cfg.style) else [cfg.style]
+    if not names:
+        raise ConfigError("style= is an empty list; give at least one style image")
+    strength = cfg.strength
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+        raise ConfigError(f"strength must be a number between 0 and 1, got {strength!r}")
+    weights = OmegaConf.to_container(cfg.style_weights) if cfg.style_weights is not None else None
+    styles = []
+    for i, name in enumerate(names):
+        role = "style" if len(names) == 1 else f"style[{i}]"
+        try:
+            styles.append(load_image(resolve_image(name, cfg.image_dir)))
+        except NeuralStyleError as err:
+            raise type(err)(f"{role}: {err}") from None
+    network = ArbitraryStylizer(style_size=int(cfg.style_size))
+    embedding = network.blend(network.embed(styles), weights)
+
+    def stylize(image, preserve_colors=None):
+        return network.stylize(image, embedding, strength=float(strength),
+                               preserve_colors=preserve_colors)
+
+    return stylize
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="apply")

@@ -330,87 +330,59 @@ def worker_jax(spec: dict) -> dict:
     return result
 
 
-def _lbfgs_iterations(objective, params, targets, image, spec) -> dict:
-    """Time L-BFGS iterations exactly as ``neuralstyle.stylize`` drives them."""
-    import jax
-
-    from neuralstyle.stylize import on_device
-
-    objective = on_device(objective)
-
-    with PeakMemory() as compile_mem:
-        opt, compile_s, start, iterate = _lbfgs_driver(objective, params, targets, image)
-    with PeakMemory() as step_mem:
-        current, state = start()
-        warm, n = spec.get("lbfgs_warmup", 1), spec["lbfgs_steps"]
-        times, evals = [], []
-        for i in range(warm + n):
-            if i == warm:
-                snap = cpu_snapshot()
-            t = time.perf_counter()
-            current, state, e = iterate(current, state)
-            times.append(time.perf_counter() - t)
-            evals.append(e)
-    load = foreign_load(snap, cpu_snapshot())
-    direction, trial = iterate.direction, iterate.trial
-    # breakdown: one trial evaluation and one direction call, each synchronized
-    d_times, t_times = [], []
-    for _ in range(2 if image.size <= 3 * 512 * 512 else 1):  # 1 above 512 px: each takes seconds
-        t = time.perf_counter()
-        d, _ = jax.block_until_ready(direction(current.grad, state, current.image))
-        d_times.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        jax.block_until_ready(trial(objective, current.image, current.grad, d, 1.0, params, targets))
-        t_times.append(time.perf_counter() - t)
-    return {"compile_s": round(compile_s, 2), "warmup": warm, **stats(times[warm:]),
-            "evaluations": evals[warm:],
-            "evaluations_per_iteration": round(sum(evals[warm:]) / n, 2),
-            "trial_ms": round(1000 * min(t_times), 1), "direction_ms": round(1000 * min(d_times), 1),
-            "xla_flops_trial": _cost_flops(trial), "xla_flops_direction": _cost_flops(direction),
-            "final_loss": float(current.loss), "foreign_cpu_load": load,
-            "memory_size": opt.memory_size, "memory": step_mem.result(),
-            "compile_memory": compile_mem.result()}
-
-
-def _lbfgs_driver(objective, params, targets, image):
-    """``(opt, compile_s, start, iterate)``: neuralstyle's L-BFGS compiled for ``image``'s shape
-    and driven exactly like ``neuralstyle.stylize``'s loop.  ``start() -> (current, state)``
-    evaluates the starting point; ``iterate(current, state) -> (current, state, evaluations)`` is
-    one iteration (direction + backtracking line search; a failed search resets the memory)."""
+def _run_lbfgs(objective, params, targets, image, steps: int, stop_below=None):
+    """neuralstyle's L-BFGS through the library's own driver (:func:`neuralstyle.driver.optimize`,
+    N = 1, as ``stylize`` runs it): the :class:`~neuralstyle.driver.LoopResult`."""
     import jax
     import jax.numpy as jnp
 
-    from neuralstyle.optim import LBFGS, make_lbfgs_functions
-    from neuralstyle.stylize import on_device
+    from neuralstyle.driver import Monitor, optimize, stack_runs
+    from neuralstyle.optim import LBFGS
 
+    return optimize(stack_runs([objective]), LBFGS(), image[None], jnp.stack([jax.random.key(0)]),
+                    params, targets, steps, Monitor(steps, show=False, stop_below=stop_below))
+
+
+def _lbfgs_iterations(objective, params, targets, image, spec) -> dict:
+    """Time L-BFGS iterations through the library's driver; then one trial evaluation and one
+    direction call alone (compiled separately, synchronized) for the breakdown."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from neuralstyle.optim import LBFGS, make_lbfgs_functions
+
+    warm, n = spec.get("lbfgs_warmup", 1), spec["lbfgs_steps"]
+    with PeakMemory() as step_mem:
+        snap = cpu_snapshot()
+        loop = _run_lbfgs(objective, params, targets, image, warm + n)
+    load = foreign_load(snap, cpu_snapshot())
+    times = list(np.diff(loop.elapsed))  # one entry per iteration (a pass of the driver)
+    iterations = len(loop.histories[0]) - 1
     opt = LBFGS()
     direction_fn, trial_fn = make_lbfgs_functions(opt)
-    objective = on_device(objective)
-    state0 = opt.direction_transform.init(image)
-    zeros = jnp.zeros_like(image)
-    t = time.perf_counter()
-    trial = jax.jit(trial_fn).lower(objective, image, zeros, zeros, 0.0, params, targets).compile()
-    direction = jax.jit(direction_fn).lower(zeros, state0, image).compile()
-    compile_s = time.perf_counter() - t
-
-    def start():
-        current = trial(objective, image, zeros, zeros, 0.0, params, targets)
-        return jax.block_until_ready(current), state0
-
-    def iterate(current, state):
-        d, new_state = direction(current.grad, state, current.image)
-        step, evaluations = 1.0, 0
-        for _ in range(opt.max_linesearch):
-            last = trial(objective, current.image, current.grad, d, step, params, targets)
-            evaluations += 1
-            value = float(last.loss)
-            if math.isfinite(value) and value <= float(current.loss) + opt.c1 * float(last.slope):
-                return last, new_state, evaluations
-            step *= opt.shrink
-        return current, opt.direction_transform.init(current.image), evaluations  # reset
-
-    iterate.direction, iterate.trial = direction, trial
-    return opt, compile_s, start, iterate
+    final = jnp.asarray(loop.images[0])[None]
+    zeros = jnp.zeros_like(final)
+    state = opt.direction_transform.init(final)
+    trial = jax.jit(trial_fn).lower(objective, final, zeros, zeros, 0.0, params, targets).compile()
+    direction = jax.jit(direction_fn).lower(zeros, state, final).compile()
+    at = trial(objective, final, zeros, zeros, 0.0, params, targets)
+    d_times, t_times = [], []
+    for _ in range(2 if image.size <= 3 * 512 * 512 else 1):  # 1 above 512 px: each takes seconds
+        t = time.perf_counter()
+        d, _ = jax.block_until_ready(direction(at.grad, state, final))
+        d_times.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        jax.block_until_ready(trial(objective, final, at.grad, d, 1.0, params, targets))
+        t_times.append(time.perf_counter() - t)
+    return {"compile_s": round(loop.compile_time, 2), "warmup": warm, **stats(times[warm:]),
+            "iterations": iterations,
+            "evaluations_per_iteration": round((int(loop.evaluations[0]) - 1) / max(iterations, 1), 2),
+            "trial_ms": round(1000 * min(t_times), 1), "direction_ms": round(1000 * min(d_times), 1),
+            "xla_flops_trial": _cost_flops(trial), "xla_flops_direction": _cost_flops(direction),
+            "final_loss": loop.histories[0][-1][0], "foreign_cpu_load": load,
+            "memory_size": opt.memory_size, "memory": step_mem.result(),
+            "memory_note": "compile and iterations together (one driver call)"}
 
 
 def worker_torch(spec: dict) -> dict:
@@ -549,21 +521,12 @@ def worker_ttt_jax(spec: dict, built=None) -> dict:
     log(f"  [jax ttt {size}px] Adam: {result['adam']['steps']} steps, {result['adam']['seconds']} s")
     del compiled
 
-    _, compile_s, start, iterate = _lbfgs_driver(objective, params, targets, image)
     snap = cpu_snapshot()
-    t0 = time.perf_counter()
-    current, state = start()
-    evaluations, losses, reached = 1, [float(current.loss)], None
-    if losses[-1] < target:
-        reached = (0, time.perf_counter() - t0)
-    for i in range(1, spec["max_steps"]["lbfgs"] + 1):
-        if reached:
-            break
-        current, state, e = iterate(current, state)
-        evaluations += e
-        losses.append(float(current.loss))
-        if losses[-1] < target:
-            reached = (i, time.perf_counter() - t0)
+    loop = _run_lbfgs(objective, params, targets, image, spec["max_steps"]["lbfgs"], stop_below=target)
+    losses, evaluations, compile_s = [h[0] for h in loop.histories[0]], int(loop.evaluations[0]), loop.compile_time
+    reached = None
+    if losses[-1] < target:  # the driver's clock starts after compiling, as t0 did here
+        reached = (len(losses) - 1, loop.times[0][-1])
     result["lbfgs"] = _ttt_result(target, losses, reached, compile_s, snap, evaluations)
     log(f"  [jax ttt {size}px] L-BFGS: {result['lbfgs']['steps']} iterations, "
          f"{result['lbfgs']['seconds']} s")

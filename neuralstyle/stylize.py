@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -21,12 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from .errors import ConfigError, ImageError, Interrupted, NonFiniteLossError
-from .images import load_image, resize, resolve_image, save_image
+from .images import load_image, resize, resolve_image
 from .objective import StyleObjective
-from .optim import LBFGS, evaluate, make_lbfgs_functions, make_step
+from .driver import Monitor, optimize, stack_runs
+from .optim import LBFGS
 
 INIT_KINDS = ("content", "style", "noise", "file")
 
@@ -137,14 +135,6 @@ def check_memory(shape: tuple[int, int], optimizer=None, what: str = "the image"
         )
 
 
-def _floats(terms: dict) -> dict:
-    return {k: float(v) for k, v in terms.items()}
-
-
-def _format(loss: float, terms: dict) -> str:
-    return f"loss={loss:.4g} " + " ".join(f"{k}={v:.3g}" for k, v in terms.items())
-
-
 def stylize(
     objective: StyleObjective,
     content: np.ndarray,
@@ -201,33 +191,31 @@ def stylize(
     masks = None if style_masks is None else jnp.asarray(np.stack(style_masks), jnp.float32)
     targets = jax.jit(objective.targets, static_argnames="blend")(
         params, jnp.asarray(content)[None], styles, blend=blend, masks=masks)
-    targets = targets._replace(key=jax.random.key(seed))
-    image = jnp.asarray(start, jnp.float32)[None]
-    snapshots = Path(snapshot_dir) if snapshot_dir and snapshot_every else None
-
-    driver = _run_lbfgs if isinstance(optimizer, LBFGS) else _run_optax
     if not isinstance(optimizer, (LBFGS, optax.GradientTransformation)):
         raise ConfigError(
             f"optimizer must be an optax GradientTransformation or neuralstyle.LBFGS, got {optimizer!r}"
         )
-    tracker = _Progress(steps, progress, snapshots, snapshot_every, callback, image)
+    monitor = Monitor(steps, 1, progress, snapshot_dir, snapshot_every, callback)
     try:
-        loop = driver(objective, optimizer, image, params, targets, steps, tracker)
-    except KeyboardInterrupt:
-        tracker.close()
-        raise Interrupted(tracker.step, np.asarray(tracker.image[0])) from None
-    final_image, history, compile_time, wall, evaluations, completed = loop
-
-    final_loss, final_terms, _ = history[-1]
+        loop = optimize(stack_runs([objective]), optimizer, jnp.asarray(start, jnp.float32)[None, None],
+                        jnp.stack([jax.random.key(seed)]), params, targets, steps, monitor)
+    except Interrupted as stop:
+        raise Interrupted(stop.step, stop.image[0]) from None
+    if loop.non_finite[0] is not None:
+        step = loop.non_finite[0]
+        raise NonFiniteLossError(step, loop.images[0] if step > 0 else None, step - 1,
+                                 loop.non_finite_terms[0])
+    history, times = loop.histories[0], loop.times[0]
+    completed = len(history) - 1
     metrics = {
-        "final": {"total": final_loss, **final_terms},
-        "initial": {"total": history[0][0], **history[0][1]} if history else None,
+        "final": {"total": history[-1][0], **history[-1][1]},
+        "initial": {"total": history[0][0], **history[0][1]},
         "steps": completed,
         "steps_requested": steps,
-        "function_evaluations": evaluations,
-        "wall_time_s": wall,
-        "time_per_step_s": wall / completed if completed else None,
-        "compile_time_s": compile_time,
+        "function_evaluations": int(loop.evaluations[0]),
+        "wall_time_s": loop.wall,
+        "time_per_step_s": loop.wall / completed if completed else None,
+        "compile_time_s": loop.compile_time,
         "image_size": list(content.shape[:2]),
         "style_size": [list(s.shape[1:3]) for s in styles] if len(styles) > 1 else list(styles[0].shape[1:3]),
         "style_blend": [float(w) for w in targets.blend],
@@ -239,151 +227,15 @@ def stylize(
         },
         "optimizer": type(optimizer).__name__ if isinstance(optimizer, LBFGS) else "optax",
         "history": [h[0] for h in history],
-        "history_elapsed_s": [round(h[2], 4) for h in history],
+        "history_elapsed_s": [round(t, 4) for t in times],
     }
-    return StylizeResult(np.asarray(final_image[0]), metrics)
-
-
-class _Progress:
-    """The progress bar, snapshots, callback and non-finite check shared by both loops."""
-
-    def __init__(self, steps, show, snapshots, snapshot_every, callback, image):
-        self.steps, self.show = steps, show
-        self.bar = None
-        self.snapshots, self.every, self.callback = snapshots, snapshot_every, callback
-        self.history: list = []  # (loss, terms, seconds since the loop started)
-        self.step, self.image = 0, image  # the newest image (on the device), for Ctrl-C
-        self.start = time.perf_counter()
-
-    def start_clock(self):
-        """Called once the step is compiled: the bar and the history's clock start here."""
-        self.bar = tqdm(total=self.steps, desc="stylize", disable=not self.show,
-                        dynamic_ncols=True, unit="step")
-        self.start = time.perf_counter()
-
-    def record(self, step: int, image, loss, terms, last_good):
-        """Record the loss of the image after ``step`` updates; raise if it is not finite."""
-        loss, terms = float(loss), _floats(terms)
-        if not math.isfinite(loss):
-            self.close()
-            good_image, good_step = last_good
-            raise NonFiniteLossError(
-                step, None if good_image is None else np.asarray(good_image[0]), good_step, terms
-            )
-        self.history.append((loss, terms, time.perf_counter() - self.start))
-        self.bar.set_postfix_str(_format(loss, terms), refresh=False)
-
-    def after_step(self, step: int, image):
-        self.step, self.image = step, image
-        self.bar.update(1)
-        snapshot = self.snapshots is not None and step % self.every == 0
-        if not snapshot and self.callback is None:
-            return  # no copy of the image off the device
-        pixels = np.asarray(image[0])
-        if snapshot and np.all(np.isfinite(pixels)):  # else the next loss check raises NonFiniteLossError
-            save_image(pixels, self.snapshots / f"step_{step:05d}.png")
-        if self.callback is not None:
-            self.callback(step, pixels, self.history[-1][0] if self.history else None)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _compile(fn, *args):
-    """``jax.jit(fn)`` compiled ahead of time for ``args``; a type error becomes a ConfigError."""
-    try:
-        return jax.jit(fn).lower(*args).compile()
-    except (TypeError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0]
-        raise ConfigError(
-            f"could not compile the update step ({first_line}); check the optimizer and loss "
-            "settings (e.g. a learning rate given as a string)"
-        ) from None
+    return StylizeResult(np.asarray(loop.images[0]), metrics)
 
 
 def on_device(objective):
     """The objective with its weight leaves as device arrays: passed to a compiled step every
     iteration without converting Python floats each time (same dtypes, same compiled program)."""
     return jax.tree.map(jnp.asarray, objective)
-
-
-def _run_optax(objective, tx, image, params, targets, steps, progress):
-    t0 = time.perf_counter()
-    opt_state = tx.init(image)
-    objective = on_device(objective)
-    compiled = _compile(make_step(tx), objective, image, opt_state, params, targets)
-    value = _compile(evaluate, objective, params, image, targets)
-    compile_time = time.perf_counter() - t0
-
-    progress.start_clock()
-    previous = (None, -1)
-    t0 = time.perf_counter()
-    base_key = targets.key
-    for i in range(1, steps + 1):
-        targets = targets._replace(key=jax.random.fold_in(base_key, i))
-        new_image, opt_state, loss, terms = compiled(objective, image, opt_state, params, targets)
-        progress.record(i - 1, image, loss, terms, previous)  # loss of the image after i-1 steps
-        previous = (image, i - 1)
-        image = new_image
-        progress.after_step(i, image)
-    loss, terms = value(objective, params, image, targets)
-    progress.record(steps, image, loss, terms, previous)
-    wall = time.perf_counter() - t0
-    progress.close()
-    return image, progress.history, compile_time, wall, steps, steps
-
-
-def _run_lbfgs(objective, opt: LBFGS, image, params, targets, steps, progress):
-    direction_fn, trial_fn = make_lbfgs_functions(opt)
-    state = opt.direction_transform.init(image)
-    zeros = jnp.zeros_like(image)
-    t0 = time.perf_counter()
-    stochastic = objective.style_loss.stochastic
-    objective = on_device(objective)
-    trial = partial(_compile(trial_fn, objective, image, zeros, zeros, 0.0, params, targets),
-                    objective)
-    direction = _compile(direction_fn, zeros, state, image)
-    compile_time = time.perf_counter() - t0
-
-    progress.start_clock()
-    t0 = time.perf_counter()
-    current = trial(image, zeros, zeros, 0.0, params, targets)  # loss and gradient at the start
-    evaluations = 1
-    progress.record(0, image, current.loss, current.terms, (None, -1))
-    i = 0
-    base_key = targets.key
-    while i < steps:
-        # a stochastic loss gets fresh randomness per iteration, fixed within its line search;
-        # the current point is re-evaluated under it so that Armijo compares like with like
-        if i > 0 and stochastic:
-            targets = targets._replace(key=jax.random.fold_in(base_key, i + 1))
-            current = trial(current.image, zeros, zeros, 0.0, params, targets)
-            evaluations += 1
-        d, new_state = direction(current.grad, state, current.image)
-        t, accepted, last = 1.0, None, None
-        for _ in range(opt.max_linesearch):
-            last = trial(current.image, current.grad, d, t, params, targets)
-            evaluations += 1
-            value = float(last.loss)
-            if math.isfinite(value) and value <= float(current.loss) + opt.c1 * float(last.slope):
-                accepted = last
-                break
-            t *= opt.shrink
-        if accepted is None:
-            if int(state.count) > 0:  # a stale curvature memory: restart from steepest descent
-                state = opt.direction_transform.init(current.image)
-                continue
-            if not math.isfinite(float(last.loss)):
-                progress.record(i + 1, last.image, last.loss, last.terms, (current.image, i))
-            break  # no decrease along the gradient within the box: a (projected) stationary point
-        i += 1
-        progress.record(i, accepted.image, accepted.loss, accepted.terms, (current.image, i - 1))
-        current, state = accepted, new_state
-        progress.after_step(i, current.image)
-    wall = time.perf_counter() - t0
-    progress.close()
-    return current.image, progress.history, compile_time, wall, evaluations, i
 
 
 def pyramid_shapes(shape: tuple[int, int], levels: int) -> list[tuple[int, int]]:

@@ -270,7 +270,14 @@ def _optax_loop(objective, tx, images, keys, params, targets, steps, monitor):
 
 
 def _select(mask, new, old):
-    """Per run, ``new`` where ``mask`` (N,) else ``old``, for pytrees with a leading N axis."""
+    """Per run, ``new`` where ``mask`` (N,) else ``old``, for pytrees with a leading N axis.
+    When every run (or none) is selected nothing is copied: an L-BFGS state holds
+    ``2 * memory_size`` image-sized arrays, and N = 1 selects all or nothing every iteration."""
+    mask = np.asarray(mask)
+    if mask.all():
+        return new
+    if not mask.any():
+        return old
     mask = jnp.asarray(mask)
     return jax.tree.map(
         lambda a, b: jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b), new, old)

@@ -21,7 +21,7 @@ import hydra  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from .batched import stylize_batched  # noqa: E402
-from .errors import ConfigError  # noqa: E402
+from .errors import ConfigError, Interrupted  # noqa: E402
 from .images import atomic_write, save_image  # noqa: E402
 from .objective import WEIGHT_FIELDS  # noqa: E402
 from .recipe import build_run, check_config, config_dir, plain  # noqa: E402
@@ -68,12 +68,18 @@ def run_batched_from_config(cfg, output_dir) -> list:
     parts = build_run(cfg)
     run_seeds = seeds if seeds is not None else [int(cfg.seed)] * len(weights)
     atomic_write(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
-    result = stylize_batched(parts.objective, parts.content, parts.style, weights=weights,
-                             seeds=seeds, optimizer=parts.optimizer, steps=int(cfg.steps),
-                             init=[parts.initial_image(int(s)) for s in run_seeds],
-                             seed=int(cfg.seed), progress=bool(cfg.progress),
-                             style_blend=parts.style_blend)
     finish = parts.finish
+    try:
+        result = stylize_batched(parts.objective, parts.content, parts.style, weights=weights,
+                                 seeds=seeds, optimizer=parts.optimizer, steps=int(cfg.steps),
+                                 init=[parts.initial_image(int(s)) for s in run_seeds],
+                                 seed=int(cfg.seed), progress=bool(cfg.progress),
+                                 style_blend=parts.style_blend)
+    except Interrupted as stop:  # Ctrl-C: keep every run's current image
+        paths = [save_image(finish(image), output_dir / f"run_{k:02d}" / f"interrupted_step_{stop.step:05d}.png")
+                 for k, image in enumerate(stop.image)]
+        raise Interrupted(stop.step, stop.image, f"the {len(paths)} images after step {stop.step} are "
+                          f"saved as {output_dir}/run_KK/{paths[0].name}") from None
     summary = []
     for k, run in enumerate(result.runs):
         run_dir = output_dir / f"run_{k:02d}"

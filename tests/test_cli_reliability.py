@@ -178,6 +178,31 @@ def test_cli_ctrl_c_exits_130_with_one_line_and_the_image(image_dir, tmp_path):
     assert not list(tmp_path.rglob("result.png"))
 
 
+def test_ctrl_c_in_a_batched_sweep_saves_every_runs_image(image_dir, tmp_path, monkeypatch):
+    import neuralstyle.batched as batched
+    from neuralstyle.run_batched import run_batched_from_config
+
+    real = batched.stylize_batched
+
+    def interrupted_at_step_2(*args, **kwargs):
+        def callback(step, images, losses):
+            if step == 2:
+                raise KeyboardInterrupt
+        return real(*args, **kwargs, callback=callback)
+
+    import neuralstyle.run_batched as run_batched
+
+    monkeypatch.setattr(run_batched, "stylize_batched", interrupted_at_step_2)
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("batched", overrides=[f"image_dir={image_dir}", *TINY, "steps=5",
+                                            "batch.style_weight=[1e-3,1e-1]"])
+    with pytest.raises(Interrupted, match="the 2 images after step 2 are saved"):
+        run_batched_from_config(cfg, tmp_path)
+    for k in range(2):
+        assert load_image(tmp_path / f"run_{k:02d}" / "interrupted_step_00002.png").shape == (32, 32, 3)
+    assert not list(tmp_path.rglob("result.png")) and not (tmp_path / "batch.json").exists()
+
+
 def test_written_files_follow_the_umask(tmp_path):
     old = os.umask(0o022)
     try:

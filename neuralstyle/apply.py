@@ -37,8 +37,8 @@ def apply_from_config(cfg: DictConfig, output_dir: Path) -> list[Path]:
                               "model=arbitrary style=great_wave input=photo.jpg)")
     if cfg.preserve_colors not in APPLY_COLORS:
         raise ConfigError(f"preserve_colors must be one of {APPLY_COLORS}, got {cfg.preserve_colors!r}")
-    input_files(cfg.input)  # a missing or empty input fails before any network is built
     if str(cfg.model) == "arbitrary":
+        input_files(cfg.input)  # a missing or empty input fails before the network is built
         stylizer = arbitrary_stylizer(cfg)
     elif cfg.get("style") is not None:
         raise ConfigError("style= applies to model=arbitrary only: a trained network has its style "

@@ -94,7 +94,7 @@ def pad_to_multiple(image: np.ndarray, multiple: int = 4) -> np.ndarray:
 
 
 def main() -> int:
-    from neuralstyle.weights import resolve_arbitrary
+    from neuralstyle.backbones.weights import resolve_arbitrary
 
     predict_path, transform_path = (r.path for r in resolve_arbitrary())
     predict, transform = session(predict_path), session(transform_path)

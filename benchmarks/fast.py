@@ -4,7 +4,7 @@
                               [--apply-sizes 512x512,1024x768,1920x1080] [--weights torchvision]
                               [--out benchmarks/results]
 
-Measures, in one process, on the recipe of ``conf/experiment/fast_wave.yaml`` (transform net width
+Measures, in one process, on the recipe of ``conf/train/experiment/fast_wave.yaml`` (transform net width
 32 with 5 residual blocks; VGG16 loss network with content conv3_3 and style conv1_2, conv2_2,
 conv3_3, conv4_3; Adam; float32):
 

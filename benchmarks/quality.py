@@ -13,7 +13,7 @@ painting.
 Grids (``--grid``):
 
 * ``ofat`` (default): one factor at a time around a base recipe (the defaults of
-  ``conf/config.yaml`` with ``optimizer=lbfgs``): content layer, style layer set, per-layer
+  ``conf/run/optimization.yaml`` with ``optimizer=lbfgs``): content layer, style layer set, per-layer
   weights, style/content weight ratio (5 values over 4 decades), Gram normalization, optimizer.
   Variants that change the style term's structure (layer set, layer weights, normalization) are
   *calibrated*: their ``style_weight`` is rescaled per pair so that the weighted style term of the
@@ -54,7 +54,7 @@ from neuralstyle.entry import default_cache_dir
 PHOTOS = ("astronaut", "chelsea", "coffee")
 PAINTINGS = ("great_wave", "starry_night", "the_scream")
 
-#: Settings every run shares: the base recipe is conf/config.yaml with L-BFGS (few iterations
+#: Settings every run shares: the base recipe is conf/run/optimization.yaml with L-BFGS (few iterations
 #: make a strong optimizer matter), no snapshots, no progress bar.
 BASE = ("optimizer=lbfgs", "snapshot_every=0", "progress=false")
 
@@ -107,7 +107,7 @@ GRIDS = {"ofat": ofat_grid, "tiny": tiny_grid}
 
 def union_layers(configs, key: str, arch: str) -> list[str]:
     """The Keras names of the layers any of ``configs`` lists under ``key``, each once."""
-    from neuralstyle.layers import canonical_layer_name
+    from neuralstyle.backbones.layer_names import canonical_layer_name
 
     return list(dict.fromkeys(canonical_layer_name(n, arch) for c in configs for n in c[key]))
 
@@ -118,7 +118,7 @@ def objective_for(cfg, base):
     ``cfg``'s own objective while the tree structure (and so the compiled program) is ``base``'s."""
     from omegaconf import OmegaConf
 
-    from neuralstyle.layers import canonical_layer_name, layer_weights
+    from neuralstyle.backbones.layer_names import canonical_layer_name, layer_weights
 
     arch = base.extractor.arch
     for union in (base.content_layers, base.style_layers):
@@ -161,12 +161,9 @@ def structure_key(cfg) -> str:
 
 
 def compose_all(variants, extra_overrides) -> list:
-    from hydra import compose, initialize_config_dir
+    from neuralstyle.recipe import compose
 
-    from neuralstyle.run import config_dir
-
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return [compose("config", overrides=[*BASE, *extra_overrides, *v.overrides]) for v in variants]
+    return [compose("run", [*BASE, *extra_overrides, *v.overrides]) for v in variants]
 
 
 def machine() -> str:

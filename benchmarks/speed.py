@@ -252,7 +252,6 @@ def worker_jax(spec: dict) -> dict:
     import optax
 
     from neuralstyle.optim import make_step
-    from neuralstyle.stylize import on_device
 
     result = {"xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__,
               "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
@@ -262,7 +261,7 @@ def worker_jax(spec: dict) -> dict:
     objective, weights_source, warnings = _build_objective(spec)
     result.update(weights=weights_source, warnings=warnings,
                   build_s=round(time.perf_counter() - t0, 2))
-    objective = on_device(objective)  # weight leaves as device arrays, as stylize passes them
+    objective = jax.tree.map(jnp.asarray, objective)  # weight leaves as device arrays, as stylize passes them
     params = objective.params
     tx = optax.adam(0.02, b1=0.99, eps=0.1)
 
@@ -331,12 +330,12 @@ def worker_jax(spec: dict) -> dict:
 
 
 def _run_lbfgs(objective, params, targets, image, steps: int, stop_below=None):
-    """neuralstyle's L-BFGS through the library's own driver (:func:`neuralstyle.driver.optimize`,
-    N = 1, as ``stylize`` runs it): the :class:`~neuralstyle.driver.LoopResult`."""
+    """neuralstyle's L-BFGS through the library's own driver (:func:`neuralstyle.optim.driver.optimize`,
+    N = 1, as ``stylize`` runs it): the :class:`~neuralstyle.optim.driver.LoopResult`."""
     import jax
     import jax.numpy as jnp
 
-    from neuralstyle.driver import Monitor, optimize, stack_runs
+    from neuralstyle.optim.driver import Monitor, optimize, stack_runs
     from neuralstyle.optim import LBFGS
 
     return optimize(stack_runs([objective]), LBFGS(), image[None], jnp.stack([jax.random.key(0)]),
@@ -492,10 +491,9 @@ def worker_ttt_jax(spec: dict, built=None) -> dict:
     import optax
 
     from neuralstyle.optim import make_step
-    from neuralstyle.stylize import on_device
 
     objective, weights_source, warnings = built or _build_objective(spec)
-    objective = on_device(objective)
+    objective = jax.tree.map(jnp.asarray, objective)
     params, target, size = objective.params, spec["target"], spec["size"]
     content, style, desc = _load_images(spec, size)
     targets = jax.jit(objective.targets)(params, jnp.asarray(content)[None], jnp.asarray(style)[None])

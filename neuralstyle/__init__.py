@@ -23,7 +23,15 @@ if os.environ["KERAS_BACKEND"] != "jax":  # pragma: no cover - a user's explicit
         f"neuralstyle needs the JAX backend of Keras, but KERAS_BACKEND={os.environ['KERAS_BACKEND']!r}"
     )
 
-from .backbones import VGG, BackboneParams, FeatureExtractor, caffe_preprocess  # noqa: E402
+from .backbones import (  # noqa: E402
+    VGG,
+    BackboneParams,
+    FeatureExtractor,
+    caffe_preprocess,
+    canonical_layer_name,
+    keras_layer_names,
+    layer_weights,
+)
 from .errors import (  # noqa: E402
     ConfigError,
     ImageError,
@@ -32,34 +40,31 @@ from .errors import (  # noqa: E402
     NonFiniteLossError,
     WeightsError,
 )
-from .images import load_image, resolve_image, save_image  # noqa: E402
-from .layers import canonical_layer_name, keras_layer_names, layer_weights  # noqa: E402
+from .images import initial_image, load_content_and_style, load_image, resolve_image, save_image  # noqa: E402
 from .losses import (  # noqa: E402
     StyleLoss,
+    bn_statistics_loss,
     content_loss,
     gram_loss,
     gram_matrix,
     gram_style_layer_loss,
-    total_variation,
-    total_variation_loss,
-)
-from .objective import StyleObjective, Targets  # noqa: E402
-from .style_losses import (  # noqa: E402
-    bn_statistics_loss,
     histogram_loss,
     mean_std_loss,
     mmd_loss,
     mrf_loss,
     sliced_wasserstein_loss,
+    total_variation,
+    total_variation_loss,
 )
-from .optim import LBFGS, lbfgs, make_lbfgs_functions, make_step  # noqa: E402
-from .batched import BatchedResult, stylize_batched  # noqa: E402
+from .objective import StyleObjective, Targets  # noqa: E402
+from .optim import LBFGS, make_lbfgs_functions, make_step, optimize  # noqa: E402
+from .optim.lbfgs import lbfgs  # noqa: E402
 from .stylize import (  # noqa: E402
+    BatchedResult,
     StylizeResult,
-    initial_image,
-    load_content_and_style,
     pyramid_shapes,
     stylize,
+    stylize_batched,
     stylize_pyramid,
 )
 from .arbitrary import ArbitraryStylizer, style_predictor, style_transformer  # noqa: E402
@@ -70,7 +75,7 @@ __all__ = [
     "WeightsError", "load_image", "resolve_image", "save_image", "canonical_layer_name",
     "keras_layer_names", "layer_weights", "StyleLoss", "content_loss", "gram_loss", "gram_matrix",
     "gram_style_layer_loss", "total_variation", "total_variation_loss", "StyleObjective",
-    "Targets", "LBFGS", "lbfgs", "make_lbfgs_functions", "make_step", "StylizeResult",
+    "Targets", "LBFGS", "lbfgs", "make_lbfgs_functions", "make_step", "optimize", "StylizeResult",
     "initial_image", "load_content_and_style", "stylize", "bn_statistics_loss", "histogram_loss",
     "mean_std_loss", "mmd_loss", "mrf_loss", "sliced_wasserstein_loss", "pyramid_shapes",
     "stylize_pyramid", "BatchedResult", "stylize_batched",

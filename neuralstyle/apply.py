@@ -2,14 +2,14 @@
 or ``python -m neuralstyle.apply model=arbitrary style=great_wave input=photo.jpg``.
 
 Stylizes an image, or every image in a folder, with a transform network trained by
-``python -m neuralstyle.train`` (see :mod:`neuralstyle.fast.apply`), or with the arbitrary-style
+``python -m neuralstyle.train`` (see :mod:`neuralstyle.fast.stylizer`), or with the arbitrary-style
 network of Ghiasi et al. 2017 and any style image (:mod:`neuralstyle.arbitrary`; ``strength``,
 several styles blended by ``style_weights``, ``style_size``).  Results go to ``output``
 (an image path for a single input, or a folder), by default into the Hydra run directory; the
 path of every written image is printed.  No input is ever written over and no two inputs share a
 result: ``cat.jpg`` and ``cat.png`` become ``cat.jpg.png`` and ``cat.png.png``, and an input whose
 result would replace an input or a file that ``apply`` did not write is skipped; each rename and
-skip is printed on stderr (the rules: :mod:`neuralstyle.fast.apply`).
+skip is printed on stderr (the rules: :mod:`neuralstyle.fast.stylizer`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .recipe import config_dir  # noqa: E402
 def apply_from_config(cfg: DictConfig, output_dir: Path) -> list[Path]:
     """Stylize ``cfg.input`` with ``cfg.model`` (a trained network, or ``arbitrary`` with
     ``cfg.style``); return the written paths."""
-    from .fast.apply import APPLY_COLORS, Stylizer, input_files, stylize_files
+    from .fast.stylizer import APPLY_COLORS, Stylizer, input_files, stylize_files
 
     for key in ("model", "input"):
         if OmegaConf.is_missing(cfg, key) or cfg[key] is None:
@@ -86,7 +86,7 @@ def arbitrary_stylizer(cfg: DictConfig):
     return stylize
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="apply")
+@hydra.main(version_base="1.3", config_path=str(config_dir("apply")), config_name="config")
 def main(cfg: DictConfig) -> None:
     run_entry(apply_from_config, cfg)
 

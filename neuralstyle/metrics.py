@@ -40,7 +40,7 @@ Keras/Caffe VGG19), at the five layers of LPIPS:
 
 Everything here is a pure function of arrays except :class:`PerceptualMetrics`, which holds the
 network and its LPIPS weights; :func:`lpips` and :func:`style_distance` use a shared default
-instance built on the real weights (fetched through :func:`neuralstyle.weights.resolve_lpips_vgg16`).
+instance built on the real weights (fetched through :func:`neuralstyle.backbones.weights.resolve_lpips_vgg16`).
 """
 
 from __future__ import annotations
@@ -54,8 +54,7 @@ import numpy as np
 
 from .backbones import VGG, BackboneParams
 from .errors import ConfigError, ImageError
-from .losses import gram_matrix
-from .style_losses import resample_sorted
+from .losses import gram_matrix, resample_sorted
 
 Array = jnp.ndarray
 
@@ -137,7 +136,7 @@ class PerceptualMetrics:
       backbone: a VGG16 :class:`~neuralstyle.backbones.VGG`; default
         ``VGG("vgg16", weights="torchvision")``.
       lins: the five LPIPS channel weights ``(C,)``; default: those shipped with the torchvision
-        weights (:func:`neuralstyle.weights.load_lpips_vgg16`).  Must be given with any other
+        weights (:func:`neuralstyle.backbones.weights.load_lpips_vgg16`).  Must be given with any other
         backbone (for example random weights in tests).
       projections: directions of the sliced Wasserstein distance per layer.
     """

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from .backbones import VGG, BackboneParams, FeatureExtractor
 from .errors import ConfigError
-from .layers import canonical_layer_name, layer_weights
+from .backbones import canonical_layer_name, layer_weights
 from .losses import StyleLoss, content_loss, gram_loss, total_variation_loss
 
 

@@ -11,7 +11,7 @@ functions instead of decoding the config themselves:
   the objective, the optimizer and the initialization of an optimization run: a :class:`RunParts`.
 
 Nothing here imports Hydra's application machinery: a config composed with ``hydra.compose`` (or
-any ``DictConfig`` with the keys of ``conf/config.yaml``) is enough.
+any ``DictConfig`` with the keys of ``conf/run/optimization.yaml``) is enough.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 from hydra.errors import InstantiationException
@@ -27,20 +27,57 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from .color import apply_color_control
 from .errors import ConfigError, ImageError, NeuralStyleError
-from .images import image_size, load_mask, resolve_image
+from .images import INIT_KINDS, apply_color_control, image_size, initial_image, load_content_and_style, load_mask, resolve_image
 from .objective import StyleObjective
-from .stylize import INIT_KINDS, check_memory, initial_image, load_content_and_style
+from .optim import check_memory
 
 
-def config_dir() -> Path:
-    """The config tree: shipped inside the package in a wheel, ``conf/`` in a checkout."""
+#: The config tree of each command-line entry (``conf/<tree>/``) and its primary config file.
+#: ``run_batched`` shares the run tree: its primary ``batched.yaml`` extends ``config.yaml``.
+ENTRY_CONFIGS = {"run": ("run", "config"), "run_batched": ("run", "batched"),
+                 "train": ("train", "config"), "apply": ("apply", "config")}
+
+
+def config_root() -> Path:
+    """The config trees: shipped inside the package in a wheel (``neuralstyle/conf``), ``conf/`` in
+    a checkout.  One tree per entry (``run/``, ``train/``, ``apply/``) and the shared groups
+    (``components/``, on the search path of each tree)."""
     here = Path(__file__).resolve().parent
     for candidate in (here / "conf", here.parent / "conf"):
-        if (candidate / "config.yaml").is_file():
+        if (candidate / "run" / "config.yaml").is_file():
             return candidate
     raise RuntimeError(f"neuralstyle's config tree is missing (looked in {here / 'conf'})")
+
+
+def config_dir(entry: str = "run") -> Path:
+    """The config tree of ``entry`` (one of :data:`ENTRY_CONFIGS`): what its ``@hydra.main`` reads.
+
+    Each entry has its own tree, so a training recipe (``conf/train/experiment/fast_*.yaml``)
+    cannot be composed under ``neuralstyle.run`` and an optimization recipe not under ``train``.
+    """
+    if entry not in ENTRY_CONFIGS:
+        raise ValueError(f"unknown entry {entry!r}; expected one of {sorted(ENTRY_CONFIGS)}")
+    return config_root() / ENTRY_CONFIGS[entry][0]
+
+
+def compose(entry: str = "run", overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
+    """The config ``python -m neuralstyle.<entry> OVERRIDES...`` would run with, composed without
+    starting a job (Hydra's compose API; no run directory, no logging set-up).  With
+    ``return_hydra_config``, the ``hydra`` node (run directory, launcher) is included.
+
+    For tests, benchmarks and research code that build a run from a recipe::
+
+        cfg = compose("run", ["+experiment=vgg19_wave", "size=256"])
+        parts = build_run(cfg)
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    directory = config_dir(entry)
+    with initialize_config_dir(str(directory), version_base="1.3"):
+        return hydra_compose(ENTRY_CONFIGS[entry][1], overrides=list(overrides),
+                             return_hydra_config=return_hydra_config)
 
 
 def instantiate_node(node: DictConfig, key: str):

@@ -19,7 +19,7 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from .errors import ConfigError, Interrupted, NonFiniteLossError  # noqa: E402
+from .errors import Interrupted, NonFiniteLossError  # noqa: E402
 from .images import atomic_write, save_image  # noqa: E402
 from .recipe import build_objective, build_run, config_dir  # noqa: E402,F401  (re-exported)
 from .stylize import stylize, stylize_pyramid  # noqa: E402
@@ -34,9 +34,6 @@ def run_from_config(cfg: DictConfig, output_dir: Path) -> float:
     re-raises :class:`~neuralstyle.errors.Interrupted`.
     """
     output_dir = Path(output_dir)
-    if "transform" in cfg:  # a fast_* experiment (conf/train.yaml's keys)
-        raise ConfigError("this experiment trains a feed-forward network: run it with "
-                          "python -m neuralstyle.train +experiment=NAME data.dir=/path/to/photos")
     parts = build_run(cfg)
     atomic_write(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
     common = dict(

@@ -20,7 +20,7 @@ from .entry import run_entry  # noqa: I001  (first: sets KERAS_BACKEND and the r
 import hydra  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from .batched import stylize_batched  # noqa: E402
+from .stylize import stylize_batched  # noqa: E402
 from .errors import ConfigError, Interrupted  # noqa: E402
 from .images import atomic_write, save_image  # noqa: E402
 from .objective import WEIGHT_FIELDS  # noqa: E402
@@ -59,8 +59,6 @@ def run_batched_from_config(cfg, output_dir) -> list:
     final losses."""
     output_dir = Path(output_dir)
     weights, seeds = batch_settings(plain(cfg.get("batch")))
-    if "transform" in cfg:
-        raise ConfigError("batched sweeps optimize images; fast_* experiments train a network")
     check_config(cfg)
     if cfg.style_masks is not None or int(cfg.pyramid.levels) > 1:
         raise ConfigError("batched sweeps support neither style_masks nor pyramid.levels > 1; "
@@ -96,7 +94,7 @@ def run_batched_from_config(cfg, output_dir) -> list:
     return [s["final_loss"] for s in summary]
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="batched")
+@hydra.main(version_base="1.3", config_path=str(config_dir("run_batched")), config_name="batched")
 def main(cfg) -> list:
     return run_entry(run_batched_from_config, cfg)
 

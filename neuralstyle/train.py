@@ -88,8 +88,6 @@ def train_from_config(cfg: DictConfig, output_dir: Path, callback=None,
     if OmegaConf.is_missing(cfg.data, "dir") or cfg.data.dir is None:
         raise ConfigError("data.dir is required: a folder of training photos, e.g. "
                           "data.dir=/path/to/coco/train2014")
-    if "transform" not in cfg:
-        raise ConfigError("this config has no `transform` section; use a fast_* experiment")
     with run_lock(output_dir):
         return _train_locked(cfg, output_dir, callback, record)
 
@@ -150,7 +148,7 @@ def _hydra_record(cfg: DictConfig, output_dir: Path) -> Callable[[], None]:
     return write
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+@hydra.main(version_base="1.3", config_path=str(config_dir("train")), config_name="config")
 def main(cfg: DictConfig) -> float:
     return run_entry(lambda cfg, output_dir: train_from_config(
         cfg, output_dir, record=_hydra_record(cfg, output_dir)), cfg)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neuralstyle import weights
+from neuralstyle.backbones import weights
 from neuralstyle.arbitrary import (
     EMBEDDING_DIM,
     ArbitraryStylizer,
@@ -25,7 +25,7 @@ from neuralstyle.arbitrary import (
     style_transformer,
 )
 from neuralstyle.errors import ConfigError, ImageError, WeightsError
-from neuralstyle.weights import KerasWeightsFile, SdistMember, resolve_arbitrary
+from neuralstyle.backbones.weights import KerasWeightsFile, SdistMember, resolve_arbitrary
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "arbitrary_reference.npz"

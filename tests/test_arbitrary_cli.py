@@ -8,18 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
 from neuralstyle import ConfigError, ImageError, load_image, save_image
 from neuralstyle.apply import apply_from_config
-from neuralstyle.recipe import config_dir
+from neuralstyle.recipe import compose
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def compose_apply(overrides):
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("apply", overrides=overrides)
+    return compose("apply", overrides)
 
 
 @pytest.fixture

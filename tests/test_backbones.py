@@ -70,7 +70,7 @@ def test_max_pool_2x2_matches_keras_values_and_gradients(shape, ties):
     """Our pooling equals Keras' MaxPooling2D, and so does its gradient (XLA select-and-scatter),
     for odd sizes (the last row/column is dropped and gets zero gradient) and for windows with
     tied maxima (the gradient goes to one element only, the first in row-major order)."""
-    from neuralstyle.backbones import max_pool_2x2
+    from neuralstyle.backbones.vgg import max_pool_2x2
 
     rng = np.random.default_rng(sum(shape))
     x = rng.normal(size=shape).astype(np.float32)
@@ -150,7 +150,7 @@ def test_imagenet_features_match_keras_preprocessing_pipeline(imagenet_vgg19, im
 @pytest.mark.slow
 def test_imagenet_weights_are_the_published_file(imagenet_vgg19):
     assert "imagenet" in imagenet_vgg19.weights_source
-    from neuralstyle.weights import IMAGENET_WEIGHTS, keras_cache_dir, md5sum
+    from neuralstyle.backbones.weights import IMAGENET_WEIGHTS, keras_cache_dir, md5sum
 
     spec = IMAGENET_WEIGHTS["vgg19"]
     assert md5sum(keras_cache_dir() / spec.filename) == spec.md5
@@ -177,7 +177,7 @@ def test_torchvision_vgg16_matches_lpips_reference_pipeline(image_dir):
     convolutions.  A BGR swap, a Caffe mean or a 0-255 range would all fail this.
     """
     from neuralstyle import load_image
-    from neuralstyle.weights import load_lpips_vgg16, resolve_lpips_vgg16
+    from neuralstyle.backbones.weights import load_lpips_vgg16, resolve_lpips_vgg16
 
     vgg = VGG("vgg16", weights="torchvision")
     assert vgg.preprocessing == "torch" and "lpips_vgg16.ckpt" in vgg.weights_source

@@ -185,12 +185,9 @@ def test_too_small_image_is_a_config_error(objective, pair):
 
 
 def _compose(overrides):
-    from hydra import compose, initialize_config_dir
+    from neuralstyle.recipe import compose
 
-    from neuralstyle.run import config_dir
-
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("batched", overrides=overrides)
+    return compose("run_batched", overrides)
 
 
 TINY_CLI = ["size=32", "steps=2", "backbone.weights=null", "progress=false",

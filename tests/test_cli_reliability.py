@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
 from neuralstyle import ConfigError, ImageError, load_image
 from neuralstyle.entry import enable_compilation_cache
 from neuralstyle.errors import Interrupted
 from neuralstyle.images import atomic_write
-from neuralstyle.run import config_dir, run_from_config
-from neuralstyle.stylize import check_memory, estimate_memory_bytes
+from neuralstyle.recipe import compose, config_dir
+from neuralstyle.run import run_from_config
+from neuralstyle.optim import check_memory, estimate_memory_bytes
 
 TINY = ["size=32", "steps=2", "backbone.weights=null", "snapshot_every=0", "progress=false",
         "style_layers=[conv1_1,conv2_1]", "content_layers=[conv2_2]"]
@@ -29,8 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def compose_config(overrides):
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=overrides)
+    return compose("run", overrides)
 
 
 def cli(args, cwd, image_dir, timeout=600, module="neuralstyle.run"):
@@ -179,10 +178,8 @@ def test_cli_ctrl_c_exits_130_with_one_line_and_the_image(image_dir, tmp_path):
 
 
 def test_ctrl_c_in_a_batched_sweep_saves_every_runs_image(image_dir, tmp_path, monkeypatch):
-    import neuralstyle.batched as batched
     from neuralstyle.run_batched import run_batched_from_config
-
-    real = batched.stylize_batched
+    from neuralstyle.stylize import stylize_batched as real
 
     def interrupted_at_step_2(*args, **kwargs):
         def callback(step, images, losses):
@@ -193,9 +190,8 @@ def test_ctrl_c_in_a_batched_sweep_saves_every_runs_image(image_dir, tmp_path, m
     import neuralstyle.run_batched as run_batched
 
     monkeypatch.setattr(run_batched, "stylize_batched", interrupted_at_step_2)
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("batched", overrides=[f"image_dir={image_dir}", *TINY, "steps=5",
-                                            "batch.style_weight=[1e-3,1e-1]"])
+    cfg = compose("run_batched", [f"image_dir={image_dir}", *TINY, "steps=5",
+                                  "batch.style_weight=[1e-3,1e-1]"])
     with pytest.raises(Interrupted, match="the 2 images after step 2 are saved"):
         run_batched_from_config(cfg, tmp_path)
     for k in range(2):

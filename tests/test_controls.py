@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from neuralstyle import ConfigError, StyleObjective, stylize
-from neuralstyle.color import (
+from neuralstyle.images.color import (
     apply_color_control, combine_luminance, luminance_image, match_color_histogram,
     match_luminance, rgb_to_yiq, yiq_to_rgb,
 )

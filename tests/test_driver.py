@@ -1,4 +1,4 @@
-"""The one driver (neuralstyle.driver.optimize): N >= 1 runs, the loop owner's duties the same
+"""The one driver (neuralstyle.optim.driver.optimize): N >= 1 runs, the loop owner's duties the same
 for every N (snapshots, callback, non-finite runs, a target loss)."""
 
 import jax
@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from neuralstyle import LBFGS, StyleObjective
-from neuralstyle.driver import Monitor, optimize, stack_runs
+from neuralstyle.optim.driver import Monitor, optimize, stack_runs
 
 LAYERS = dict(content_layers=["conv2_2"], style_layers=["conv1_1", "conv2_1"])
 

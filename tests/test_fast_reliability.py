@@ -14,7 +14,6 @@ import jax
 import numpy as np
 import optax
 import pytest
-from hydra import compose, initialize_config_dir
 from PIL import Image
 from test_fast_data import make_photo_folder
 from test_fast_train import SIZE, cli, compose_train, small_objective
@@ -29,7 +28,7 @@ from neuralstyle.fast import (
     train,
     transform_net,
 )
-from neuralstyle.run import config_dir
+from neuralstyle.recipe import compose
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +111,7 @@ class Crash(Exception):
 
 def test_the_exported_model_follows_the_newest_checkpoint(objective, style, image_dir, tmp_path,
                                                           monkeypatch):
-    fast_train = importlib.import_module("neuralstyle.fast.train")  # (the package exports a function `train`)
+    fast_train = importlib.import_module("neuralstyle.fast.training")
 
     folder = make_photo_folder(tmp_path / "photos", image_dir, per_photo=1)
     out = tmp_path / "run"
@@ -191,7 +190,7 @@ def test_a_second_training_in_the_same_directory_fails_at_once(objective, style,
 
 def test_validation_photos_default_to_photos_held_out_of_the_data_folder(image_dir, tmp_path,
                                                                          monkeypatch):
-    import neuralstyle.images as images
+    import neuralstyle.images.io as images
     from neuralstyle.train import train_from_config
 
     def offline(url, target, timeout=20.0):
@@ -236,8 +235,7 @@ def test_a_refused_resume_leaves_the_runs_record_as_it_was(image_dir, tmp_path):
         train_from_config(compose_train(["+experiment=fast_wave", *args, "style_weight=7"]), out)
     assert (out / "config.yaml").read_text() == record
     # Hydra itself writes nothing into the run directory before the check
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=["+experiment=fast_wave"], return_hydra_config=True)
+    cfg = compose("train", ["+experiment=fast_wave"], return_hydra_config=True)
     assert cfg.hydra.output_subdir is None
 
 

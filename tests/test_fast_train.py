@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hydra import compose, initialize_config_dir
 from test_fast_data import make_photo_folder
 
 from neuralstyle import VGG, StyleObjective, content_loss, gram_loss
@@ -26,10 +25,10 @@ from neuralstyle.fast import (
     train,
     transform_net,
 )
-from neuralstyle.run import config_dir
+from neuralstyle.recipe import compose, config_dir
 
 REPO = Path(__file__).resolve().parents[1]
-FAST_EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("fast_*.yaml"))
+FAST_EXPERIMENTS = sorted(p.stem for p in (config_dir("train") / "experiment").glob("*.yaml"))
 SIZE = 16
 
 
@@ -202,8 +201,7 @@ def test_two_devices_train_like_one(reference, tmp_path):
 # ----------------------------------------------------------------------------- the Hydra entry
 
 def compose_train(overrides):
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("train", overrides=overrides)
+    return compose("train", overrides)
 
 
 def test_fast_recipes_hold_the_papers_values():
@@ -218,8 +216,7 @@ def test_fast_recipes_hold_the_papers_values():
         assert cfg.content_weight == 1.0 and 50 <= cfg.style_weight <= 220 and cfg.tv_weight == 0.0
         assert (cfg.transform.width, cfg.transform.residual_blocks) == (32, 5)
         assert cfg.name == name
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=["+experiment=fast_wave"], return_hydra_config=True)
+    cfg = compose("train", ["+experiment=fast_wave"], return_hydra_config=True)
     assert cfg.hydra.run.dir == "runs/train/fast_wave"  # no timestamp: the same command resumes
 
 
@@ -242,16 +239,24 @@ def test_every_fast_experiment_trains_two_steps(experiment, reference, image_dir
     assert (tmp_path / "validation" / "step_000002_0.png").is_file()
 
 
-def test_the_optimization_entry_points_fast_experiments_to_train(image_dir, tmp_path):
-    from neuralstyle.run import run_from_config
+def test_training_and_optimization_recipes_live_in_separate_trees():
+    """A fast_* recipe cannot be composed under neuralstyle.run, nor an optimization recipe under
+    neuralstyle.train: each entry has its own config tree (conf/run/, conf/train/)."""
+    from hydra.errors import MissingConfigException
 
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=["+experiment=fast_wave", f"image_dir={image_dir}"])
-    with pytest.raises(ConfigError, match="python -m neuralstyle.train"):
-        run_from_config(cfg, tmp_path)
+    with pytest.raises(MissingConfigException, match="experiment/fast_wave"):
+        compose("run", ["+experiment=fast_wave"])
+    with pytest.raises(MissingConfigException, match="experiment/vgg19_wave"):
+        compose("train", ["+experiment=vgg19_wave"])
+    # both trees share the component groups (conf/components/)
+    assert compose("train", ["+experiment=fast_wave"]).backbone.arch == "vgg16"
+    assert compose("run", ["+experiment=vgg19_wave"]).backbone.arch == "vgg19"
+
+
+def test_training_without_a_data_folder_is_refused(tmp_path):
+    from neuralstyle.train import train_from_config
+
     with pytest.raises(ConfigError, match="data.dir is required"):
-        from neuralstyle.train import train_from_config
-
         train_from_config(compose_train(["+experiment=fast_wave"]), tmp_path)
 
 
@@ -300,10 +305,9 @@ def test_cli_trains_fast_wave_resumes_and_applies(reference, image_dir, tmp_path
 def test_apply_entry_reports_bad_input_clearly(tmp_path):
     from neuralstyle.apply import apply_from_config
 
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        missing = compose("apply", overrides=[f"model={tmp_path / 'missing.keras'}", "input=x.jpg"])
-        no_input = compose("apply", overrides=["model=m.keras"])
-        colors = compose("apply", overrides=["model=m.keras", "input=x.jpg", "preserve_colors=sepia"])
+    missing = compose("apply", [f"model={tmp_path / 'missing.keras'}", "input=x.jpg"])
+    no_input = compose("apply", ["model=m.keras"])
+    colors = compose("apply", ["model=m.keras", "input=x.jpg", "preserve_colors=sepia"])
     with pytest.raises(ConfigError, match="missing.keras does not exist"):
         apply_from_config(missing, tmp_path)
     with pytest.raises(ConfigError, match="input= is required"):

@@ -92,12 +92,12 @@ def test_exported_model_reloads_and_gives_the_same_output(net, tmp_path):
 
 
 def test_stylizer_preserve_colors_keeps_the_photos_chrominance(net, tmp_path):
-    from neuralstyle.color import combine_luminance, rgb_to_yiq
+    from neuralstyle.images.color import combine_luminance, rgb_to_yiq
 
     image = np.random.default_rng(4).uniform(0.3, 0.7, (16, 24, 3)).astype(np.float32)
     stylizer = Stylizer(net)
     plain, kept = stylizer(image), stylizer(image, preserve_colors="luminance")
-    # the stylized luminance with the photo's chrominance (neuralstyle.color, tested there)
+    # the stylized luminance with the photo's chrominance (neuralstyle.images.color, tested there)
     np.testing.assert_allclose(kept, combine_luminance(plain, image), atol=1e-6)
     inside = ((kept > 0.0) & (kept < 1.0)).all(axis=-1)  # where clipping did not act
     assert inside.any()

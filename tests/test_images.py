@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import neuralstyle.images as images
+import neuralstyle.images.io as images
 from neuralstyle.errors import ImageError
-from neuralstyle.images import (
+from neuralstyle.images.io import (
     IMAGE_DIR_ENV,
     KNOWN_IMAGES,
     image_cache_dir,

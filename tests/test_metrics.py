@@ -192,7 +192,7 @@ def square(image_dir, name, size=48):
 @pytest.mark.slow
 def test_real_lpips_matches_numpy_torchvision_vgg16(real_metrics, image_dir):
     """Independent of Keras: NumPy VGG16 from the checkpoint's arrays, torchvision normalization."""
-    from neuralstyle.weights import load_lpips_vgg16, resolve_lpips_vgg16
+    from neuralstyle.backbones.weights import load_lpips_vgg16, resolve_lpips_vgg16
 
     convs, lins = load_lpips_vgg16(resolve_lpips_vgg16().path)
     a, b = square(image_dir, "astronaut.png")[None], square(image_dir, "chelsea.png")[None]

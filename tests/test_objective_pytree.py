@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from neuralstyle import LBFGS, StyleObjective, make_lbfgs_functions, make_step
-from neuralstyle.driver import RUN_TARGETS, stack_runs
+from neuralstyle.optim.driver import RUN_TARGETS, stack_runs
 from neuralstyle.optim import evaluate
 
 RNG = np.random.default_rng(5)

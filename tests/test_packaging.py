@@ -21,8 +21,11 @@ def test_wheel_ships_the_config_tree_and_runs_from_it(tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         zf.extractall(site)
-    assert "neuralstyle/conf/config.yaml" in names
-    assert "neuralstyle/conf/experiment/vgg19_wave.yaml" in names
+    for shipped in ("conf/run/config.yaml", "conf/run/experiment/vgg19_wave.yaml",
+                    "conf/train/experiment/fast_wave.yaml", "conf/apply/config.yaml",
+                    "conf/components/__init__.py", "conf/components/backbone/vgg19.yaml",
+                    "losses/gram.py", "optim/driver.py", "images/io.py", "backbones/vgg.py"):
+        assert f"neuralstyle/{shipped}" in names
     # run from an unrelated folder with only the unpacked wheel on the path
     proc = subprocess.run(
         [sys.executable, "-c", "import neuralstyle.run as r, sys; print(r.__file__); print(r.config_dir()); "
@@ -31,5 +34,5 @@ def test_wheel_ships_the_config_tree_and_runs_from_it(tmp_path):
         capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     module_file, conf, *config = proc.stdout.splitlines()
-    assert module_file.startswith(str(site)) and conf == str(site / "neuralstyle" / "conf")
+    assert module_file.startswith(str(site)) and conf == str(site / "neuralstyle" / "conf" / "run")
     assert "content_weight: 10000.0" in config and "style: great_wave" in config

@@ -96,7 +96,7 @@ def test_gatys_recipe_from_noise(image_dir):
     The content term pulls the image towards the photo: with alpha/beta = 0.1 the relative
     content error after 40 iterations is 0.85 against 1.66 without a content term (measured; on
     this unnormalized network the paper's 1e-3 barely moves it in 40 iterations, see
-    conf/experiment/gatys2016.yaml).
+    conf/run/experiment/gatys2016.yaml).
     """
     content, style = load_content_and_style("chelsea", "starry_night", size=64, image_dir=image_dir)
     runs = {cw: stylize(gatys_objective(cw), content, style, lbfgs(), steps=40, init="noise",

@@ -2,22 +2,20 @@
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from neuralstyle import ConfigError, StyleObjective
-from neuralstyle.recipe import InitSpec, RunParts, build_run, config_dir, instantiate_node
+from neuralstyle.recipe import InitSpec, RunParts, build_run, compose, config_root, instantiate_node
 
 GROUPS = ("backbone", "optimizer", "style_loss", "content_loss", "tv_loss", "init")
 
 
-def compose_config(name="config", overrides=()):
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose(name, overrides=list(overrides))
+def compose_config(entry="run", overrides=()):
+    return compose(entry, overrides)
 
 
 def options(group):
-    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+    return sorted(p.stem for p in (config_root() / "components" / group).glob("*.yaml"))
 
 
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
@@ -60,6 +58,6 @@ def test_build_run_gives_every_part(image_dir):
 
 def test_batch_lists_belong_to_the_batched_entry_only():
     assert "batch" not in compose_config()
-    batched = compose_config("batched", ["+experiment=vgg19_wave", "batch.seed=[1,2]"])
+    batched = compose_config("run_batched", ["+experiment=vgg19_wave", "batch.seed=[1,2]"])
     assert OmegaConf.to_container(batched.batch.seed) == [1, 2]
     assert batched.style_weight == compose_config(overrides=["+experiment=vgg19_wave"]).style_weight

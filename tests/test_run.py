@@ -7,15 +7,13 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
 from test_sweeps import has_plugin
 
 from neuralstyle import ConfigError, ImageError, LayerError, NonFiniteLossError
-from neuralstyle.run import config_dir, run_from_config
+from neuralstyle.recipe import compose, config_dir
+from neuralstyle.run import run_from_config
 
-# fast_* experiments train feed-forward networks (neuralstyle.train): tests/test_fast_train.py runs them.
-EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml")
-                     if not p.stem.startswith("fast_"))
+EXPERIMENTS = sorted(p.stem for p in (config_dir("run") / "experiment").glob("*.yaml"))
 # experiments that select a Hydra plugin compose only where it is installed (the [test] extra has it)
 NEEDS_PLUGIN = {"sweep_optuna": "hydra_plugins.hydra_optuna_sweeper"}
 
@@ -34,8 +32,7 @@ TINY = ["size=32", "steps=2", "backbone.weights=null", "snapshot_every=1", "prog
 
 
 def compose_config(overrides):
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=overrides)
+    return compose("run", overrides)
 
 
 def test_known_experiments_are_present():

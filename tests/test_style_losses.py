@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from neuralstyle import ConfigError, gram_loss
-from neuralstyle.style_losses import (
+from neuralstyle.losses import (
     bn_statistics_loss, channel_statistics, extract_patches, histogram_loss, match_histograms,
     mean_std_loss, mmd_loss, mmd_squared, mrf_loss, resample_sorted, sliced_wasserstein_loss,
 )

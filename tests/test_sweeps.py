@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 
-from neuralstyle.run import config_dir
+from neuralstyle.recipe import compose
 
 REPO = Path(__file__).resolve().parents[1]
 # small and fast: random weights, 32 px, layers from the first two blocks only
@@ -78,9 +77,7 @@ def test_optuna_sweep_minimizes_the_returned_loss(tmp_path, image_dir):
 
 
 def compose_launcher(name: str, *overrides):
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=[f"hydra/launcher={name}", *overrides],
-                       return_hydra_config=True)
+    return compose("run", [f"hydra/launcher={name}", *overrides], return_hydra_config=True)
 
 
 @pytest.mark.parametrize("name, plugin", [("slurm", "hydra_plugins.hydra_submitit_launcher"),

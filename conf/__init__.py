@@ -1,0 +1,2 @@
+"""neuralstyle's Hydra config trees: one per command-line entry (run/, train/, apply/) and the
+shared component groups (components/)."""

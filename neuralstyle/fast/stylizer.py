@@ -1,0 +1,240 @@
+"""Stylizing photos with a trained transform network: one forward pass per image, any size.
+
+``Stylizer(model)(image)`` runs the network (compiled once per image shape) on an ``(H, W, 3)``
+image in [0, 1] and returns an image of the same size.  ``preserve_colors="luminance"`` keeps the
+stylized image's luminance and the photo's chrominance (YIQ), the luminance-only transfer of
+Gatys et al. 2017 (sec. 5.1) applied after the fact: the network itself was trained on colour
+images, so this is a post-processing step, not a luminance-trained network.
+
+Where results go (:func:`plan_outputs`; every rename and skip is printed on stderr):
+
+* a single input file goes to ``output`` when that names an image file (``result.jpg``), otherwise
+  to ``<output or default folder>/<stem>_stylized.png``; a folder's images go to
+  ``<folder>/<stem>.png``;
+* inputs whose stems are equal (compared case-insensitively: ``cat.jpg`` and ``cat.png``) would
+  share a result, so each of them keeps its whole name instead: ``cat.jpg.png``, ``cat.png.png``
+  (deterministic; a name still taken gets ``_2``, ``_3``... in sorted input order);
+* an input is never written over: an input whose result would be an input file (``output=`` the
+  input folder, or the input itself) is skipped; a single input is refused with an error;
+* a generated name never replaces a file that this module did not write: results are PNG files
+  marked ``Software: neuralstyle.apply`` (a PNG text chunk), a rerun replaces its own marked
+  results, and any other existing file (a photo, a result of another program) makes its input be
+  skipped.  A file named explicitly (``output=result.jpg`` for a single input) is written as asked,
+  unless it is the input itself.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import io  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Callable, Optional, Union  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image, PngImagePlugin  # noqa: E402
+
+from ..images import combine_luminance  # noqa: E402
+from ..errors import ConfigError, ImageError  # noqa: E402
+from ..images import atomic_write, load_image, resize_long_edge, save_image, to_uint8  # noqa: E402
+from .data import IMAGE_SUFFIXES  # noqa: E402
+from .transform import CUSTOM_OBJECTS, apply_fn, get_params  # noqa: E402
+
+APPLY_COLORS = (None, "luminance")
+
+#: Smallest image side the network accepts (the 9x9 convolution's reflection padding).
+MIN_SIDE = 8
+
+#: The PNG text chunk ``Software`` of every generated result: what a rerun may replace.
+RESULT_MARK = "neuralstyle.apply"
+
+
+def load_transform(path: Union[str, Path]) -> keras.Model:
+    """Load a transform network saved by training (a ``.keras`` file)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"model: {path} does not exist (expected the model.keras written by "
+                          "python -m neuralstyle.train)")
+    try:
+        return keras.saving.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=False)
+    except Exception as err:  # noqa: BLE001 - any failure means "not a model file we can use"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"model: could not load {path} as a Keras model ({first})") from None
+
+
+class Stylizer:
+    """A trained transform network as a function of images; see the module docstring."""
+
+    def __init__(self, model: Union[keras.Model, str, Path]):
+        self.model = model if isinstance(model, keras.Model) else load_transform(model)
+        self.params = get_params(self.model)
+        self._apply = jax.jit(apply_fn(self.model))
+
+    def __call__(self, image: np.ndarray, preserve_colors: Optional[str] = None) -> np.ndarray:
+        if preserve_colors not in APPLY_COLORS:
+            raise ConfigError(f"preserve_colors must be one of {APPLY_COLORS}, got {preserve_colors!r}")
+        image = np.asarray(image, np.float32)
+        if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < MIN_SIDE:
+            raise ImageError(f"expected an (H, W, 3) image with sides of at least {MIN_SIDE} px, "
+                             f"got shape {image.shape}")
+        out = np.asarray(self._apply(self.params, jnp.asarray(image)[None])[0])
+        if preserve_colors == "luminance":
+            out = combine_luminance(out, image)
+        return out
+
+
+def input_files(path: Union[str, Path]) -> list[Path]:
+    """``[path]`` for a file, the sorted image files directly inside a folder."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ImageError(f"input: folder {path} holds no image files")
+        return files
+    raise ImageError(f"input: {path} does not exist")
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One input's fate: its ``target`` (``None``: skipped), whether the target's name was chosen
+    here (``generated``) or given by the user, and ``note``, the reason for a rename or a skip."""
+
+    source: Path
+    target: Optional[Path]
+    generated: bool = True
+    note: Optional[str] = None
+
+
+def is_our_result(path: Path) -> bool:
+    """Whether ``path`` is a result written by :func:`save_result` (a PNG carrying the mark)."""
+    try:
+        with Image.open(path) as im:
+            return im.format == "PNG" and im.info.get("Software") == RESULT_MARK
+    except Exception:  # noqa: BLE001 - unreadable or not an image: not ours
+        return False
+
+
+def save_result(image: np.ndarray, path: Path) -> Path:
+    """Write a generated result as a PNG marked ``Software: neuralstyle.apply``, atomically."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", RESULT_MARK)
+    buffer = io.BytesIO()
+    Image.fromarray(to_uint8(image)).save(buffer, format="PNG", pnginfo=info)
+    atomic_write(path, buffer.getvalue())
+    return Path(path)
+
+
+def _file_id(path: Path) -> Optional[tuple[int, int]]:
+    """``(device, inode)`` of an existing file (the same file under any name), else ``None``."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _generated_names(inputs: list[Path], suffix: str) -> list[str]:
+    """``<stem><suffix>.png`` per input; ``<name><suffix>.png`` for stems shared (case-insensitively);
+    ``_2``, ``_3``... for a name still taken (in input order)."""
+    stems: dict[str, int] = {}
+    for p in inputs:
+        stems[p.stem.casefold()] = stems.get(p.stem.casefold(), 0) + 1
+    names, taken = [], set()
+    for p in inputs:
+        base = p.name if stems[p.stem.casefold()] > 1 else p.stem
+        name, k = f"{base}{suffix}.png", 1
+        while name.casefold() in taken:
+            k += 1
+            name = f"{base}{suffix}_{k}.png"
+        taken.add(name.casefold())
+        names.append(name)
+    return names
+
+
+def plan_outputs(inputs: list[Path], input_arg: Union[str, Path], output: Union[str, Path, None],
+                 default_dir: Path) -> list[Planned]:
+    """Where each input's result goes, with the reason for every rename and skip (see the module
+    docstring); raises :class:`~neuralstyle.errors.ConfigError` when a single input would be
+    written over itself."""
+    single = Path(input_arg).expanduser().is_file()
+    if single and output is not None and Path(output).suffix:
+        target = Path(output).expanduser()
+        if _file_id(target) is not None and _file_id(target) == _file_id(inputs[0]):
+            raise ConfigError(f"output={output} is the input file itself; choose another output "
+                              "(the input is never written over)")
+        return [Planned(inputs[0], target, generated=False)]
+    folder = Path(output).expanduser() if output is not None else Path(default_dir)
+    suffix = "_stylized" if single else ""
+    names = _generated_names(inputs, suffix)
+    input_ids = {_file_id(p) for p in inputs} - {None}
+    plans = []
+    for source, name in zip(inputs, names):
+        target = folder / name
+        note = None
+        plain = f"{source.stem}{suffix}.png"
+        if name != plain:
+            note = f"{source.name} -> {target} ({plain} would be shared with another input)"
+        if _file_id(target) in input_ids:
+            if single:
+                raise ConfigError(f"the result of {source} would be written over the input "
+                                  f"itself ({target}); choose another output=")
+            note = f"skipped {source.name}: its result {target} would be written over an input"
+            target = None
+        elif target.exists() and not is_our_result(target):
+            note = (f"skipped {source.name}: {target} exists and was not written by "
+                    "neuralstyle.apply (move it, or choose another output=)")
+            target = None
+        plans.append(Planned(source, target, True, note))
+    return plans
+
+
+def output_paths(inputs: list[Path], input_arg: Union[str, Path], output: Union[str, Path, None],
+                 default_dir: Path) -> list[Optional[Path]]:
+    """Each input's result path (``None``: skipped); see :func:`plan_outputs`."""
+    return [plan.target for plan in plan_outputs(inputs, input_arg, output, default_dir)]
+
+
+def _say(message: str) -> None:
+    print(f"apply: {message}", file=sys.stderr)
+
+
+def stylize_files(stylizer: Stylizer, input_path, output=None, default_dir: Path = Path("."),
+                  size: Optional[int] = None, preserve_colors: Optional[str] = None,
+                  progress: bool = False, say: Callable[[str], None] = _say) -> list[Path]:
+    """Stylize a file or every image in a folder; returns the written paths.  Results are placed
+    by :func:`plan_outputs` (never over an input, never two inputs on one result); each rename
+    and skip is passed to ``say`` (default: a line on stderr).  An unreadable image raises
+    :class:`~neuralstyle.errors.ImageError` naming it (results already written stay; each file is
+    written atomically, so none is ever half-written)."""
+    inputs = input_files(input_path)
+    plans = plan_outputs(inputs, input_path, output, default_dir)
+    for plan in plans:
+        if plan.note:
+            say(plan.note)
+    plans = [plan for plan in plans if plan.target is not None]
+    if not plans:
+        raise ConfigError(f"nothing to write: every result would replace an input or a file not "
+                          f"written by neuralstyle.apply; choose another output= (was {output})")
+    written = []
+    iterator = plans
+    if progress and len(plans) > 1:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(plans, desc="apply", unit="image")
+    for plan in iterator:
+        image = load_image(plan.source)
+        if size:
+            image = resize_long_edge(image, int(size))
+        result = stylizer(image, preserve_colors)
+        save = save_result if plan.generated else save_image
+        written.append(save(result, plan.target))
+    return written

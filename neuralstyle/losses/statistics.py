@@ -1,0 +1,65 @@
+r"""Feature-statistics style losses: AdaIN's mean/std loss and the batch-norm statistics loss,
+each a :class:`~neuralstyle.losses.StyleLoss`.
+
+Every family is a pair of pure functions of ``(B, H, W, C)`` feature maps: ``target(style
+features) -> statistics`` (computed once) and ``loss(features, statistics, key) -> (B,)``.  ``key``
+is a JAX PRNG key that changes every optimization step (see
+:meth:`neuralstyle.objective.StyleObjective.terms`); only the stochastic families use it.
+
+Notation: a layer has :math:`N` channels and :math:`M = HW` positions; :math:`x_i \in
+\mathbb{R}^N` is the feature vector of the generated image at position :math:`i` and :math:`s_j`
+that of the style image.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from .style_loss import StyleLoss, positions as _positions
+
+Array = jnp.ndarray
+
+
+def channel_statistics(features: Array, eps: float = 1e-5) -> tuple[Array, Array]:
+    r"""Per-channel mean :math:`\mu` and standard deviation :math:`\sigma = \sqrt{\mathrm{var} + \epsilon}`,
+    each ``(B, C)``; the statistics adaptive instance normalization aligns."""
+    x = _positions(features)
+    mean = jnp.mean(x, axis=1)
+    var = jnp.mean(jnp.square(x - mean[:, None, :]), axis=1)
+    return mean, jnp.sqrt(var + eps)
+
+
+def _smooth_norm(v: Array, eps: float) -> Array:
+    return jnp.sqrt(jnp.sum(jnp.square(v), axis=-1) + eps) - jnp.sqrt(eps)
+
+
+def mean_std_loss(eps: float = 1e-5) -> StyleLoss:
+    r"""AdaIN statistics loss (Huang & Belongie 2017, eq. 11):
+    :math:`\|\mu(x) - \mu(s)\|_2 + \|\sigma(x) - \sigma(s)\|_2`.
+
+    Departure: the norms are computed as :math:`\sqrt{\|\cdot\|^2 + \epsilon} - \sqrt{\epsilon}`,
+    zero where the statistics match and differentiable there.
+    """
+
+    def target(features):
+        return channel_statistics(features, eps)
+
+    def loss(features, stats, key=None):
+        mean, std = channel_statistics(features, eps)
+        return _smooth_norm(mean - stats[0], eps) + _smooth_norm(std - stats[1], eps)
+
+    return StyleLoss(target, loss)
+
+
+def bn_statistics_loss(eps: float = 1e-5) -> StyleLoss:
+    r"""Batch-norm statistics loss (Li et al. 2017, "Demystifying Neural Style Transfer", eq. 10):
+    :math:`\frac{1}{N}\sum_{c} (\mu_c(x) - \mu_c(s))^2 + (\sigma_c(x) - \sigma_c(s))^2`."""
+
+    def target(features):
+        return channel_statistics(features, eps)
+
+    def loss(features, stats, key=None):
+        mean, std = channel_statistics(features, eps)
+        return jnp.mean(jnp.square(mean - stats[0]) + jnp.square(std - stats[1]), axis=-1)
+
+    return StyleLoss(target, loss)

@@ -1,0 +1,34 @@
+"""The shared shape of every style-loss family: a pair of pure functions (:class:`StyleLoss`)."""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax.numpy as jnp
+
+Array = jnp.ndarray
+
+
+class StyleLoss(NamedTuple):
+    """A style-loss family as a pair of pure functions, like an optax transformation.
+
+    Attributes:
+      target: features of the style image ``(B, H, W, C)`` -> a pytree of statistics.
+      loss: (features of the generated image, statistics, key) -> one value per batch element.
+        ``key`` is a JAX PRNG key that changes every step; deterministic families ignore it.
+      stochastic: whether ``loss`` uses ``key`` (L-BFGS then re-evaluates its current point
+        under each new key).
+      guidable: whether spatial guidance by masks is defined for the family (the guided Gram
+        matrix of Gatys et al. 2017, sec. 4.1, see :func:`neuralstyle.objective.guide_features`).
+    """
+
+    target: Callable[[Array], object]
+    loss: Callable[..., Array]
+    stochastic: bool = False
+    guidable: bool = False
+
+
+def positions(features: Array) -> Array:
+    """``(B, H, W, C)`` -> ``(B, H*W, C)``: one feature vector per position."""
+    b, h, w, c = features.shape
+    return features.reshape(b, h * w, c)

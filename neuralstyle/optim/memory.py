@@ -1,0 +1,59 @@
+"""How much memory an optimization run needs, and a refusal before a run that cannot fit."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import jax
+
+from ..errors import ConfigError
+from .lbfgs import LBFGS
+
+
+#: Peak memory of one VGG19 forward and backward pass per output pixel, measured with
+#: ``benchmarks/pyramid.py`` and ``benchmarks/speed.py`` (5.0 GB peak RSS at 1024x1024 with Adam,
+#: about 1 GB of it the process before the first step), rounded up.
+BYTES_PER_PIXEL = 4_500
+#: Fixed cost of the process (JAX, Keras, the backbone's weights).
+BASE_BYTES = 1.5e9
+
+
+def estimate_memory_bytes(shape: tuple[int, int], optimizer=None, runs: int = 1) -> float:
+    """A rough upper estimate of the peak memory of ``runs`` runs at ``shape = (H, W)``.
+
+    Activations and their gradients (:data:`BYTES_PER_PIXEL`), plus the optimizer's own state:
+    Adam keeps two moments (8 bytes a channel value), L-BFGS ``2 * memory_size`` image-sized
+    vectors.  It is meant to refuse sizes that cannot fit, not to predict to the megabyte.
+    """
+    pixels = float(shape[0]) * float(shape[1])
+    per_pixel = BYTES_PER_PIXEL + 3 * 4 * 4  # the image, its gradient and two moments (fp32)
+    if isinstance(optimizer, LBFGS):
+        per_pixel += 3 * 4 * 2 * optimizer.memory_size
+    return BASE_BYTES + runs * pixels * per_pixel
+
+
+def available_memory_bytes() -> Optional[float]:
+    """Memory of the device that runs the step: an accelerator's limit, or the host's RAM."""
+    try:
+        device = jax.devices()[0]
+        if device.platform != "cpu":
+            stats = device.memory_stats() or {}
+            if stats.get("bytes_limit"):
+                return float(stats["bytes_limit"])
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # no sysconf on this platform
+        return None
+
+
+def check_memory(shape: tuple[int, int], optimizer=None, what: str = "the image",
+                 runs: int = 1) -> None:
+    """Raise :class:`ConfigError` if ``runs`` runs at ``shape`` need more memory than the
+    machine has (see :func:`estimate_memory_bytes`)."""
+    need, have = estimate_memory_bytes(shape, optimizer, runs), available_memory_bytes()
+    if have is not None and need > have:
+        batch = f"{runs} runs at " if runs > 1 else "a "
+        raise ConfigError(
+            f"{what}: {batch}{shape[1]}x{shape[0]} px run needs about {need / 1e9:.3g} GB, more than "
+            f"the {have / 1e9:.3g} GB this machine has; use a smaller size"
+        )

@@ -121,23 +121,24 @@ def main(argv=None):
         params = objective.params
         stats = style_statistics(objective, params, style[None])
         state = init_state(get_params(net), tx)
-        step = make_train_step(net, objective, tx)
+        step = make_train_step(net, tx)
+        objective = jax.tree.map(jnp.asarray, objective)
         t0 = time.perf_counter()
-        compiled = step.lower(state, params, stats, batch).compile()
+        compiled = step.lower(objective, state, params, stats, batch).compile()
         compile_s = time.perf_counter() - t0
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         flops = float(cost["flops"]) if cost and "flops" in cost else None
         log(f"train step compiled in {compile_s:.1f} s; {flops / 1e9 if flops else float('nan'):.1f} GFLOP/step")
         for _ in range(args.warmup):
-            state, metrics = jax.block_until_ready(compiled(state, params, stats, batch))
+            state, metrics = jax.block_until_ready(compiled(objective, state, params, stats, batch))
         times = []
         if args.wait_quiet:
             wait_until_quiet(args.wait_quiet)
         a = cpu_snapshot()
         for _ in range(args.steps):
             t = time.perf_counter()
-            state, metrics = jax.block_until_ready(compiled(state, params, stats, batch))
+            state, metrics = jax.block_until_ready(compiled(objective, state, params, stats, batch))
             times.append(time.perf_counter() - t)
         other = foreign_load(a, cpu_snapshot())
         median = statistics.median(times)

@@ -35,17 +35,19 @@ from .errors import ConfigError, Interrupted, NonFiniteLossError
 from .images.initial import initial_image
 from .images.io import resize
 from .objective import WEIGHT_FIELDS, StyleObjective
-from .optim.driver import Monitor, optimize, stack_runs
+from .optim.driver import Monitor, optimize, resize_opt_state, stack_runs
 from .optim.lbfgs import LBFGS
 from .optim.memory import check_memory
 
 
 @dataclass
 class StylizeResult:
-    """The stylized image (float32 ``(H, W, 3)`` in [0, 1]) and the run's metrics."""
+    """The stylized image (float32 ``(H, W, 3)`` in [0, 1]) and the run's metrics; ``opt_state``
+    is the final optax state (batched over one run), for a warm start at the next scale."""
 
     image: np.ndarray
     metrics: dict
+    opt_state: object = None
 
 
 def stylize(
@@ -62,6 +64,8 @@ def stylize(
     callback: Optional[Callable[[int, np.ndarray, float], None]] = None,
     style_blend: Optional[Sequence[float]] = None,
     style_masks: Optional[Sequence[np.ndarray]] = None,
+    average_decay: Optional[float] = None,
+    opt_state=None,
 ) -> StylizeResult:
     """Optimize the pixels of an image so that ``objective`` is minimal.
 
@@ -81,6 +85,12 @@ def stylize(
       style_masks: one ``(H, W)`` mask in [0, 1] per style image, at the content's size: spatial
         control with guided Gram matrices (Gatys et al. 2017, sec. 4.1); each region's term
         then has weight 1 (or its ``style_blend`` weight, unnormalized).
+      average_decay: ``None``, or the decay (e.g. 0.99) of an exponential moving average of the
+        iterates, bias-corrected, which becomes the result (see :mod:`neuralstyle.optim.driver`);
+        ``metrics["final"]`` is then the average's loss and ``metrics["final_iterate"]`` the last
+        iterate's.
+      opt_state: an optax state to start from (``StylizeResult.opt_state`` of an earlier run,
+        resized with :func:`~neuralstyle.optim.driver.resize_opt_state` to this image's shape).
 
     Returns:
       :class:`StylizeResult` with the final image and metrics (initial and final loss terms,
@@ -111,7 +121,8 @@ def stylize(
     monitor = Monitor(steps, 1, progress, snapshot_dir, snapshot_every, callback)
     try:
         loop = optimize(stack_runs([objective]), optimizer, jnp.asarray(start, jnp.float32)[None, None],
-                        jnp.stack([jax.random.key(seed)]), params, targets, steps, monitor)
+                        jnp.stack([jax.random.key(seed)]), params, targets, steps, monitor,
+                        average_decay=average_decay, opt_state=opt_state)
     except Interrupted as stop:
         raise Interrupted(stop.step, stop.image[0]) from None
     if loop.non_finite[0] is not None:
@@ -120,8 +131,9 @@ def stylize(
                                  loop.non_finite_terms[0])
     history, times = loop.histories[0], loop.times[0]
     completed = len(history) - 1
+    final = history[-1] if loop.average_losses is None else loop.average_losses[0]
     metrics = {
-        "final": {"total": history[-1][0], **history[-1][1]},
+        "final": {"total": final[0], **final[1]},
         "initial": {"total": history[0][0], **history[0][1]},
         "steps": completed,
         "steps_requested": steps,
@@ -142,7 +154,10 @@ def stylize(
         "history": [h[0] for h in history],
         "history_elapsed_s": [round(t, 4) for t in times],
     }
-    return StylizeResult(np.asarray(loop.images[0]), metrics)
+    if average_decay is not None:
+        metrics["average_decay"] = float(average_decay)
+        metrics["final_iterate"] = {"total": history[-1][0], **history[-1][1]}
+    return StylizeResult(np.asarray(loop.images[0]), metrics, loop.opt_state)
 
 
 def pyramid_shapes(shape: tuple[int, int], levels: int) -> list[tuple[int, int]]:
@@ -151,6 +166,27 @@ def pyramid_shapes(shape: tuple[int, int], levels: int) -> list[tuple[int, int]]
         raise ConfigError(f"pyramid levels must be >= 1, got {levels}")
     h, w = shape
     return [(max(1, round(h / 2**k)), max(1, round(w / 2**k))) for k in range(levels - 1, -1, -1)]
+
+
+def multiscale_shapes(shape: tuple[int, int], start_size: int, factor: float = 2.0) -> list[tuple[int, int]]:
+    """``(H, W)`` of each scale, smallest first: long edges ``L / factor**k`` for ``k = K .. 0``,
+    where ``L`` is the final long edge and ``K = round(log(L / start_size) / log(factor))`` (so the
+    first long edge is within a factor ``sqrt(factor)`` of ``start_size``); the aspect is kept.
+    ``factor`` 2 gives 128, 256, 512; ``sqrt(2)`` gives 128, 181, 256, 362, 512."""
+    if not factor > 1.0:
+        raise ConfigError(f"pyramid.factor must be > 1, got {factor}")
+    if not start_size >= 1:
+        raise ConfigError(f"pyramid.start_size must be >= 1 px, got {start_size}")
+    h, w = shape
+    long_edge = max(h, w)
+    k_max = max(0, round(math.log(long_edge / start_size) / math.log(factor)))
+    shapes = []
+    for k in range(k_max, -1, -1):
+        scale = factor ** -k
+        scaled = (max(1, round(h * scale)), max(1, round(w * scale)))
+        if not shapes or scaled != shapes[-1]:
+            shapes.append(scaled)
+    return shapes
 
 
 def stylize_pyramid(
@@ -165,36 +201,50 @@ def stylize_pyramid(
     progress: bool = True,
     style_blend: Optional[Sequence[float]] = None,
     style_masks: Optional[Sequence[np.ndarray]] = None,
+    shapes: Optional[Sequence[tuple[int, int]]] = None,
+    warm_start: bool = False,
+    average_decay: Optional[float] = None,
     **stylize_kwargs,
 ) -> StylizeResult:
-    """Coarse-to-fine optimization: an image pyramid from ``content.shape / 2**(levels-1)`` up to
-    the content's size, each level started from the previous result upsampled (bicubic).
+    """Coarse-to-fine optimization over a sequence of scales up to the content's size, each scale
+    started from the previous scale's result, upsampled (bicubic).
 
     This is the multi-resolution scheme of Gatys et al. 2017 (sec. 6, "high-resolution images")
-    and of jcjohnson/neural-style's multires recipe: the coarse levels are cheap and fix the
-    large-scale structure, the fine levels add detail.  The style image (and any masks) are
-    resized with the content, keeping their relative scale.  Each level compiles its own step once.
+    and of jcjohnson/neural-style's multires recipe: the coarse scales are cheap and fix the
+    large-scale structure, the fine scales add detail.  The style image (and any masks) are
+    resized with the content, keeping their relative scale.  Each scale compiles its own step once.
 
-    Measured (``benchmarks/results/pyramid*.md``, TensorFlow-tutorial objective, quiet 2-core
-    CPU): from noise at 512 px with :func:`~neuralstyle.optim.lbfgs`, levels of 30, 15 and 30
-    iterations reach the losses of 20 and 30 direct iterations 1.2x and 1.25x sooner and end
-    1.57x lower.  With the tutorial's Adam (b1 = 0.99, fresh state per level) it is slower
-    (0.87x-0.89x), and from the content image it does not pay: the upsampled result of a level
-    starts the next level at a *higher* loss than the content image does (the Gram statistics of
-    VGG features change with the image scale and upsampling loses fine detail).
+    Scales: ``shapes`` (smallest first, e.g. :func:`multiscale_shapes` from about 128 px growing
+    by 2 or sqrt(2), as in crowsonkb/style-transfer-pytorch), or by default ``levels`` scales
+    halving the size (:func:`pyramid_shapes`).
 
-    ``steps`` is one number for every level or a list, coarsest first.  Returns the final
-    level's result; ``metrics["levels"]`` holds each level's metrics and ``metrics["wall_time_s"]``
-    and ``metrics["compile_time_s"]`` the totals.
+    ``warm_start`` carries the optimizer over the scales: an optax state (Adam's first and second
+    moments) is resized to the next scale (:func:`~neuralstyle.optim.driver.resize_opt_state`)
+    instead of starting afresh; an L-BFGS memory is reset (its curvature pairs belong to the old
+    shape).  With ``average_decay`` each scale's result, and so the next scale's start, is its
+    averaged iterate.  Without a warm start, measured (``benchmarks/results/pyramid*.md``,
+    TensorFlow-tutorial objective, quiet 2-core CPU): from noise at 512 px with
+    :func:`~neuralstyle.optim.lbfgs`, levels of 30, 15 and 30 iterations reach the losses of 20
+    and 30 direct iterations 1.2x and 1.25x sooner and end 1.57x lower; with the tutorial's Adam
+    (b1 = 0.99, fresh state per level) it is slower (0.87x-0.89x).
+
+    ``steps`` is one number for every scale or a list, smallest first.  Returns the final scale's
+    result; ``metrics["levels"]`` holds each scale's metrics and ``metrics["wall_time_s"]`` and
+    ``metrics["compile_time_s"]`` the totals.
     """
-    shapes = pyramid_shapes(content.shape[:2], levels)
+    shapes = list(shapes) if shapes is not None else pyramid_shapes(content.shape[:2], levels)
+    if tuple(shapes[-1]) != tuple(content.shape[:2]):
+        raise ConfigError(f"the last scale {tuple(shapes[-1])} must be the content's shape "
+                          f"{tuple(content.shape[:2])}")
+    levels = len(shapes)
     per_level = [steps] * levels if isinstance(steps, int) else [int(s) for s in steps]
     if len(per_level) != levels:
-        raise ConfigError(f"pyramid steps has {len(per_level)} entries for {levels} levels")
+        raise ConfigError(f"pyramid steps has {len(per_level)} entries for {levels} scales "
+                          f"({', '.join(f'{w}x{h}' for h, w in shapes)})")
     styles = style if isinstance(style, (list, tuple)) else [style]
     snapshot_dir = stylize_kwargs.pop("snapshot_dir", None)
     full_h = content.shape[0]
-    image, level_metrics = init, []
+    image, opt_state, level_metrics = init, None, []
     for level, (shape, level_steps) in enumerate(zip(shapes, per_level)):
         factor = shape[0] / full_h
         level_content = resize(content, shape)
@@ -203,23 +253,29 @@ def stylize_pyramid(
         level_masks = None if style_masks is None else [
             resize(np.repeat(np.asarray(m, np.float32)[..., None], 3, -1), shape)[..., 0] for m in style_masks]
         start = image if isinstance(image, str) else resize(image, shape)
+        if opt_state is not None:
+            opt_state = resize_opt_state(opt_state, shape)
         result = stylize(
             objective, level_content,
             level_styles if isinstance(style, (list, tuple)) else level_styles[0],
             optimizer=optimizer, steps=level_steps, init=start, seed=seed, progress=progress,
-            style_blend=style_blend, style_masks=level_masks,
+            style_blend=style_blend, style_masks=level_masks, average_decay=average_decay,
+            opt_state=opt_state,
             snapshot_dir=None if snapshot_dir is None else Path(snapshot_dir) / f"level{level}",
             **stylize_kwargs,
         )
         image = result.image
+        opt_state = result.opt_state if warm_start else None
         level_metrics.append({k: v for k, v in result.metrics.items() if k != "backbone"})
     metrics = dict(result.metrics)
     metrics["levels"] = level_metrics
+    metrics["scales"] = [list(shape) for shape in shapes]
+    metrics["warm_start"] = bool(warm_start)
     metrics["steps"] = sum(m["steps"] for m in level_metrics)
     metrics["wall_time_s"] = sum(m["wall_time_s"] for m in level_metrics)
     metrics["compile_time_s"] = sum(m["compile_time_s"] for m in level_metrics)
     metrics["time_per_step_s"] = None  # differs per level: see metrics["levels"]
-    return StylizeResult(image, metrics)
+    return StylizeResult(image, metrics, result.opt_state)
 
 
 # --------------------------------------------------------------------------- N > 1: batched sweeps
@@ -299,6 +355,7 @@ def stylize_batched(
     snapshot_every: int = 0,
     snapshot_dir=None,
     callback=None,
+    average_decay: Optional[float] = None,
 ) -> BatchedResult:
     """Optimize N images together, one per weight setting and/or seed, with one compiled step.
 
@@ -318,6 +375,7 @@ def stylize_batched(
       snapshot_every, snapshot_dir: save ``snapshot_dir/run_KK/step_NNNNN.png`` every that many
         steps (0: never).
       callback: called as ``callback(step, images (N, H, W, 3), losses (N,))`` after every step.
+      average_decay: as for :func:`neuralstyle.stylize`: each run's result is its averaged iterate.
 
     Returns:
       :class:`BatchedResult`.  Each run's metrics: its weights and seed, initial and final loss
@@ -364,15 +422,19 @@ def stylize_batched(
     keys = jnp.stack([jax.random.key(s) for s in run_seeds])
 
     monitor = Monitor(steps, n, progress, snapshot_dir, snapshot_every, callback)
-    loop = optimize(runs_objective, optimizer, images, keys, params, targets, steps, monitor)
+    loop = optimize(runs_objective, optimizer, images, keys, params, targets, steps, monitor,
+                    average_decay=average_decay)
     runs = []
     for k in range(n):
         history = loop.histories[k]
+        final = (history[-1] if history else None) if loop.average_losses is None else loop.average_losses[k]
         runs.append({
             "weights": {name: float(settings[k][name]) for name in WEIGHT_FIELDS},
             "seed": run_seeds[k],
             "initial": {"total": history[0][0], **history[0][1]} if history else None,
-            "final": {"total": history[-1][0], **history[-1][1]} if history else None,
+            "final": {"total": final[0], **final[1]} if final else None,
+            **({} if average_decay is None or not history else
+               {"final_iterate": {"total": history[-1][0], **history[-1][1]}}),
             "history": [h[0] for h in history],
             "history_elapsed_s": [round(t, 4) for t in loop.times[k]],
             "steps": max(len(history) - 1, 0),
@@ -390,6 +452,7 @@ def stylize_batched(
         "image_steps_per_s": n * steps / wall if steps and wall > 0 else None,
         "history_elapsed_s": [round(e, 4) for e in loop.elapsed],
         "image_size": list(content.shape[:2]),
+        "average_decay": None if average_decay is None else float(average_decay),
         "backbone": {"arch": objective.extractor.arch, "weights": objective.extractor.weights_source,
                      "layers": list(objective.extractor.layers)},
     }

@@ -19,6 +19,8 @@ from neuralstyle.errors import ConfigError
 from neuralstyle.fast import (
     apply_fn,
     get_params,
+    init_state,
+    make_train_step,
     perceptual_loss,
     photo_batches,
     style_statistics,
@@ -68,6 +70,31 @@ def test_perceptual_loss_is_johnsons_loss_averaged_over_the_batch(vgg16):
     grad = jax.grad(lambda p: perceptual_loss(objective, params, stylized, p,
                                               style_statistics(objective, params, style))[0])(photos)
     assert float(jnp.abs(grad).max()) == 0.0
+
+
+def test_the_train_step_takes_the_objective_and_does_not_retrace_for_new_weights(vgg16):
+    """The loss objective is an argument of the compiled train step (its weights are pytree
+    leaves): two style weights run through one trace, and each equals the loss computed eagerly."""
+    net = transform_net(width=4, residual_blocks=1, seed=0)
+    tx = optax.sgd(1e-3)
+    traces = []
+    step = make_train_step(net, tx)
+    counting = jax.jit(lambda *args: (traces.append(1), step(*args))[1])
+    rng = np.random.default_rng(1)
+    batch = jnp.asarray(rng.random((2, SIZE, SIZE, 3), np.float32))
+    style = jnp.asarray(rng.random((1, SIZE, SIZE, 3), np.float32))
+    objective = small_objective(vgg16)
+    params = objective.params
+    statistics = style_statistics(objective, params, style)
+    state = init_state(get_params(net), tx)
+    stylized = apply_fn(net)(state.params, batch)
+    for weight in (1e-3, 5.0):
+        weighted = jax.tree.map(jnp.asarray, objective.with_weights(style_weight=weight))
+        _, metrics = counting(weighted, state, params, statistics, batch)
+        want, _ = perceptual_loss(objective.with_weights(style_weight=weight), params, stylized, batch,
+                                  statistics)
+        assert float(metrics["loss"]) == pytest.approx(float(want), rel=1e-5)
+    assert len(traces) == 1
 
 
 def _train(objective, style, folder, out, steps, callback=None, **kw):

@@ -126,19 +126,22 @@ def init_state(params: TransformParams, tx: optax.GradientTransformation) -> Tra
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params.trainable))
 
 
-def make_train_step(transform: keras.Model, objective: StyleObjective,
-                    tx: optax.GradientTransformation) -> Callable:
-    """The pure step ``(state, loss params, style statistics, batch) -> (state, metrics)``, jitted.
+def make_train_step(transform: keras.Model, tx: optax.GradientTransformation) -> Callable:
+    """The pure step ``(objective, state, loss params, style statistics, batch) -> (state, metrics)``,
+    jitted.
 
-    Nothing is closed over but the model structures and ``tx``: the transform weights, optimizer
-    state, frozen loss-network weights and style targets are arguments.  ``metrics`` holds the
+    Nothing is closed over but the transform's structure and ``tx``: the loss objective (a pytree
+    whose leaves are its weights, as in :func:`neuralstyle.optim.make_step`, so one compiled step
+    serves every weight setting), the transform weights, optimizer state, frozen loss-network
+    weights and style targets are arguments.  ``metrics`` holds the
     batch-mean ``loss`` and its ``content``, ``style`` and ``tv`` terms.  Under a data mesh (see
     :func:`data_mesh`) the same function runs data-parallel, because XLA propagates the input
     shardings: pass the batch split over the mesh and the rest replicated.
     """
     apply = apply_fn(transform)
 
-    def step(state: TrainState, loss_params: BackboneParams, statistics: dict, batch: jnp.ndarray):
+    def step(objective: StyleObjective, state: TrainState, loss_params: BackboneParams,
+             statistics: dict, batch: jnp.ndarray):
         def loss_fn(trainable):
             stylized = apply(TransformParams(trainable, state.params.non_trainable), batch)
             return perceptual_loss(objective, loss_params, stylized, batch, statistics)
@@ -418,7 +421,8 @@ def _train_locked(transform, objective, style, batches, optimizer, steps, output
         on_start()
     state = replicate(state, mesh)
 
-    step_fn = make_train_step(transform, objective, optimizer)
+    step_fn = make_train_step(transform, optimizer)
+    objective = replicate(jax.tree.map(jnp.asarray, objective), mesh)  # weight leaves on the devices
     apply = jax.jit(apply_fn(transform))
     log_path = output_dir / "log.jsonl"
     history = _read_log(log_path, int(state.step))
@@ -429,7 +433,7 @@ def _train_locked(transform, objective, style, batches, optimizer, steps, output
     compile_time = 0.0
     if first_batch is not None:
         t0 = time.perf_counter()
-        compiled = step_fn.lower(state, loss_params, statistics, first_batch).compile()
+        compiled = step_fn.lower(objective, state, loss_params, statistics, first_batch).compile()
         compile_time = time.perf_counter() - t0
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -470,7 +474,7 @@ def _train_locked(transform, objective, style, batches, optimizer, steps, output
     try:
         step = start
         while step < steps:
-            new_state, metrics = compiled(state, loss_params, statistics, batch)
+            new_state, metrics = compiled(objective, state, loss_params, statistics, batch)
             position_after = batches.get_state()
             state, position["step"], position["data"] = new_state, step + 1, position_after
             step += 1

@@ -1,4 +1,4 @@
-"""The one optimization driver: N >= 1 runs of one objective through one compiled step.
+r"""The one optimization driver: N >= 1 runs of one objective through one compiled step.
 
 :func:`optimize` is the only optimization loop of the library.  :func:`neuralstyle.stylize` is
 its N = 1 case, :func:`neuralstyle.stylize_batched` its N > 1 case, and the pyramid calls
@@ -18,6 +18,18 @@ The loop owner, :class:`Monitor`, does the rest the same way for every N: the pr
 the losses when N = 1), snapshots, the callback, the non-finite check (a run whose loss becomes
 NaN or infinite stops and keeps its last finite image) and Ctrl-C (raises
 :class:`~neuralstyle.errors.Interrupted` with the current images).
+
+**Averaged iterate** (``average_decay``): the result is an exponential moving average of the
+iterates, :math:`\bar x_t = d\,\bar x_{t-1} + (1-d)\,x_t` with bias correction
+:math:`\bar x_t / (1 - d^{t+1})` (:func:`optax.ema` with ``debias=True``; :math:`x_0`, the initial
+image, is the first term), as in crowsonkb/style-transfer-pytorch.  The average smooths the
+high-frequency noise that the last iterates of Adam carry; snapshots, the callback, Ctrl-C and the
+result show the average, and its loss is evaluated once at the end (the per-step history is the
+iterates').  For L-BFGS a run's average advances with its accepted steps.
+
+**Warm start** (``opt_state``): an optax state carried over from an earlier call (e.g. the previous
+scale of a multiscale run, resized with :func:`resize_opt_state`); L-BFGS always starts with an
+empty memory.
 
 Randomness: step ``i`` of run ``k`` uses the key ``fold_in(keys[k], i)`` (optax), or, for
 L-BFGS with a stochastic loss, ``fold_in(keys[k], i + 1)`` from its second iteration on, fixed
@@ -58,6 +70,31 @@ RUN_TARGETS = Targets(content=None, style=None, blend=None, key=0, masks=None)
 _step_keys = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
 
 
+class IterateAverage:
+    """Bias-corrected exponential moving average of N runs' images (:func:`optax.ema`), compiled
+    once per shape: ``start(images)`` and ``update(images, state)`` both return
+    ``(averaged images, state)``."""
+
+    def __init__(self, decay: float):
+        if not 0.0 <= float(decay) < 1.0:
+            raise ConfigError(f"average_decay must be in [0, 1), got {decay}")
+        self.decay = float(decay)
+        tx = optax.ema(self.decay, debias=True)
+        self.update = jax.jit(jax.vmap(lambda x, state: tx.update(x, state)))
+        self.start = jax.jit(jax.vmap(lambda x: tx.update(x, tx.init(x))))
+
+
+def resize_opt_state(state, shape: tuple[int, int]):
+    """An optax state of N runs resized to images of ``shape = (H, W)``: every leaf shaped like the
+    ``(N, 1, H0, W0, C)`` images (Adam's first and second moments, momentum) is resized bilinearly
+    (a convex combination, so second moments stay non-negative); counts and scalars are kept."""
+    def resize(leaf):
+        if getattr(leaf, "ndim", 0) == 5:
+            return jax.image.resize(leaf, leaf.shape[:2] + tuple(shape) + leaf.shape[4:], "linear")
+        return leaf
+    return jax.tree.map(resize, state)
+
+
 @dataclass
 class LoopResult:
     """What :func:`optimize` returns.
@@ -68,7 +105,9 @@ class LoopResult:
     known; ``non_finite``: per run, ``None`` or the step whose loss was not finite (its terms in
     ``non_finite_terms``); ``evaluations``: objective evaluations per run; ``elapsed``: seconds
     from the loop's start until the end of each step (optax) or pass (L-BFGS) of all runs;
-    ``compile_time`` and ``wall`` in seconds.
+    ``compile_time`` and ``wall`` in seconds.  With an averaged iterate, ``images`` are the
+    averages, ``iterates`` the last iterates and ``average_losses`` per run ``(loss, terms)`` of the
+    average; ``opt_state`` is the final optax state (``None`` for L-BFGS).
     """
 
     images: np.ndarray
@@ -80,6 +119,9 @@ class LoopResult:
     compile_time: float
     wall: float
     elapsed: list
+    iterates: Optional[np.ndarray] = None
+    average_losses: Optional[list] = None
+    opt_state: object = None
 
 
 def _compile(fn, *args):
@@ -163,7 +205,8 @@ class Monitor:
 
 
 def optimize(objective: StyleObjective, optimizer, images, keys, params, targets: Targets,
-             steps: int, monitor: Monitor) -> LoopResult:
+             steps: int, monitor: Monitor, average_decay: Optional[float] = None,
+             opt_state=None) -> LoopResult:
     """Minimize ``objective`` over N images together.
 
     Args:
@@ -175,6 +218,8 @@ def optimize(objective: StyleObjective, optimizer, images, keys, params, targets
       params, targets: the frozen backbone weights and the shared targets.
       steps: iterations per run (L-BFGS may stop a run early at a stationary point).
       monitor: the :class:`Monitor` (progress, snapshots, callback).
+      average_decay: ``None``, or the decay of the averaged iterate that becomes the result.
+      opt_state: optax only: the initial optimizer state of the N runs (default: ``init``).
 
     Raises :class:`~neuralstyle.errors.Interrupted` on Ctrl-C, with the current ``(N, H, W, 3)``
     images and the number of completed steps.
@@ -183,9 +228,13 @@ def optimize(objective: StyleObjective, optimizer, images, keys, params, targets
         raise ConfigError(f"optimizer must be an optax GradientTransformation or neuralstyle.LBFGS, "
                           f"got {optimizer!r}")
     monitor.images = images
-    loop = _lbfgs_loop if isinstance(optimizer, LBFGS) else _optax_loop
+    average = None if average_decay is None else IterateAverage(average_decay)
     try:
-        return loop(objective, optimizer, images, keys, params, targets, steps, monitor)
+        if isinstance(optimizer, LBFGS):
+            return _lbfgs_loop(objective, optimizer, images, keys, params, targets, steps, monitor,
+                               average)
+        return _optax_loop(objective, optimizer, images, keys, params, targets, steps, monitor,
+                           average, opt_state)
     except KeyboardInterrupt:
         raise Interrupted(monitor.step, np.asarray(monitor.images[:, 0])) from None
     finally:
@@ -222,12 +271,14 @@ class _Records:
         return new_bad
 
 
-def _optax_loop(objective, tx, images, keys, params, targets, steps, monitor):
+def _optax_loop(objective, tx, images, keys, params, targets, steps, monitor, average=None,
+                opt_states=None):
     """Every run takes every step; a run whose loss becomes non-finite keeps its last finite image
     (the loop ends early once every run has)."""
     n = images.shape[0]
     t0 = time.perf_counter()
-    opt_states = jax.vmap(tx.init)(images)
+    if opt_states is None:
+        opt_states = jax.vmap(tx.init)(images)
     targets = targets._replace(key=_step_keys(keys, 0))
     compiled = _compile(jax.vmap(make_step(tx), in_axes=(0, 0, 0, None, RUN_TARGETS)),
                         objective, images, opt_states, params, targets)
@@ -241,6 +292,9 @@ def _optax_loop(objective, tx, images, keys, params, targets, steps, monitor):
     final = np.array(images[:, 0])
     live = np.ones(n, bool)
     previous, done = images, 0
+    if average is not None:  # what is shown and returned: the averaged iterate
+        shown, avg_state = average.start(images)
+        previous_shown = shown
     for i in range(1, steps + 1):
         targets = targets._replace(key=_step_keys(keys, i))
         new_images, opt_states, losses, terms = compiled(objective, images, opt_states, params, targets)
@@ -248,26 +302,42 @@ def _optax_loop(objective, tx, images, keys, params, targets, steps, monitor):
         records.tick()
         monitor.losses_known(losses, terms)
         for k in np.flatnonzero(bad):
-            final[k] = np.asarray(previous[k, 0]) if i > 1 else final[k]
+            last_finite = previous if average is None else previous_shown
+            final[k] = np.asarray(last_finite[k, 0]) if i > 1 else final[k]
         live &= ~bad
         if not live.any() or monitor.reached():
             break
         previous, images, done = images, new_images, i
-        monitor.advanced(i, images)
+        if average is not None:
+            previous_shown = shown
+            shown, avg_state = average.update(images, avg_state)
+        monitor.advanced(i, images if average is None else shown)
     else:
         losses, terms = value(objective, params, images, targets)
         bad = records.add([steps] * n, losses, terms, live)
         records.tick()
         monitor.losses_known(losses, terms)
         for k in np.flatnonzero(bad):
-            final[k] = np.asarray(previous[k, 0])
+            final[k] = np.asarray((previous if average is None else previous_shown)[k, 0])
         live &= ~bad
     wall = time.perf_counter() - t0
-    last = np.asarray(images[:, 0])
+    iterates = np.asarray(images[:, 0])
+    last = iterates if average is None else np.asarray(shown[:, 0])
     final[live] = last[live]
     evaluations = np.full(n, done + 1)
+    average_losses = None
+    if average is not None:
+        average_losses = _rows(*value(objective, params, shown, targets))
     return LoopResult(final, records.histories, records.times, records.non_finite,
-                      records.non_finite_terms, evaluations, compile_time, wall, records.elapsed)
+                      records.non_finite_terms, evaluations, compile_time, wall, records.elapsed,
+                      iterates, average_losses, opt_states)
+
+
+def _rows(losses, terms) -> list:
+    """Per run ``(loss, {term: value})`` from batched ``(N,)`` losses and terms."""
+    losses = np.asarray(losses)
+    terms = {t: np.asarray(v) for t, v in terms.items()}
+    return [(float(losses[k]), {t: float(v[k]) for t, v in terms.items()}) for k in range(len(losses))]
 
 
 def _select(mask, new, old):
@@ -284,7 +354,7 @@ def _select(mask, new, old):
         lambda a, b: jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b), new, old)
 
 
-def _lbfgs_loop(objective, opt, images, keys, params, targets, steps, monitor):
+def _lbfgs_loop(objective, opt, images, keys, params, targets, steps, monitor, average=None):
     """L-BFGS for N runs in lockstep passes; each pass does for every active run what one
     iteration of a single run does (stochastic re-evaluation, direction, backtracking line search
     with its own step length, restart of a stale memory, stop).  A pass evaluates all N runs each
@@ -316,6 +386,8 @@ def _lbfgs_loop(objective, opt, images, keys, params, targets, steps, monitor):
     bad = records.add(done_steps, current.loss, current.terms, np.ones(n, bool))
     records.tick()
     monitor.losses_known(np.asarray(current.loss), current.terms)
+    if average is not None:
+        shown, avg_state = average.start(current.image)
     active = ~bad & (steps > 0) & (not monitor.reached())
     while active.any():
         pass_keys = keys
@@ -353,7 +425,10 @@ def _lbfgs_loop(objective, opt, images, keys, params, targets, steps, monitor):
             current = _select(took, accepted, current)
             monitor.losses_known(np.asarray(current.loss), current.terms)
             states = _select(took, new_states, states)
-            monitor.advanced(int(done_steps.min()), current.image)
+            if average is not None:
+                shown, avg_state = _select(took, average.update(current.image, avg_state),
+                                           (shown, avg_state))
+            monitor.advanced(int(done_steps.min()), current.image if average is None else shown)
             if monitor.reached():
                 active[:] = False
         if restart.any():
@@ -361,6 +436,11 @@ def _lbfgs_loop(objective, opt, images, keys, params, targets, steps, monitor):
         active &= done_steps < steps
         records.tick()
     wall = time.perf_counter() - t0
-    return LoopResult(np.array(current.image[:, 0]), records.histories, records.times,
+    iterates = np.array(current.image[:, 0])
+    result, average_losses = iterates, None
+    if average is not None:
+        at_average = trial(shown, zeros, zeros, ts, keys)
+        result, average_losses = np.array(shown[:, 0]), _rows(at_average.loss, at_average.terms)
+    return LoopResult(result, records.histories, records.times,
                       records.non_finite, records.non_finite_terms, evaluations, compile_time, wall,
-                      records.elapsed)
+                      records.elapsed, iterates, average_losses, None)

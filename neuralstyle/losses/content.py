@@ -35,4 +35,5 @@ def content_loss(normalization: str = "mean") -> Callable[[Array, Array], Array]
         total = jnp.sum(sq, axis=axes)
         return 0.5 * total if normalization == "paper" else total
 
+    loss.reduction = "mean" if normalization == "mean" else "sum"  # over positions (for tiling)
     return loss

@@ -89,7 +89,11 @@ def gram_loss(normalization: str = "hw") -> StyleLoss:
     def target(features):
         return gram_matrix(features, normalization)
 
-    def loss(features, target_gram, key=None):
-        return gram_style_layer_loss(gram_matrix(features, normalization), target_gram, normalization)
+    def compare(gram, target_gram, key=None):
+        return gram_style_layer_loss(gram, target_gram, normalization)
 
-    return StyleLoss(target, loss, guidable=True)
+    def loss(features, target_gram, key=None):
+        return compare(gram_matrix(features, normalization), target_gram)
+
+    return StyleLoss(target, loss, guidable=True, compare=compare,
+                     statistics_reduction="sum" if normalization == "raw" else "mean")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import jax.numpy as jnp
 
@@ -20,12 +20,22 @@ class StyleLoss(NamedTuple):
         under each new key).
       guidable: whether spatial guidance by masks is defined for the family (the guided Gram
         matrix of Gatys et al. 2017, sec. 4.1, see :func:`neuralstyle.objective.guide_features`).
+      compare: (statistics of the generated image, statistics of the style, key) -> one value per
+        batch element, with ``loss(f, s, key) == compare(target(f), s, key)``; ``None`` when the
+        family has no such split.
+      statistics_reduction: how ``target`` reduces over positions: ``"mean"`` (a mean over
+        positions of a per-position quantity that is zero for zero features, e.g. the Gram matrix
+        divided by :math:`HW`), ``"sum"`` (the same, summed), or ``None``.  With ``compare``, it
+        is what exact tiled optimization needs (:mod:`neuralstyle.tiling`): statistics of tiles
+        combine into the statistics of the whole image.
     """
 
     target: Callable[[Array], object]
     loss: Callable[..., Array]
     stochastic: bool = False
     guidable: bool = False
+    compare: Optional[Callable[..., Array]] = None
+    statistics_reduction: Optional[str] = None
 
 
 def positions(features: Array) -> Array:

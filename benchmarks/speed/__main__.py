@@ -1,0 +1,5 @@
+import sys
+
+from benchmarks.speed.run import main
+
+sys.exit(main())

@@ -1,0 +1,154 @@
+"""The JAX side, run in a worker process: the compiled Adam step and L-BFGS iterations through
+the library's driver, per size, with peak memory and the FLOPs of the step.
+
+* Adam: :func:`neuralstyle.optim.make_step` + ``jax.jit`` (compiled ahead of time, so compile time
+  is apart), ``optax.adam(0.02, b1=0.99, eps=0.1)``, warm-up then timed steps.
+* L-BFGS: :class:`neuralstyle.optim.LBFGS` through :func:`neuralstyle.optim.driver.optimize` (N = 1,
+  as ``stylize`` runs it), then one ``direction`` and one ``trial`` call of
+  :func:`neuralstyle.optim.make_lbfgs_functions` compiled apart, for the breakdown.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from benchmarks.harness import Load, PeakMemory, log, stats, timed
+from benchmarks.speed.common import build_objective, load_images, time_steps
+from benchmarks.speed.flops import analytic_flops, jnp_matmul_yardstick, xla_flops
+
+
+def prepare(objective, params, spec: dict, size: int):
+    """``(targets, content image (1, H, W, 3), description)`` at ``size``."""
+    import jax
+    import jax.numpy as jnp
+
+    content, style, desc = load_images(spec, size)
+    targets = jax.jit(objective.targets)(params, jnp.asarray(content)[None], jnp.asarray(style)[None])
+    return targets, jnp.asarray(content, jnp.float32)[None], desc
+
+
+def adam():
+    import optax
+
+    return optax.adam(0.02, b1=0.99, eps=0.1)
+
+
+def compile_adam(objective, params, targets, image):
+    """``(compiled step, initial optimizer state, compile seconds)``."""
+    import jax
+
+    from neuralstyle.optim import make_step
+
+    tx = adam()
+    state = tx.init(image)
+    t = time.perf_counter()
+    compiled = jax.jit(make_step(tx)).lower(objective, image, state, params, targets).compile()
+    return compiled, state, time.perf_counter() - t
+
+
+def time_adam(objective, params, targets, image, warmup: int, steps: int) -> dict:
+    import jax
+
+    with PeakMemory() as compile_mem:
+        compiled, opt_state, compile_s = compile_adam(objective, params, targets, image)
+    current = [image, opt_state]
+
+    def step():
+        x, s, loss, _ = jax.block_until_ready(compiled(objective, *current, params, targets))
+        current[:] = x, s
+        return float(loss)
+
+    with PeakMemory() as mem:
+        result = time_steps(step, warmup, steps)
+    return {"compile_s": round(compile_s, 2), **result, "xla_flops": xla_flops(compiled),
+            "memory": mem.result(), "compile_memory": compile_mem.result()}
+
+
+def run_lbfgs(objective, params, targets, image, steps: int, stop_below=None):
+    """neuralstyle's L-BFGS through the library's driver: the
+    :class:`~neuralstyle.optim.driver.LoopResult` of one run."""
+    import jax
+    import jax.numpy as jnp
+
+    from neuralstyle.optim import LBFGS
+    from neuralstyle.optim.driver import Monitor, optimize, stack_runs
+
+    return optimize(stack_runs([objective]), LBFGS(), image[None], jnp.stack([jax.random.key(0)]),
+                    params, targets, steps, Monitor(steps, show=False, stop_below=stop_below))
+
+
+def time_lbfgs(objective, params, targets, image, warmup: int, steps: int) -> dict:
+    """Time L-BFGS iterations through the driver; then one trial evaluation and one direction
+    call alone (compiled separately, synchronized) for the breakdown."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from neuralstyle.optim import LBFGS, make_lbfgs_functions
+
+    with PeakMemory() as mem, Load() as load:
+        loop = run_lbfgs(objective, params, targets, image, warmup + steps)
+    times = list(np.diff(loop.elapsed))  # one entry per iteration (a pass of the driver)
+    iterations = len(loop.histories[0]) - 1
+    opt = LBFGS()
+    direction_fn, trial_fn = make_lbfgs_functions(opt)
+    final = jnp.asarray(loop.images[0])[None]
+    zeros = jnp.zeros_like(final)
+    state = opt.direction_transform.init(final)
+    trial = jax.jit(trial_fn).lower(objective, final, zeros, zeros, 0.0, params, targets).compile()
+    direction = jax.jit(direction_fn).lower(zeros, state, final).compile()
+    at = trial(objective, final, zeros, zeros, 0.0, params, targets)
+    d_times, t_times = [], []
+    for _ in range(2 if image.size <= 3 * 512 * 512 else 1):  # 1 above 512 px: each takes seconds
+        (d, _), seconds = timed(direction, at.grad, state, final)
+        d_times.append(seconds)
+        t_times.append(timed(trial, objective, final, at.grad, d, 1.0, params, targets)[1])
+    return {"compile_s": round(loop.compile_time, 2), "warmup": warmup, **stats(times[warmup:]),
+            "iterations": iterations,
+            "evaluations_per_iteration": round((int(loop.evaluations[0]) - 1) / max(iterations, 1), 2),
+            "trial_ms": round(1000 * min(t_times), 1), "direction_ms": round(1000 * min(d_times), 1),
+            "xla_flops_trial": xla_flops(trial), "xla_flops_direction": xla_flops(direction),
+            "final_loss": loop.histories[0][-1][0], "foreign_cpu_load": load.foreign,
+            "memory_size": opt.memory_size, "memory": mem.result(),
+            "memory_note": "compile and iterations together (one driver call)"}
+
+
+def worker(spec: dict) -> dict:
+    """Adam (and L-BFGS when ``spec["lbfgs_steps"]``) at every size of ``spec["sizes"]``; then
+    the time to target (``spec["ttt"]``) and the ``jnp.matmul`` yardstick (``spec["matmul_sizes"]``)."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.speed import ttt
+
+    result = {"xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__,
+              "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+              "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
+              "sizes": {}}
+    t0 = time.perf_counter()
+    objective, weights_source, warnings = build_objective(spec)
+    result.update(weights=weights_source, warnings=warnings, build_s=round(time.perf_counter() - t0, 2))
+    objective = jax.tree.map(jnp.asarray, objective)  # weight leaves as device arrays, as stylize passes them
+    params = objective.params
+
+    for size in spec["sizes"]:
+        targets, image, desc = prepare(objective, params, spec, size)
+        out = result["sizes"][str(size)] = {"images": desc, "shape": list(image.shape[1:]),
+                                            "analytic_flops": analytic_flops(image.shape[1:], objective)}
+        a = out["adam"] = time_adam(objective, params, targets, image, spec["warmup"], spec["steps"])
+        log(f"  [jax {size}px] Adam: compile {a['compile_s']} s, median {a['median_ms']:.0f} ms/step, "
+            f"peak RSS {a['memory']['peak_rss_mib']} MiB, foreign CPU load {a['foreign_cpu_load']}")
+        value, terms = jax.jit(objective)(params, image, targets)  # for the PyTorch check
+        out["objective_at_content"] = {"total": float(value), **{k: float(v) for k, v in terms.items()}}
+        if spec.get("lbfgs_steps", 0) > 0:
+            lb = out["lbfgs"] = time_lbfgs(objective, params, targets, image, spec.get("lbfgs_warmup", 1),
+                                           spec["lbfgs_steps"])
+            log(f"  [jax {size}px] L-BFGS: compile {lb['compile_s']} s, median {lb['median_ms']:.0f} "
+                f"ms/iteration, {lb['evaluations_per_iteration']} evaluations/iteration")
+
+    if spec.get("ttt"):  # in this process: same objective, images loaded again
+        result["ttt"] = ttt.jax_run(dict(spec, **spec["ttt"]), (objective, weights_source, warnings))
+    if spec.get("matmul_sizes"):
+        result["jnp_matmul_gflops"] = jnp_matmul_yardstick(spec["matmul_sizes"], spec["matmul_repeats"])
+    return result

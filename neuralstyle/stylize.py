@@ -38,6 +38,7 @@ from .objective import WEIGHT_FIELDS, StyleObjective
 from .optim.driver import Monitor, optimize, resize_opt_state, stack_runs
 from .optim.lbfgs import LBFGS
 from .optim.memory import check_memory
+from .tiling import TiledObjective
 
 
 @dataclass
@@ -66,6 +67,8 @@ def stylize(
     style_masks: Optional[Sequence[np.ndarray]] = None,
     average_decay: Optional[float] = None,
     opt_state=None,
+    tile_size: Optional[int] = None,
+    tile_halo: Optional[int] = None,
 ) -> StylizeResult:
     """Optimize the pixels of an image so that ``objective`` is minimal.
 
@@ -91,6 +94,10 @@ def stylize(
         iterate's.
       opt_state: an optax state to start from (``StylizeResult.opt_state`` of an earlier run,
         resized with :func:`~neuralstyle.optim.driver.resize_opt_state` to this image's shape).
+      tile_size, tile_halo: exact tiled optimization (:mod:`neuralstyle.tiling`) when the image is
+        larger than ``tile_size`` px on a side: peak memory then follows the tile, not the image,
+        and the optimization is the untiled one.  ``tile_halo`` defaults to the exact halo of the
+        deepest layer.  Needs the Gram loss and no style masks.
 
     Returns:
       :class:`StylizeResult` with the final image and metrics (initial and final loss terms,
@@ -104,7 +111,13 @@ def stylize(
     if tuple(start.shape) != tuple(content.shape):
         raise ConfigError(f"initial image has shape {start.shape}, content has {content.shape}")
 
-    check_memory(content.shape[:2], optimizer)
+    tiled = None
+    if tile_size is not None and max(content.shape[:2]) > int(tile_size):
+        if style_masks is not None:
+            raise ConfigError("tiled optimization does not support style_masks; use tile.size=null")
+        tiled = TiledObjective(objective, int(tile_size), tile_halo)
+    check_memory(content.shape[:2], optimizer,
+                 window=None if tiled is None else tiled.largest_window(content.shape[:2]))
     objective.extractor.check_input(content.shape, "content image")
     for i, s in enumerate(style if isinstance(style, (list, tuple)) else [style]):
         objective.extractor.check_input(s.shape, "style image" if i == 0 else f"style image {i}")
@@ -112,8 +125,11 @@ def stylize(
     styles = [jnp.asarray(s)[None] for s in (style if isinstance(style, (list, tuple)) else [style])]
     blend = None if style_blend is None else tuple(float(w) for w in style_blend)
     masks = None if style_masks is None else jnp.asarray(np.stack(style_masks), jnp.float32)
-    targets = jax.jit(objective.targets, static_argnames="blend")(
-        params, jnp.asarray(content)[None], styles, blend=blend, masks=masks)
+    if tiled is None:
+        targets = jax.jit(objective.targets, static_argnames="blend")(
+            params, jnp.asarray(content)[None], styles, blend=blend, masks=masks)
+    else:
+        targets = tiled.targets(objective, params, jnp.asarray(content)[None], styles, blend=blend)
     if not isinstance(optimizer, (LBFGS, optax.GradientTransformation)):
         raise ConfigError(
             f"optimizer must be an optax GradientTransformation or neuralstyle.LBFGS, got {optimizer!r}"
@@ -122,7 +138,8 @@ def stylize(
     try:
         loop = optimize(stack_runs([objective]), optimizer, jnp.asarray(start, jnp.float32)[None, None],
                         jnp.stack([jax.random.key(seed)]), params, targets, steps, monitor,
-                        average_decay=average_decay, opt_state=opt_state)
+                        average_decay=average_decay, opt_state=opt_state,
+                        evaluator=None if tiled is None else tiled.evaluator())
     except Interrupted as stop:
         raise Interrupted(stop.step, stop.image[0]) from None
     if loop.non_finite[0] is not None:
@@ -154,6 +171,10 @@ def stylize(
         "history": [h[0] for h in history],
         "history_elapsed_s": [round(t, 4) for t in times],
     }
+    if tiled is not None:
+        metrics["tile"] = {"size": tiled.tile, "halo": tiled.halo,
+                           "tiles": len(tiled.tiles(content.shape[:2])),
+                           "largest_window": list(tiled.largest_window(content.shape[:2]))}
     if average_decay is not None:
         metrics["average_decay"] = float(average_decay)
         metrics["final_iterate"] = {"total": history[-1][0], **history[-1][1]}

@@ -165,6 +165,11 @@ class TiledObjective:
     def tiles(self, shape: tuple[int, int]) -> list[Tile]:
         return tile_grid(shape, self.tile, self.halo, self.align)
 
+    def largest_window(self, shape: tuple[int, int]) -> tuple[int, int]:
+        """``(H, W)`` of the largest padded window: what sets the peak memory."""
+        tiles = self.tiles(shape)
+        return max(t.py1 - t.py0 for t in tiles), max(t.px1 - t.px0 for t in tiles)
+
     def _feature_shape(self, layer: str, height: int, width: int) -> tuple[int, int]:
         s = self.strides[layer]
         return height // s, width // s
@@ -279,6 +284,22 @@ class TiledObjective:
             grad = self._add(grad, g, tile.py0, tile.px0)
         terms = {"content": objective.content_weight * content, "style": style, "tv": tv}
         return (terms["content"] + terms["style"] + terms["tv"], terms), grad
+
+
+    def evaluator(self):
+        """:meth:`value_and_grad` in the driver's batched shapes (one run: the objective's leaves
+        and the keys have a leading axis of 1, images are ``(1, 1, H, W, 3)``), for
+        :func:`neuralstyle.optim.driver.optimize`'s ``evaluator``."""
+
+        def evaluate(objective, params, images, targets):
+            if images.shape[0] != 1:
+                raise ConfigError("tiled optimization runs one image at a time (N = 1)")
+            single = jax.tree.map(lambda leaf: leaf[0], objective)
+            (total, terms), grad = self.value_and_grad(single, params, images[0],
+                                                       targets._replace(key=targets.key[0]))
+            return (jnp.reshape(total, (1,)), {k: jnp.reshape(v, (1,)) for k, v in terms.items()}), grad[None]
+
+        return evaluate
 
 
 # --------------------------------------------------------------------------- compiled pieces

@@ -123,3 +123,47 @@ def test_families_that_cannot_be_tiled_are_refused(random_vgg19):
     with pytest.raises(ConfigError, match="content_loss"):
         TiledObjective(odd, tile=32)
     assert getattr(content_loss("paper"), "reduction") == "sum"
+
+
+def test_a_tiled_run_is_the_untiled_run(objective, images):
+    """stylize with tile_size runs the same optimization (SGD: updates proportional to the
+    gradient, so rounding cannot flip a step); the large scales of a multiscale run are tiled and
+    the small ones are not."""
+    import optax
+
+    from neuralstyle import LBFGS, stylize, stylize_pyramid
+
+    content, style = np.asarray(images[0][0]), np.asarray(images[1][0])
+    sgd = optax.sgd(0.02)
+    plain = stylize(objective, content, style, sgd, steps=3, progress=False)
+    tiled = stylize(objective, content, style, sgd, steps=3, progress=False, tile_size=32)
+    halo = default_halo("vgg19", objective.content_layers + objective.style_layers)
+    assert halo == 40  # conv4_1: 3 poolings (stride 8), receptive extent 37 px to the right
+    assert tiled.metrics["tile"] == {"size": 32, "halo": 40, "tiles": 12, "largest_window": [112, 88]}
+    np.testing.assert_allclose(tiled.metrics["history"], plain.metrics["history"], rtol=1e-5)
+    np.testing.assert_allclose(tiled.image, plain.image, atol=1e-5)
+    plain = stylize(objective, content, style, LBFGS(memory_size=4), steps=2, progress=False)
+    tiled = stylize(objective, content, style, LBFGS(memory_size=4), steps=2, progress=False,
+                    tile_size=64)
+    np.testing.assert_allclose(tiled.metrics["history"], plain.metrics["history"], rtol=1e-4)
+    result = stylize_pyramid(objective, content, style, sgd, steps=[1, 1],
+                             shapes=[(60, 44), (120, 88)], tile_size=64, progress=False)
+    assert "tile" not in result.metrics["levels"][0] and result.metrics["levels"][1]["tile"]["tiles"] == 4
+
+
+def test_the_run_entry_tiles_from_the_config(image_dir, tmp_path):
+    import json
+
+    from neuralstyle.recipe import compose
+    from neuralstyle.run import run_from_config
+
+    base = [f"image_dir={image_dir}", "size=48", "steps=1", "backbone.weights=null", "progress=false",
+            "snapshot_every=0"]
+    run_from_config(compose("run", [*base, "tile.size=32"]), tmp_path / "ok")
+    metrics = json.loads((tmp_path / "ok" / "metrics.json").read_text())
+    assert metrics["tile"]["tiles"] == 4 and metrics["tile"]["halo"] == 112
+    with pytest.raises(ConfigError, match="multiples of 16"):
+        run_from_config(compose("run", [*base, "tile.size=20"]), tmp_path / "bad")
+    with pytest.raises(ConfigError, match="tile.halo must be"):
+        run_from_config(compose("run", [*base, "tile.size=32", "tile.halo=-1"]), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()  # refused before anything is written

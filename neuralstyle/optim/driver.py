@@ -27,6 +27,11 @@ high-frequency noise that the last iterates of Adam carry; snapshots, the callba
 result show the average, and its loss is evaluated once at the end (the per-step history is the
 iterates').  For L-BFGS a run's average advances with its accepted steps.
 
+**Evaluator** (``evaluator``): the objective's value and gradient computed by a Python function
+instead of inside the compiled step, e.g. tile by tile (:meth:`neuralstyle.tiling.TiledObjective.evaluator`);
+the optimizer update and the line search stay the same.  Compilation then happens during the first
+step (``compile_time`` is 0).
+
 **Warm start** (``opt_state``): an optax state carried over from an earlier call (e.g. the previous
 scale of a multiscale run, resized with :func:`resize_opt_state`); L-BFGS always starts with an
 empty memory.
@@ -53,8 +58,8 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, Interrupted
 from ..images.io import save_image
 from ..objective import StyleObjective, Targets
-from .lbfgs import LBFGS, make_lbfgs_functions
-from .steps import evaluate, make_step
+from .lbfgs import LBFGS, Trial, make_lbfgs_functions
+from .steps import evaluate, make_step, make_update, project
 
 
 def stack_runs(objectives: Sequence[StyleObjective]) -> StyleObjective:
@@ -206,7 +211,7 @@ class Monitor:
 
 def optimize(objective: StyleObjective, optimizer, images, keys, params, targets: Targets,
              steps: int, monitor: Monitor, average_decay: Optional[float] = None,
-             opt_state=None) -> LoopResult:
+             opt_state=None, evaluator: Optional[Callable] = None) -> LoopResult:
     """Minimize ``objective`` over N images together.
 
     Args:
@@ -220,6 +225,9 @@ def optimize(objective: StyleObjective, optimizer, images, keys, params, targets
       monitor: the :class:`Monitor` (progress, snapshots, callback).
       average_decay: ``None``, or the decay of the averaged iterate that becomes the result.
       opt_state: optax only: the initial optimizer state of the N runs (default: ``init``).
+      evaluator: ``None`` (the objective is evaluated inside the compiled step), or a function
+        ``(objective, params, images, targets) -> ((losses (N,), terms), gradients)`` with the
+        shapes of the batched step, called from Python every step.
 
     Raises :class:`~neuralstyle.errors.Interrupted` on Ctrl-C, with the current ``(N, H, W, 3)``
     images and the number of completed steps.
@@ -232,9 +240,9 @@ def optimize(objective: StyleObjective, optimizer, images, keys, params, targets
     try:
         if isinstance(optimizer, LBFGS):
             return _lbfgs_loop(objective, optimizer, images, keys, params, targets, steps, monitor,
-                               average)
+                               average, evaluator)
         return _optax_loop(objective, optimizer, images, keys, params, targets, steps, monitor,
-                           average, opt_state)
+                           average, opt_state, evaluator)
     except KeyboardInterrupt:
         raise Interrupted(monitor.step, np.asarray(monitor.images[:, 0])) from None
     finally:
@@ -271,8 +279,37 @@ class _Records:
         return new_bad
 
 
+def _evaluated_step(tx, evaluator):
+    """The batched optax step with the value and gradient from ``evaluator``."""
+    update = jax.jit(jax.vmap(make_update(tx)))
+
+    def step(objective, images, opt_states, params, targets):
+        (losses, terms), grads = evaluator(objective, params, images, targets)
+        images, opt_states = update(grads, opt_states, images)
+        return images, opt_states, losses, terms
+
+    return step, lambda objective, params, images, targets: evaluator(objective, params, images, targets)[0]
+
+
+def _evaluated_trial(evaluator):
+    """The batched L-BFGS line-search trial with the value and gradient from ``evaluator``."""
+
+    @jax.jit
+    @jax.vmap
+    def move(image, grad, d, t):
+        new_image = project(image - t * d)
+        return new_image, jnp.vdot(grad, new_image - image)
+
+    def trial(objective, image, grad, d, t, params, targets):
+        new_image, slope = move(image, grad, d, t)
+        (loss, terms), new_grad = evaluator(objective, params, new_image, targets)
+        return Trial(new_image, loss, terms, new_grad, slope)
+
+    return trial
+
+
 def _optax_loop(objective, tx, images, keys, params, targets, steps, monitor, average=None,
-                opt_states=None):
+                opt_states=None, evaluator=None):
     """Every run takes every step; a run whose loss becomes non-finite keeps its last finite image
     (the loop ends early once every run has)."""
     n = images.shape[0]
@@ -280,10 +317,13 @@ def _optax_loop(objective, tx, images, keys, params, targets, steps, monitor, av
     if opt_states is None:
         opt_states = jax.vmap(tx.init)(images)
     targets = targets._replace(key=_step_keys(keys, 0))
-    compiled = _compile(jax.vmap(make_step(tx), in_axes=(0, 0, 0, None, RUN_TARGETS)),
-                        objective, images, opt_states, params, targets)
-    value = _compile(jax.vmap(evaluate, in_axes=(0, None, 0, RUN_TARGETS)),
-                     objective, params, images, targets)
+    if evaluator is None:
+        compiled = _compile(jax.vmap(make_step(tx), in_axes=(0, 0, 0, None, RUN_TARGETS)),
+                            objective, images, opt_states, params, targets)
+        value = _compile(jax.vmap(evaluate, in_axes=(0, None, 0, RUN_TARGETS)),
+                         objective, params, images, targets)
+    else:
+        compiled, value = _evaluated_step(tx, evaluator)
     compile_time = time.perf_counter() - t0
 
     monitor.start(images)
@@ -354,7 +394,8 @@ def _select(mask, new, old):
         lambda a, b: jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b), new, old)
 
 
-def _lbfgs_loop(objective, opt, images, keys, params, targets, steps, monitor, average=None):
+def _lbfgs_loop(objective, opt, images, keys, params, targets, steps, monitor, average=None,
+                evaluator=None):
     """L-BFGS for N runs in lockstep passes; each pass does for every active run what one
     iteration of a single run does (stochastic re-evaluation, direction, backtracking line search
     with its own step length, restart of a stale memory, stop).  A pass evaluates all N runs each
@@ -367,8 +408,11 @@ def _lbfgs_loop(objective, opt, images, keys, params, targets, steps, monitor, a
     zeros = jnp.zeros_like(images)
     ts = jnp.zeros((n,), jnp.float32)
     t0 = time.perf_counter()
-    batched_trial = _compile(jax.vmap(trial_fn, in_axes=(0, 0, 0, 0, 0, None, RUN_TARGETS)),
-                             objective, images, zeros, zeros, ts, params, targets._replace(key=keys))
+    if evaluator is None:
+        batched_trial = _compile(jax.vmap(trial_fn, in_axes=(0, 0, 0, 0, 0, None, RUN_TARGETS)),
+                                 objective, images, zeros, zeros, ts, params, targets._replace(key=keys))
+    else:
+        batched_trial = _evaluated_trial(evaluator)
     direction = _compile(jax.vmap(direction_fn), zeros, states, images)
     compile_time = time.perf_counter() - t0
     stochastic = objective.style_loss.stochastic

@@ -19,17 +19,29 @@ BYTES_PER_PIXEL = 4_500
 BASE_BYTES = 1.5e9
 
 
-def estimate_memory_bytes(shape: tuple[int, int], optimizer=None, runs: int = 1) -> float:
+#: Whole-image arrays of a tiled run per pixel: the image, its gradient, two Adam moments, the
+#: content targets and the accumulated statistics' share (float32), rounded up.
+TILED_BYTES_PER_PIXEL = 96
+
+
+def estimate_memory_bytes(shape: tuple[int, int], optimizer=None, runs: int = 1,
+                          window: Optional[tuple[int, int]] = None) -> float:
     """A rough upper estimate of the peak memory of ``runs`` runs at ``shape = (H, W)``.
 
     Activations and their gradients (:data:`BYTES_PER_PIXEL`), plus the optimizer's own state:
     Adam keeps two moments (8 bytes a channel value), L-BFGS ``2 * memory_size`` image-sized
-    vectors.  It is meant to refuse sizes that cannot fit, not to predict to the megabyte.
+    vectors.  With tiled optimization (``window``: the largest padded tile, see
+    :mod:`neuralstyle.tiling`) the activations are those of one window, and the whole image costs
+    :data:`TILED_BYTES_PER_PIXEL`.  It is meant to refuse sizes that cannot fit, not to predict to
+    the megabyte.
     """
     pixels = float(shape[0]) * float(shape[1])
-    per_pixel = BYTES_PER_PIXEL + 3 * 4 * 4  # the image, its gradient and two moments (fp32)
-    if isinstance(optimizer, LBFGS):
-        per_pixel += 3 * 4 * 2 * optimizer.memory_size
+    optimizer_state = 3 * 4 * 2 * optimizer.memory_size if isinstance(optimizer, LBFGS) else 0
+    if window is not None:
+        window_pixels = float(window[0]) * float(window[1])
+        return (BASE_BYTES + window_pixels * BYTES_PER_PIXEL
+                + pixels * (TILED_BYTES_PER_PIXEL + optimizer_state))
+    per_pixel = BYTES_PER_PIXEL + 3 * 4 * 4 + optimizer_state  # image, gradient, two moments (fp32)
     return BASE_BYTES + runs * pixels * per_pixel
 
 
@@ -47,13 +59,15 @@ def available_memory_bytes() -> Optional[float]:
 
 
 def check_memory(shape: tuple[int, int], optimizer=None, what: str = "the image",
-                 runs: int = 1) -> None:
-    """Raise :class:`ConfigError` if ``runs`` runs at ``shape`` need more memory than the
-    machine has (see :func:`estimate_memory_bytes`)."""
-    need, have = estimate_memory_bytes(shape, optimizer, runs), available_memory_bytes()
+                 runs: int = 1, window: Optional[tuple[int, int]] = None) -> None:
+    """Raise :class:`ConfigError` if ``runs`` runs at ``shape`` (tiled in ``window``s, if given)
+    need more memory than the machine has (see :func:`estimate_memory_bytes`)."""
+    need, have = estimate_memory_bytes(shape, optimizer, runs, window), available_memory_bytes()
     if have is not None and need > have:
         batch = f"{runs} runs at " if runs > 1 else "a "
+        advice = "use smaller tiles (tile.size)" if window is not None else \
+            "use a smaller size, or tiled optimization (tile.size=512)"
         raise ConfigError(
             f"{what}: {batch}{shape[1]}x{shape[0]} px run needs about {need / 1e9:.3g} GB, more than "
-            f"the {have / 1e9:.3g} GB this machine has; use a smaller size"
+            f"the {have / 1e9:.3g} GB this machine has; {advice}"
         )

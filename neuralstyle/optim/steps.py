@@ -45,9 +45,23 @@ def make_step(tx: optax.GradientTransformation) -> Callable:
     argument: ``jax.jit(make_step(tx))`` traces once per image shape, whatever the weights.
     """
 
+    update = make_update(tx)
+
     def step(objective, image, opt_state, params, targets):
         (loss, terms), grad = value_and_grad(objective, params, image, targets)
-        updates, opt_state = tx.update(grad, opt_state, image)
-        return project(optax.apply_updates(image, updates)), opt_state, loss, terms
+        image, opt_state = update(grad, opt_state, image)
+        return image, opt_state, loss, terms
 
     return step
+
+
+def make_update(tx: optax.GradientTransformation) -> Callable:
+    """``update(grad, opt_state, image) -> (new_image, opt_state)``: the optax update, applied and
+    projected onto the pixel box (the second half of :func:`make_step`, for gradients computed
+    elsewhere, e.g. tile by tile)."""
+
+    def update(grad, opt_state, image):
+        updates, opt_state = tx.update(grad, opt_state, image)
+        return project(optax.apply_updates(image, updates)), opt_state
+
+    return update

@@ -268,6 +268,14 @@ class TiledObjective:
             shares[layer] = jnp.float32(h * w / counts[layer] if is_mean else 1.0)
         return shares
 
+    def value(self, objective: StyleObjective, params, image: jnp.ndarray, targets: Targets):
+        """``(total, terms)`` at a ``(1, H, W, 3)`` image: the statistics pass alone."""
+        stats, content = self._accumulate(objective, params, image, targets)
+        (style, _), _ = self._loss_from_statistics(objective, stats, targets)
+        tv, _ = self._tv(objective, image)
+        terms = {"content": objective.content_weight * content, "style": style, "tv": tv}
+        return terms["content"] + terms["style"] + terms["tv"], terms
+
     def value_and_grad(self, objective: StyleObjective, params, image: jnp.ndarray, targets: Targets):
         """``((total, terms), gradient)`` of the objective at a ``(1, H, W, 3)`` image, exactly as
         ``jax.value_and_grad(objective, argnums=1, has_aux=True)`` would give it untiled."""
@@ -291,14 +299,25 @@ class TiledObjective:
         and the keys have a leading axis of 1, images are ``(1, 1, H, W, 3)``), for
         :func:`neuralstyle.optim.driver.optimize`'s ``evaluator``."""
 
-        def evaluate(objective, params, images, targets):
+        def unbatch(objective, images, targets):
             if images.shape[0] != 1:
                 raise ConfigError("tiled optimization runs one image at a time (N = 1)")
-            single = jax.tree.map(lambda leaf: leaf[0], objective)
-            (total, terms), grad = self.value_and_grad(single, params, images[0],
-                                                       targets._replace(key=targets.key[0]))
-            return (jnp.reshape(total, (1,)), {k: jnp.reshape(v, (1,)) for k, v in terms.items()}), grad[None]
+            return (jax.tree.map(lambda leaf: leaf[0], objective), images[0],
+                    targets._replace(key=targets.key[0]))
 
+        def batch(total, terms):
+            return jnp.reshape(total, (1,)), {k: jnp.reshape(v, (1,)) for k, v in terms.items()}
+
+        def evaluate(objective, params, images, targets):
+            single, image, single_targets = unbatch(objective, images, targets)
+            (total, terms), grad = self.value_and_grad(single, params, image, single_targets)
+            return batch(total, terms), grad[None]
+
+        def value(objective, params, images, targets):
+            single, image, single_targets = unbatch(objective, images, targets)
+            return batch(*self.value(single, params, image, single_targets))
+
+        evaluate.value = value  # the loss alone: the statistics pass only
         return evaluate
 
 

@@ -227,7 +227,8 @@ def optimize(objective: StyleObjective, optimizer, images, keys, params, targets
       opt_state: optax only: the initial optimizer state of the N runs (default: ``init``).
       evaluator: ``None`` (the objective is evaluated inside the compiled step), or a function
         ``(objective, params, images, targets) -> ((losses (N,), terms), gradients)`` with the
-        shapes of the batched step, called from Python every step.
+        shapes of the batched step, called from Python every step; its attribute ``value``, if
+        present, gives ``(losses, terms)`` alone (used for the final loss).
 
     Raises :class:`~neuralstyle.errors.Interrupted` on Ctrl-C, with the current ``(N, H, W, 3)``
     images and the number of completed steps.
@@ -288,7 +289,11 @@ def _evaluated_step(tx, evaluator):
         images, opt_states = update(grads, opt_states, images)
         return images, opt_states, losses, terms
 
-    return step, lambda objective, params, images, targets: evaluator(objective, params, images, targets)[0]
+    value = getattr(evaluator, "value", None)  # a cheaper loss-only evaluation, if it has one
+    if value is None:
+        def value(objective, params, images, targets):
+            return evaluator(objective, params, images, targets)[0]
+    return step, value
 
 
 def _evaluated_trial(evaluator):

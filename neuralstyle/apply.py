@@ -10,6 +10,9 @@ path of every written image is printed.  No input is ever written over and no tw
 result: ``cat.jpg`` and ``cat.png`` become ``cat.jpg.png`` and ``cat.png.png``, and an input whose
 result would replace an input or a file that ``apply`` did not write is skipped; each rename and
 skip is printed on stderr (the rules: :mod:`neuralstyle.fast.stylizer`).
+For print: ``bit_depth=16`` writes 16-bit results, ``format=tiff`` names generated results
+``<stem>.tiff`` (an ``output=`` file keeps its own suffix), and every result carries the ICC profile
+of its input photo.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ def apply_from_config(cfg: DictConfig, output_dir: Path) -> list[Path]:
                               "model=arbitrary style=great_wave input=photo.jpg)")
     if cfg.preserve_colors not in APPLY_COLORS:
         raise ConfigError(f"preserve_colors must be one of {APPLY_COLORS}, got {cfg.preserve_colors!r}")
+    ext, bit_depth = output_format(cfg)
     if str(cfg.model) == "arbitrary":
         input_files(cfg.input)  # a missing or empty input fails before the network is built
         stylizer = arbitrary_stylizer(cfg)
@@ -47,10 +51,30 @@ def apply_from_config(cfg: DictConfig, output_dir: Path) -> list[Path]:
         stylizer = Stylizer(cfg.model)
     written = stylize_files(stylizer, cfg.input, cfg.output, Path(output_dir),
                             size=cfg.size, preserve_colors=cfg.preserve_colors,
-                            progress=bool(cfg.progress))
+                            progress=bool(cfg.progress), bit_depth=bit_depth, ext=ext)
     for path in written:
         print(Path(path).resolve())
     return written
+
+
+def output_format(cfg: DictConfig) -> tuple[str, int]:
+    """``(suffix of generated result names, bit depth)`` from the keys ``format`` (``png``,
+    ``tiff``; null: png) and ``bit_depth`` (8 or 16), checked against an ``output=`` file name
+    (a single input written to ``output=result.jpg`` keeps that name, so it must agree)."""
+    from .images.io import OUTPUT_FORMATS, SIXTEEN_BIT_SUFFIXES, check_output_options
+
+    fmt = cfg.get("format")
+    ext, bit_depth = check_output_options("png" if fmt is None else fmt, cfg.get("bit_depth", 8),
+                                          "format", "bit_depth")
+    named = Path(str(cfg.output)).suffix.lower() if cfg.get("output") is not None else ""
+    if named and Path(str(cfg.input)).expanduser().is_file():  # output= names the result file
+        if fmt is not None and OUTPUT_FORMATS.get(named.lstrip(".")) != ext:
+            raise ConfigError(f"format={fmt} disagrees with output={cfg.output}; the file's suffix "
+                              "decides its format (drop format=, or name a .png/.tiff file)")
+        if bit_depth == 16 and named not in SIXTEEN_BIT_SUFFIXES:
+            raise ConfigError(f"bit_depth=16 needs a .png, .tif or .tiff output file, not "
+                              f"output={cfg.output} (bit_depth must be 8 for that format)")
+    return ext, bit_depth
 
 
 def arbitrary_stylizer(cfg: DictConfig):

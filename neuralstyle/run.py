@@ -5,6 +5,9 @@ which gets the run's parts from :func:`neuralstyle.recipe.build_run` and calls t
 :func:`neuralstyle.stylize` (or :func:`~neuralstyle.stylize_pyramid`).
 A run writes into its Hydra run directory ``result.png``, ``metrics.json``, ``config.yaml``
 (the resolved config) and ``snapshots/step_NNNNN.png``, then prints the path of ``result.png``.
+The config section ``output`` chooses the result's format and depth for print (``output.format=tiff``
+writes ``result.tiff``; ``output.bit_depth=16``); the content image's ICC profile is carried into
+the result (see :func:`result_options`).
 ``main`` returns the final loss, so sweepers can minimize it.
 """
 
@@ -19,8 +22,9 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from .errors import Interrupted, NonFiniteLossError  # noqa: E402
+from .errors import ConfigError, Interrupted, NonFiniteLossError  # noqa: E402
 from .images import atomic_write, save_image  # noqa: E402
+from .images.io import check_output_options, icc_description, read_icc_profile  # noqa: E402
 from .recipe import build_objective, build_run, config_dir  # noqa: E402,F401  (re-exported)
 from .stylize import stylize, stylize_pyramid  # noqa: E402
 
@@ -31,10 +35,13 @@ def run_from_config(cfg: DictConfig, output_dir: Path) -> float:
     The parts come from :func:`neuralstyle.recipe.build_run`.  ``result.png`` is written before
     ``metrics.json``: a ``metrics.json`` (the record of a finished run) never exists without its
     image.  Ctrl-C saves the current image as ``snapshots/interrupted_step_NNNNN.png`` and
-    re-raises :class:`~neuralstyle.errors.Interrupted`.
+    re-raises :class:`~neuralstyle.errors.Interrupted`.  The result's name, format and depth come
+    from ``cfg.output`` (:func:`result_options`), checked before anything else.
     """
     output_dir = Path(output_dir)
+    result_name, bit_depth = result_options(cfg)
     parts = build_run(cfg)
+    icc_profile = read_icc_profile(parts.content_path)
     atomic_write(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
     common = dict(
         optimizer=parts.optimizer, init=parts.initial_image(int(cfg.seed)), seed=int(cfg.seed),
@@ -65,11 +72,38 @@ def run_from_config(cfg: DictConfig, output_dir: Path) -> float:
         "experiment": _experiment_name(),
         **result.metrics,
         "optimizer_config": OmegaConf.to_container(cfg.optimizer, resolve=True),
+        "output": output_record(result_name, bit_depth, icc_profile),
     }
-    result_path = save_image(parts.finish(result.image), output_dir / "result.png")
+    result_path = save_image(parts.finish(result.image), output_dir / result_name,
+                             bit_depth=bit_depth, icc_profile=icc_profile)
     atomic_write(output_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
     print(result_path.resolve())
     return metrics["final"]["total"]
+
+
+def result_options(cfg) -> tuple[str, int]:
+    """``(file name, bit depth)`` of a run's result from the config section ``output``:
+    ``format`` (``png``, the default, or ``tiff``) names it ``result.png`` or ``result.tiff``,
+    ``bit_depth`` is 8 (default) or 16 bits per channel.  A config without the section gets the
+    defaults.  Raises :class:`ConfigError` naming the key for any other value."""
+    node = cfg.get("output") if hasattr(cfg, "get") else None
+    if node is None:
+        node = {}
+    if not hasattr(node, "get"):
+        raise ConfigError(f"output must be a section (output.format=png|tiff, "
+                          f"output.bit_depth=8|16), got {node!r}")
+    unknown = sorted(set(node) - {"format", "bit_depth"})
+    if unknown:
+        raise ConfigError(f"output has unknown key(s) {unknown}; expected format, bit_depth")
+    suffix, bit_depth = check_output_options(node.get("format", "png"), node.get("bit_depth", 8))
+    return "result" + suffix, bit_depth
+
+
+def output_record(name: str, bit_depth: int, icc_profile) -> dict:
+    """What ``metrics.json`` says of the result file: name, format, bit depth and colour space
+    (the embedded profile's description, or ``"sRGB (assumed)"`` when the content had none)."""
+    return {"file": name, "format": Path(name).suffix.lstrip("."),
+            "bit_depth": bit_depth, "icc_profile": icc_description(icc_profile)}
 
 
 def save_interrupted(stop: Interrupted, finish, folder: Path) -> Interrupted:

@@ -7,6 +7,8 @@ together by the Hydra-free :func:`neuralstyle.stylize_batched` (one compiled ste
 the Hydra run directory ``run_KK/result.png`` and ``run_KK/metrics.json`` per setting,
 ``batch.json`` (every setting with its final loss) and ``config.yaml``, and prints each result's
 path.  Style masks and pyramids are not batched (use ``python -m neuralstyle.run -m``).
+The ``output`` section (format, bit depth) and the content's ICC profile apply as in
+:mod:`neuralstyle.run`: ``run_KK/result.tiff`` with ``output.format=tiff``.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from omegaconf import OmegaConf  # noqa: E402
 from .stylize import stylize_batched  # noqa: E402
 from .errors import ConfigError, Interrupted  # noqa: E402
 from .images import atomic_write, save_image  # noqa: E402
+from .images.io import read_icc_profile  # noqa: E402
 from .objective import WEIGHT_FIELDS  # noqa: E402
 from .recipe import build_run, check_config, config_dir, plain  # noqa: E402
+from .run import output_record, result_options  # noqa: E402
 
 BATCH_KEYS = WEIGHT_FIELDS + ("seed",)
 
@@ -60,10 +64,12 @@ def run_batched_from_config(cfg, output_dir) -> list:
     output_dir = Path(output_dir)
     weights, seeds = batch_settings(plain(cfg.get("batch")))
     check_config(cfg)
+    result_name, bit_depth = result_options(cfg)
     if cfg.style_masks is not None or int(cfg.pyramid.levels) > 1:
         raise ConfigError("batched sweeps support neither style_masks nor pyramid.levels > 1; "
                           "run those settings one by one with python -m neuralstyle.run -m")
     parts = build_run(cfg)
+    icc_profile = read_icc_profile(parts.content_path)
     run_seeds = seeds if seeds is not None else [int(cfg.seed)] * len(weights)
     atomic_write(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
     finish = parts.finish
@@ -82,8 +88,10 @@ def run_batched_from_config(cfg, output_dir) -> list:
     for k, run in enumerate(result.runs):
         run_dir = output_dir / f"run_{k:02d}"
         metrics = {"content": str(cfg.content), "style": plain(cfg.style), **run,
-                   "batch": result.metrics}
-        path = save_image(finish(result.images[k]), run_dir / "result.png")  # image first,
+                   "batch": result.metrics,
+                   "output": output_record(result_name, bit_depth, icc_profile)}
+        path = save_image(finish(result.images[k]), run_dir / result_name,  # image first,
+                          bit_depth=bit_depth, icc_profile=icc_profile)
         atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2).encode())  # record last
         summary.append({"run": k, "weights": run["weights"], "seed": run["seed"],
                         "final_loss": run["final"]["total"] if run["final"] else None,

@@ -10,17 +10,21 @@ Where results go (:func:`plan_outputs`; every rename and skip is printed on stde
 
 * a single input file goes to ``output`` when that names an image file (``result.jpg``), otherwise
   to ``<output or default folder>/<stem>_stylized.png``; a folder's images go to
-  ``<folder>/<stem>.png``;
+  ``<folder>/<stem>.png`` (``.tiff`` instead of ``.png`` with ``ext=".tiff"``);
 * inputs whose stems are equal (compared case-insensitively: ``cat.jpg`` and ``cat.png``) would
   share a result, so each of them keeps its whole name instead: ``cat.jpg.png``, ``cat.png.png``
   (deterministic; a name still taken gets ``_2``, ``_3``... in sorted input order);
 * an input is never written over: an input whose result would be an input file (``output=`` the
   input folder, or the input itself) is skipped; a single input is refused with an error;
-* a generated name never replaces a file that this module did not write: results are PNG files
-  marked ``Software: neuralstyle.apply`` (a PNG text chunk), a rerun replaces its own marked
-  results, and any other existing file (a photo, a result of another program) makes its input be
-  skipped.  A file named explicitly (``output=result.jpg`` for a single input) is written as asked,
-  unless it is the input itself.
+* a generated name never replaces a file that this module did not write: results are PNG or TIFF
+  files marked ``Software: neuralstyle.apply`` (a PNG text chunk, TIFF tag 305), a rerun replaces
+  its own marked results, and any other existing file (a photo, a result of another program) makes
+  its input be skipped.  A file named explicitly (``output=result.jpg`` for a single input) is
+  written as asked, unless it is the input itself.
+
+For print, results can be 16-bit PNG or TIFF (``bit_depth=16``), and each result carries the ICC
+profile of its input photo (none, i.e. sRGB by assumption, when the photo has none); see
+:func:`neuralstyle.images.io.save_image`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-import io  # noqa: E402
 import sys  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -39,11 +42,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from PIL import Image, PngImagePlugin  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from ..images import combine_luminance  # noqa: E402
 from ..errors import ConfigError, ImageError  # noqa: E402
-from ..images import atomic_write, load_image, resize_long_edge, save_image, to_uint8  # noqa: E402
+from ..images import load_image, resize_long_edge, save_image  # noqa: E402
+from ..images.io import read_icc_profile  # noqa: E402
 from .data import IMAGE_SUFFIXES  # noqa: E402
 from .transform import CUSTOM_OBJECTS, apply_fn, get_params  # noqa: E402
 
@@ -115,22 +119,23 @@ class Planned:
 
 
 def is_our_result(path: Path) -> bool:
-    """Whether ``path`` is a result written by :func:`save_result` (a PNG carrying the mark)."""
+    """Whether ``path`` is a result written by :func:`save_result` (a PNG or TIFF carrying the
+    mark)."""
     try:
         with Image.open(path) as im:
-            return im.format == "PNG" and im.info.get("Software") == RESULT_MARK
+            if im.format == "PNG":
+                return im.info.get("Software") == RESULT_MARK
+            return im.format == "TIFF" and im.tag_v2.get(305) == RESULT_MARK
     except Exception:  # noqa: BLE001 - unreadable or not an image: not ours
         return False
 
 
-def save_result(image: np.ndarray, path: Path) -> Path:
-    """Write a generated result as a PNG marked ``Software: neuralstyle.apply``, atomically."""
-    info = PngImagePlugin.PngInfo()
-    info.add_text("Software", RESULT_MARK)
-    buffer = io.BytesIO()
-    Image.fromarray(to_uint8(image)).save(buffer, format="PNG", pnginfo=info)
-    atomic_write(path, buffer.getvalue())
-    return Path(path)
+def save_result(image: np.ndarray, path: Path, bit_depth: int = 8,
+                icc_profile: Optional[bytes] = None) -> Path:
+    """Write a generated result (PNG or TIFF after the suffix) marked ``Software:
+    neuralstyle.apply``, atomically."""
+    return save_image(image, path, bit_depth=bit_depth, icc_profile=icc_profile,
+                      software=RESULT_MARK)
 
 
 def _file_id(path: Path) -> Optional[tuple[int, int]]:
@@ -142,28 +147,28 @@ def _file_id(path: Path) -> Optional[tuple[int, int]]:
     return st.st_dev, st.st_ino
 
 
-def _generated_names(inputs: list[Path], suffix: str) -> list[str]:
-    """``<stem><suffix>.png`` per input; ``<name><suffix>.png`` for stems shared (case-insensitively);
-    ``_2``, ``_3``... for a name still taken (in input order)."""
+def _generated_names(inputs: list[Path], suffix: str, ext: str = ".png") -> list[str]:
+    """``<stem><suffix><ext>`` per input; ``<name><suffix><ext>`` for stems shared
+    (case-insensitively); ``_2``, ``_3``... for a name still taken (in input order)."""
     stems: dict[str, int] = {}
     for p in inputs:
         stems[p.stem.casefold()] = stems.get(p.stem.casefold(), 0) + 1
     names, taken = [], set()
     for p in inputs:
         base = p.name if stems[p.stem.casefold()] > 1 else p.stem
-        name, k = f"{base}{suffix}.png", 1
+        name, k = f"{base}{suffix}{ext}", 1
         while name.casefold() in taken:
             k += 1
-            name = f"{base}{suffix}_{k}.png"
+            name = f"{base}{suffix}_{k}{ext}"
         taken.add(name.casefold())
         names.append(name)
     return names
 
 
 def plan_outputs(inputs: list[Path], input_arg: Union[str, Path], output: Union[str, Path, None],
-                 default_dir: Path) -> list[Planned]:
+                 default_dir: Path, ext: str = ".png") -> list[Planned]:
     """Where each input's result goes, with the reason for every rename and skip (see the module
-    docstring); raises :class:`~neuralstyle.errors.ConfigError` when a single input would be
+    docstring); generated names end in ``ext`` (``.png`` or ``.tiff``); raises :class:`~neuralstyle.errors.ConfigError` when a single input would be
     written over itself."""
     single = Path(input_arg).expanduser().is_file()
     if single and output is not None and Path(output).suffix:
@@ -174,13 +179,13 @@ def plan_outputs(inputs: list[Path], input_arg: Union[str, Path], output: Union[
         return [Planned(inputs[0], target, generated=False)]
     folder = Path(output).expanduser() if output is not None else Path(default_dir)
     suffix = "_stylized" if single else ""
-    names = _generated_names(inputs, suffix)
+    names = _generated_names(inputs, suffix, ext)
     input_ids = {_file_id(p) for p in inputs} - {None}
     plans = []
     for source, name in zip(inputs, names):
         target = folder / name
         note = None
-        plain = f"{source.stem}{suffix}.png"
+        plain = f"{source.stem}{suffix}{ext}"
         if name != plain:
             note = f"{source.name} -> {target} ({plain} would be shared with another input)"
         if _file_id(target) in input_ids:
@@ -198,9 +203,9 @@ def plan_outputs(inputs: list[Path], input_arg: Union[str, Path], output: Union[
 
 
 def output_paths(inputs: list[Path], input_arg: Union[str, Path], output: Union[str, Path, None],
-                 default_dir: Path) -> list[Optional[Path]]:
+                 default_dir: Path, ext: str = ".png") -> list[Optional[Path]]:
     """Each input's result path (``None``: skipped); see :func:`plan_outputs`."""
-    return [plan.target for plan in plan_outputs(inputs, input_arg, output, default_dir)]
+    return [plan.target for plan in plan_outputs(inputs, input_arg, output, default_dir, ext)]
 
 
 def _say(message: str) -> None:
@@ -209,14 +214,17 @@ def _say(message: str) -> None:
 
 def stylize_files(stylizer: Stylizer, input_path, output=None, default_dir: Path = Path("."),
                   size: Optional[int] = None, preserve_colors: Optional[str] = None,
-                  progress: bool = False, say: Callable[[str], None] = _say) -> list[Path]:
+                  progress: bool = False, say: Callable[[str], None] = _say, bit_depth: int = 8,
+                  ext: str = ".png") -> list[Path]:
     """Stylize a file or every image in a folder; returns the written paths.  Results are placed
-    by :func:`plan_outputs` (never over an input, never two inputs on one result); each rename
+    by :func:`plan_outputs` (never over an input, never two inputs on one result; generated names
+    end in ``ext``, ``.png`` or ``.tiff``), written with ``bit_depth`` bits per channel and the
+    ICC profile of their input (:func:`~neuralstyle.images.io.read_icc_profile`); each rename
     and skip is passed to ``say`` (default: a line on stderr).  An unreadable image raises
     :class:`~neuralstyle.errors.ImageError` naming it (results already written stay; each file is
     written atomically, so none is ever half-written)."""
     inputs = input_files(input_path)
-    plans = plan_outputs(inputs, input_path, output, default_dir)
+    plans = plan_outputs(inputs, input_path, output, default_dir, ext)
     for plan in plans:
         if plan.note:
             say(plan.note)
@@ -236,5 +244,6 @@ def stylize_files(stylizer: Stylizer, input_path, output=None, default_dir: Path
             image = resize_long_edge(image, int(size))
         result = stylizer(image, preserve_colors)
         save = save_result if plan.generated else save_image
-        written.append(save(result, plan.target))
+        written.append(save(result, plan.target, bit_depth=bit_depth,
+                            icc_profile=read_icc_profile(plan.source)))
     return written

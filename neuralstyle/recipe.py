@@ -113,10 +113,19 @@ CHECKED_KEYS = (
     ("style_weight", "non_negative_float", "a finite number >= 0"),
     ("tv_weight", "non_negative_float", "a finite number >= 0"),
     ("pyramid.levels", "positive_int", "a whole number >= 1"),
+    ("pyramid.start_size", "optional_positive_int", "null or a whole number of pixels >= 1"),
+    ("pyramid.factor", "greater_than_one", "a finite number > 1 (2, or 1.41421356 for sqrt 2)"),
+    ("average_decay", "optional_decay", "null (off) or a number in [0, 1), e.g. 0.99"),
+    ("tile.size", "optional_positive_int", "null (off) or a whole number of pixels >= 1, e.g. 512"),
+    ("tile.halo", "optional_non_negative_int", "null (exact, from the layers) or a whole number of pixels >= 0"),
 )
 
 
 def _valid(value, kind: str) -> bool:
+    if kind.startswith("optional_"):
+        if value is None:
+            return True
+        kind = kind[len("optional_"):]
     if isinstance(value, bool):
         return False
     if kind.endswith("int"):
@@ -125,6 +134,10 @@ def _valid(value, kind: str) -> bool:
         return {"positive_int": value >= 1, "non_negative_int": value >= 0}.get(kind, True)
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         return False
+    if kind == "greater_than_one":
+        return value > 1
+    if kind == "decay":
+        return 0 <= value < 1
     return value > 0 if kind == "positive_float" else value >= 0
 
 
@@ -195,7 +208,10 @@ class RunParts:
 
     ``content`` and ``style`` are the images the objective sees (after the colour control);
     ``finish`` maps an optimized image back to the output's colours (identity without a colour
-    control); ``masks`` are the style masks at the content's size, or ``None``.
+    control); ``masks`` are the style masks at the content's size, or ``None``.  ``scales`` are the
+    ``(H, W)`` of a coarse-to-fine run, smallest first (``None``: one scale), with ``scale_steps``
+    (one number or one per scale), ``warm_start``; ``average_decay`` is the averaged iterate's;
+    ``tile_size`` and ``tile_halo`` turn on exact tiled optimization for larger images.
     """
 
     content_path: Path
@@ -207,6 +223,12 @@ class RunParts:
     optimizer: Any
     init: InitSpec
     style_blend: Optional[list]
+    scales: Optional[list] = None
+    scale_steps: Union[int, list, None] = None
+    warm_start: bool = False
+    average_decay: Optional[float] = None
+    tile_size: Optional[int] = None
+    tile_halo: Optional[int] = None
 
     def initial_image(self, seed: int) -> np.ndarray:
         return self.init.image(self.content, self.style, seed)
@@ -223,7 +245,13 @@ def build_run(cfg: DictConfig) -> RunParts:
         raise ImageError(f"content: {err}") from None
     optimizer = instantiate_node(cfg.optimizer, "optimizer")
     init = instantiate_node(cfg.init, "init")
-    check_memory(shape, optimizer, what=f"size={int(cfg.size)} ({content_path})")
+    tile_size = (cfg.get("tile") or {}).get("size")
+    window = None
+    if tile_size is not None:  # the halo is not known before the objective: take the largest (VGG block5)
+        halo = (cfg.get("tile") or {}).get("halo")
+        side = int(tile_size) + 2 * (112 if halo is None else int(halo)) + 16
+        window = (min(shape[0], side), min(shape[1], side))
+    check_memory(shape, optimizer, what=f"size={int(cfg.size)} ({content_path})", window=window)
     content, style = load_content_and_style(
         str(content_path), plain(cfg.style), size=int(cfg.size), style_scale=float(cfg.style_scale),
         image_dir=cfg.image_dir,
@@ -234,6 +262,10 @@ def build_run(cfg: DictConfig) -> RunParts:
     content, style, finish = apply_color_control(content, style, cfg.preserve_colors)
     objective = build_objective(cfg)
     objective.extractor.check_input(content.shape, f"content image {content_path}")
+    if tile_size is not None:  # refuse a bad tile or an objective that cannot be tiled now
+        from .tiling import TiledObjective
+
+        TiledObjective(objective, int(tile_size), (cfg.get("tile") or {}).get("halo"))
     names = plain(cfg.style)
     names, images = (names, style) if isinstance(names, list) else ([names], [style])
     for i, (name, image) in enumerate(zip(names, images)):
@@ -241,8 +273,35 @@ def build_run(cfg: DictConfig) -> RunParts:
         objective.extractor.check_input(
             image.shape, f"{role} image {_resolve(role, name, cfg.image_dir)} at style_scale="
                          f"{float(cfg.style_scale):g}")
+    scales, scale_steps, warm_start = _scales(cfg, content.shape[:2])
+    average_decay = cfg.get("average_decay")
+    tile = cfg.get("tile") or {}
     return RunParts(content_path, content, style, finish, masks, objective, optimizer, init,
-                    plain(cfg.style_blend_weights))
+                    plain(cfg.style_blend_weights), scales, scale_steps, warm_start,
+                    None if average_decay is None else float(average_decay),
+                    tile.get("size"), tile.get("halo"))
+
+
+def _scales(cfg: DictConfig, shape: tuple[int, int]):
+    """The ``pyramid`` section: ``(scales or None, steps per scale, warm_start)``."""
+    from .stylize import multiscale_shapes, pyramid_shapes
+
+    pyramid = cfg.get("pyramid") or {}
+    start_size, levels = pyramid.get("start_size"), int(pyramid.get("levels", 1))
+    if start_size is not None:
+        scales = multiscale_shapes(shape, int(start_size), float(pyramid.get("factor", 2.0)))
+    else:
+        scales = pyramid_shapes(shape, levels)
+    if len(scales) == 1:
+        return None, None, False
+    steps = plain(pyramid.get("steps"))
+    if steps is None:
+        steps = int(cfg.steps)
+    elif isinstance(steps, list) and len(steps) != len(scales):
+        raise ConfigError(f"pyramid.steps has {len(steps)} entries for {len(scales)} scales "
+                          f"({', '.join(f'{w}x{h}' for h, w in scales)}); give one per scale, "
+                          "smallest first, or one number")
+    return scales, steps, bool(pyramid.get("warm_start", False))
 
 
 def _resolve(role: str, name, image_dir) -> Path:

@@ -47,13 +47,13 @@ def run_from_config(cfg: DictConfig, output_dir: Path) -> float:
         optimizer=parts.optimizer, init=parts.initial_image(int(cfg.seed)), seed=int(cfg.seed),
         progress=bool(cfg.progress), style_blend=parts.style_blend, style_masks=parts.masks,
         snapshot_every=int(cfg.snapshot_every), snapshot_dir=output_dir / "snapshots",
+        average_decay=parts.average_decay, tile_size=parts.tile_size, tile_halo=parts.tile_halo,
     )
     try:
-        if int(cfg.pyramid.levels) > 1:
-            steps = OmegaConf.to_container(cfg.pyramid.steps) if cfg.pyramid.steps is not None else None
+        if parts.scales is not None:
             result = stylize_pyramid(parts.objective, parts.content, parts.style,
-                                     levels=int(cfg.pyramid.levels),
-                                     steps=int(cfg.steps) if steps is None else steps, **common)
+                                     shapes=parts.scales, steps=parts.scale_steps,
+                                     warm_start=parts.warm_start, **common)
         else:
             result = stylize(parts.objective, parts.content, parts.style, steps=int(cfg.steps),
                              **common)

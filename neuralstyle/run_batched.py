@@ -65,9 +65,16 @@ def run_batched_from_config(cfg, output_dir) -> list:
     weights, seeds = batch_settings(plain(cfg.get("batch")))
     check_config(cfg)
     result_name, bit_depth = result_options(cfg)
-    if cfg.style_masks is not None or int(cfg.pyramid.levels) > 1:
-        raise ConfigError("batched sweeps support neither style_masks nor pyramid.levels > 1; "
-                          "run those settings one by one with python -m neuralstyle.run -m")
+    if cfg.style_masks is not None:
+        raise ConfigError("batched sweeps do not support style_masks; run those settings one by "
+                          "one with python -m neuralstyle.run -m")
+    if int(cfg.pyramid.levels) > 1 or cfg.pyramid.get("start_size") is not None:
+        raise ConfigError("batched sweeps run one scale (pyramid.levels 1, pyramid.start_size "
+                          "null); run coarse-to-fine settings one by one with "
+                          "python -m neuralstyle.run -m")
+    if cfg.get("tile") and cfg.tile.get("size") is not None:
+        raise ConfigError("batched sweeps do not tile (tile.size must be null); run tiled settings "
+                          "one by one with python -m neuralstyle.run -m")
     parts = build_run(cfg)
     icc_profile = read_icc_profile(parts.content_path)
     run_seeds = seeds if seeds is not None else [int(cfg.seed)] * len(weights)
@@ -78,7 +85,7 @@ def run_batched_from_config(cfg, output_dir) -> list:
                                  seeds=seeds, optimizer=parts.optimizer, steps=int(cfg.steps),
                                  init=[parts.initial_image(int(s)) for s in run_seeds],
                                  seed=int(cfg.seed), progress=bool(cfg.progress),
-                                 style_blend=parts.style_blend)
+                                 style_blend=parts.style_blend, average_decay=parts.average_decay)
     except Interrupted as stop:  # Ctrl-C: keep every run's current image
         paths = [save_image(finish(image), output_dir / f"run_{k:02d}" / f"interrupted_step_{stop.step:05d}.png")
                  for k, image in enumerate(stop.image)]

@@ -45,6 +45,7 @@ from .losses import (  # noqa: E402
     StyleLoss,
     bn_statistics_loss,
     content_loss,
+    gaussian_wasserstein_loss,
     gram_loss,
     gram_matrix,
     gram_style_layer_loss,
@@ -79,6 +80,6 @@ __all__ = [
     "initial_image", "load_content_and_style", "stylize", "bn_statistics_loss", "histogram_loss",
     "mean_std_loss", "mmd_loss", "mrf_loss", "sliced_wasserstein_loss", "pyramid_shapes",
     "stylize_pyramid", "BatchedResult", "stylize_batched",
-    "ArbitraryStylizer", "style_predictor", "style_transformer",
+    "ArbitraryStylizer", "style_predictor", "style_transformer", "gaussian_wasserstein_loss",
 ]
 __version__ = "0.1.0"

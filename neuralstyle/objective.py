@@ -156,6 +156,9 @@ class StyleObjective:
         """Content features of ``content`` (1, H, W, 3) and style statistics of ``style``: one
         (1, H, W, 3) image or a list of them, mixed with weights ``blend`` (default: equal).
 
+        Several styles are blended by summing their weighted losses, or, for a family with its own
+        mixture (``StyleLoss.blend``, e.g. the Gaussian Wasserstein loss), into one target.
+
         ``masks`` (one (H, W) array in [0, 1] per style image, at the content's size) assigns
         regions of the image to styles (spatial control, Gatys et al. 2017, sec. 4.1); then each
         region's term has weight 1 unless ``blend`` says otherwise, and an all-zero mask leaves its
@@ -182,6 +185,12 @@ class StyleObjective:
         for image in styles:
             features = self.extractor.apply(params, image)
             statistics.append({n: self.style_loss.target(features[n]) for n in self.style_layers})
+        if masks is None and len(statistics) > 1 and self.style_loss.blend is not None:
+            # the family mixes its own statistics (e.g. means and second moments): one target
+            mixed = jnp.asarray(weights, jnp.float32)
+            statistics = [{n: self.style_loss.blend([s[n] for s in statistics], mixed)
+                           for n in self.style_layers}]
+            weights = (1.0,)
         return Targets(
             content={n: content_features[n] for n in self.content_layers},
             style=tuple(statistics),

@@ -284,3 +284,24 @@ def test_optimizing_w2_alone_lowers_it(imagenet_vgg19, image_dir):
     factor = m["initial"]["style"] / m["final"]["style"]
     print("w2 factor", factor)
     assert np.isfinite(m["final"]["style"]) and factor > 3.2
+
+
+def test_the_objective_blends_several_styles_by_mixing_their_moments(random_vgg19):
+    """StyleObjective.targets with two styles gives one target, the Gaussian of the mixed means
+    and second moments (StyleLoss.blend), not a sum of two losses."""
+    from neuralstyle import StyleObjective
+
+    objective = StyleObjective.build(random_vgg19, content_layers=["conv2_1"],
+                                     style_layers=["conv1_1", "conv2_1"],
+                                     style_loss=gaussian_wasserstein_loss())
+    rng = np.random.default_rng(4)
+    content = jnp.asarray(rng.random((1, 24, 24, 3), np.float32))
+    styles = [jnp.asarray(rng.random((1, 24, 28, 3), np.float32) ** p) for p in (1, 3)]
+    targets = objective.targets(objective.params, content, styles, blend=(1.0, 3.0))
+    assert len(targets.style) == 1 and np.asarray(targets.blend).tolist() == [1.0]
+    separate = [objective.targets(objective.params, content, s) for s in styles]
+    for layer in objective.style_layers:
+        want = blend_gaussian_statistics([t.style[0][layer] for t in separate], [0.25, 0.75])
+        np.testing.assert_allclose(targets.style[0][layer]["mean"], want["mean"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(targets.style[0][layer]["cov"], want["cov"], rtol=1e-4,
+                                   atol=1e-5 * float(jnp.abs(want["cov"]).max()))

@@ -28,6 +28,10 @@ class StyleLoss(NamedTuple):
         divided by :math:`HW`), ``"sum"`` (the same, summed), or ``None``.  With ``compare``, it
         is what exact tiled optimization needs (:mod:`neuralstyle.tiling`): statistics of tiles
         combine into the statistics of the whole image.
+      blend: ``None`` (several style images are blended by summing their weighted losses,
+        Gatys et al. 2017, sec. 4, which for the Gram loss is mixing their Gram matrices), or
+        (list of statistics, weights summing to one) -> one statistics: the family's own mixture,
+        e.g. mixing means and second moments for the Gaussian Wasserstein loss.
     """
 
     target: Callable[[Array], object]
@@ -36,6 +40,7 @@ class StyleLoss(NamedTuple):
     guidable: bool = False
     compare: Optional[Callable[..., Array]] = None
     statistics_reduction: Optional[str] = None
+    blend: Optional[Callable[..., object]] = None
 
 
 def positions(features: Array) -> Array:

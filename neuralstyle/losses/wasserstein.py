@@ -206,11 +206,11 @@ def blend_gaussian_statistics(statistics: Sequence[dict], weights: Sequence[floa
     does not subtract two large matrices in float32.  The ridge and the square root are then
     recomputed for the mixture.  ``weights`` are normalized to sum to one.
 
-    This is what mixing Gram matrices is for the Gram loss.  Note that
-    :class:`~neuralstyle.objective.StyleObjective` blends styles by summing each style's weighted
-    loss, which for this family minimizes :math:`\sum_k w_k W_2^2(x, s_k)` (a Wasserstein
-    barycenter of the style Gaussians) rather than :math:`W_2^2` to the mixture; apply this
-    function to a :class:`~neuralstyle.objective.Targets` with :func:`blend_targets`.
+    This is what mixing Gram matrices is for the Gram loss.  The loss's ``StyleLoss.blend`` is this
+    function, so :meth:`~neuralstyle.objective.StyleObjective.targets` blends several styles into
+    one target this way (rather than summing each style's weighted loss, which for this family
+    would minimize :math:`\sum_k w_k W_2^2(x, s_k)`, a Wasserstein barycenter of the style
+    Gaussians); :func:`blend_targets` does the same for a :class:`~neuralstyle.objective.Targets`.
     """
     if not statistics:
         raise ConfigError("blend_gaussian_statistics: no statistics to blend")
@@ -327,4 +327,7 @@ def gaussian_wasserstein_loss(eps: float = DEFAULT_EPS,
             stats["sqrt_cov"].astype(cov.dtype), sqrtm_iterations)
         return distance / n
 
-    return StyleLoss(target, loss)
+    def blend(statistics, weights):
+        return blend_gaussian_statistics(statistics, weights, eps)
+
+    return StyleLoss(target, loss, blend=blend)

@@ -151,7 +151,7 @@ class PerceptualMetrics:
             if "torchvision" not in str(backbone.weights):
                 raise ConfigError("pass the LPIPS linear weights (lins=...) with a backbone that "
                                   "does not use weights='torchvision'")
-            from .weights import load_lpips_vgg16, resolve_lpips_vgg16
+            from .backbones.weights import load_lpips_vgg16, resolve_lpips_vgg16
 
             _, lins = load_lpips_vgg16(resolve_lpips_vgg16().path)
         self.lins = tuple(jnp.asarray(w, jnp.float32).reshape(-1) for w in lins)

@@ -124,7 +124,7 @@ def test_cli_bad_value_is_one_line_and_leaves_nothing(image_dir, tmp_path):
 def test_metrics_are_written_after_the_image(image_dir, tmp_path, monkeypatch):
     import neuralstyle.run as run
 
-    def disk_full(image, path):
+    def disk_full(image, path, **options):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(run, "save_image", disk_full)

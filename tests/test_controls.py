@@ -179,7 +179,7 @@ def test_pyramid_produces_the_final_size_one_compile_per_level(objective, tmp_pa
     assert all(lv["compile_time_s"] > 0 for lv in levels)
     assert result.metrics["levels"][0]["style_size"] == [15, 15]  # the style keeps its relative scale
     assert (tmp_path / "level0" / "step_00002.png").is_file() and (tmp_path / "level1" / "step_00002.png").is_file()
-    with pytest.raises(ConfigError, match="2 entries for 3 levels"):
+    with pytest.raises(ConfigError, match="2 entries for 3 scales"):
         stylize_pyramid(objective, c, image(30, 30), steps=[1, 1], levels=3, progress=False)
 
 

@@ -100,21 +100,23 @@ def test_batched_tiny(tmp_path, image_dir):
     assert "| 32 | 2 |" in (tmp_path / "batched.md").read_text()
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
-def test_pyramid_tiny(tmp_path, image_dir, optimizer):
-    run(["benchmarks.pyramid", "--size", "64", "--direct-steps", "3", "--levels-steps", "2,2",
-         "--target-steps", "1,3", "--big-size", "0", "--weights", "null", "--image-dir", str(image_dir),
-         "--optimizer", optimizer], tmp_path)
-    report = json.loads((tmp_path / "pyramid.json").read_text())
-    assert optimizer in report["optimizer"].lower()
-    assert [lv["size"] for lv in report["pyramid"]["levels"]] == [[32, 32], [64, 64]]
-    assert report["direct"]["steps"] == 3 and "time to target" in (tmp_path / "pyramid.md").read_text()
-    first, last = report["targets"]
-    assert (first["direct_steps"], last["direct_steps"]) == (1, 3)
-    assert first["loss"] == report["direct"]["history"][1] and last["loss"] == report["target_loss"]
-    assert first["direct_s"] < last["direct_s"]
-    for t in report["targets"]:  # the speed-up is the ratio of the two times, when reached
-        assert t["pyramid_s"] is None or abs(t["speedup"] - t["direct_s"] / t["pyramid_s"]) < 1e-9
+def test_multiscale_tiny(tmp_path, image_dir):
+    """Recipes composed from conf/ and run through run_from_config; times to target are ratios of
+    the report's own figures."""
+    run(["benchmarks.multiscale", "--size", "64", "--steps", "3", "--start-size", "32",
+         "--scale-steps", "2,2", "--weights", "null", "--image-dir", str(image_dir),
+         "--only", "adam direct,adam multiscale (warm start),lbfgs multiscale"], tmp_path)
+    report = json.loads((tmp_path / "multiscale.json").read_text())
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert set(rows) == {"adam direct", "adam direct + average", "adam multiscale (warm start)",
+                         "adam multiscale (warm start) + average", "lbfgs multiscale"}
+    assert [s["size"] for s in rows["adam multiscale (warm start)"]["scales"]] == [[32, 32], [64, 64]]
+    direct = rows["adam direct"]
+    assert direct["target"] == direct["scales"][-1]["history"][-1]
+    assert direct["time_to_target_s"] == pytest.approx(direct["total_s"], rel=0.05)
+    assert rows["lbfgs multiscale"]["target"] is None  # no L-BFGS direct run: no target
+    assert rows["adam direct + average"]["final_iterate_loss"] == pytest.approx(direct["final_loss"], rel=1e-4)
+    assert "| adam direct | " in (tmp_path / "multiscale.md").read_text()
 
 
 def test_lbfgs_tiny(tmp_path, image_dir):

@@ -12,7 +12,7 @@ from .lbfgs import LBFGS
 
 
 #: Peak memory of one VGG19 forward and backward pass per output pixel, measured with
-#: ``benchmarks/pyramid.py`` and ``benchmarks/speed.py`` (5.0 GB peak RSS at 1024x1024 with Adam,
+#: ``benchmarks/pyramid.py`` (last in 739b3b5) and ``benchmarks/speed`` (5.0 GB peak RSS at 1024x1024 with Adam,
 #: about 1 GB of it the process before the first step), rounded up.
 BYTES_PER_PIXEL = 4_500
 #: Fixed cost of the process (JAX, Keras, the backbone's weights).

@@ -15,21 +15,9 @@ from neuralstyle.recipe import compose
 from neuralstyle.run import run_from_config
 from neuralstyle.stylize import multiscale_shapes, pyramid_shapes
 
+from test_batched import objective, pair  # noqa: F401,E402  (the same small objective and images)
+
 RNG = np.random.default_rng(11)
-LAYERS = dict(content_layers=["conv2_2"], style_layers=["conv1_1", "conv2_1"])
-
-
-@pytest.fixture(scope="module")
-def objective(random_vgg19):
-    return StyleObjective.build(random_vgg19, content_weight=1.0, style_weight=1e-3,
-                                tv_weight=1.0, **LAYERS)
-
-
-@pytest.fixture(scope="module")
-def pair():
-    content = RNG.uniform(size=(32, 40, 3)).astype(np.float32)
-    style = RNG.uniform(size=(36, 36, 3)).astype(np.float32) ** 2
-    return content, style
 
 
 def numpy_ema(frames, decay):

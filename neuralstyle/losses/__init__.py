@@ -1,4 +1,4 @@
-"""Loss functions of optimization-based style transfer, as pure functions of arrays.
+r"""Loss functions of optimization-based style transfer, as pure functions of arrays.
 
 Feature maps are ``(batch, height, width, channels)`` arrays (NHWC, the Keras layout); every
 function is plain ``jax.numpy`` (jit it, vmap it, differentiate it) and returns one value per

@@ -1,13 +1,6 @@
 r"""Maximum-mean-discrepancy style loss (Li et al. 2017), a :class:`~neuralstyle.losses.StyleLoss`.
 
-Every family is a pair of pure functions of ``(B, H, W, C)`` feature maps: ``target(style
-features) -> statistics`` (computed once) and ``loss(features, statistics, key) -> (B,)``.  ``key``
-is a JAX PRNG key that changes every optimization step (see
-:meth:`neuralstyle.objective.StyleObjective.terms`); only the stochastic families use it.
-
-Notation: a layer has :math:`N` channels and :math:`M = HW` positions; :math:`x_i \in
-\mathbb{R}^N` is the feature vector of the generated image at position :math:`i` and :math:`s_j`
-that of the style image.
+The shared notation and the ``key`` argument: :mod:`neuralstyle.losses`.
 """
 
 from __future__ import annotations

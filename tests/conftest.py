@@ -24,6 +24,30 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_IMAGES = REPO.parent / "shared" / "assets" / "images"
 
 
+#: Layers of the small objective shared by the driver tests (shallow: quick to compile).
+SMALL_LAYERS = dict(content_layers=["conv2_2"], style_layers=["conv1_1", "conv2_1"])
+
+
+@pytest.fixture(scope="session")
+def small_objective(random_vgg19):
+    """A small objective on random VGG19 weights (content 1, style 1e-3, TV 1)."""
+    from neuralstyle import StyleObjective
+
+    return StyleObjective.build(random_vgg19, content_weight=1.0, style_weight=1e-3, tv_weight=1.0,
+                                **SMALL_LAYERS)
+
+
+@pytest.fixture(scope="session")
+def small_pair():
+    """A 32x40 content and a 36x36 style image, random but fixed."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    content = rng.uniform(size=(32, 40, 3)).astype(np.float32)
+    style = rng.uniform(size=(36, 36, 3)).astype(np.float32) ** 2
+    return content, style
+
+
 @pytest.fixture(scope="session")
 def image_dir() -> Path:
     if not (SHARED_IMAGES / "great_wave.jpg").is_file():

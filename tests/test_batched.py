@@ -12,21 +12,17 @@ from neuralstyle import (
 from neuralstyle.objective import StyleObjective as _StyleObjective
 from neuralstyle.optim import evaluate
 
-RNG = np.random.default_rng(3)
-LAYERS = dict(content_layers=["conv2_2"], style_layers=["conv1_1", "conv2_1"])
+from conftest import SMALL_LAYERS as LAYERS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def objective(random_vgg19):
-    return StyleObjective.build(random_vgg19, content_weight=1.0, style_weight=1e-3,
-                                tv_weight=1.0, **LAYERS)
+def objective(small_objective):
+    return small_objective
 
 
 @pytest.fixture(scope="module")
-def pair():
-    content = RNG.uniform(size=(32, 40, 3)).astype(np.float32)
-    style = RNG.uniform(size=(36, 36, 3)).astype(np.float32) ** 2
-    return content, style
+def pair(small_pair):
+    return small_pair
 
 
 def _targets(objective, pair):

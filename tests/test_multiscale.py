@@ -8,14 +8,14 @@ import numpy as np
 import optax
 import pytest
 
-from neuralstyle import LBFGS, ConfigError, StyleObjective, stylize, stylize_pyramid
+from neuralstyle import LBFGS, ConfigError, stylize, stylize_pyramid
 from neuralstyle.optim import evaluate
 from neuralstyle.optim.driver import IterateAverage, resize_opt_state
 from neuralstyle.recipe import compose
 from neuralstyle.run import run_from_config
 from neuralstyle.stylize import multiscale_shapes, pyramid_shapes
 
-from test_batched import objective, pair  # noqa: F401,E402  (the same small objective and images)
+
 
 RNG = np.random.default_rng(11)
 
@@ -44,16 +44,16 @@ def test_iterate_average_rejects_a_bad_decay(decay):
         IterateAverage(decay)
 
 
-def test_stylize_returns_and_shows_the_averaged_iterate(objective, pair):
+def test_stylize_returns_and_shows_the_averaged_iterate(small_objective, small_pair):
     """Same run twice (SGD: updates proportional to the gradient), once with the average: the
     result is the EMA of the plain run's iterates, the snapshots/callback show the average, and
     metrics["final"] is the average's loss (the last iterate's is kept as final_iterate)."""
-    content, style = pair
+    content, style = small_pair
     sgd = optax.sgd(0.05)
     iterates, shown = [content], []
-    plain = stylize(objective, content, style, sgd, steps=5, progress=False,
+    plain = stylize(small_objective, content, style, sgd, steps=5, progress=False,
                     callback=lambda step, image, loss: iterates.append(image))
-    averaged = stylize(objective, content, style, sgd, steps=5, progress=False, average_decay=0.8,
+    averaged = stylize(small_objective, content, style, sgd, steps=5, progress=False, average_decay=0.8,
                        callback=lambda step, image, loss: shown.append(image))
     expected = numpy_ema(iterates, 0.8)
     np.testing.assert_allclose(averaged.image, expected, atol=2e-5)
@@ -62,34 +62,34 @@ def test_stylize_returns_and_shows_the_averaged_iterate(objective, pair):
     np.testing.assert_allclose(plain.image, iterates[-1], atol=1e-6)
     assert averaged.metrics["final_iterate"]["total"] == pytest.approx(plain.metrics["final"]["total"],
                                                                       rel=1e-4)
-    targets = objective.targets(objective.params, jnp.asarray(content)[None], jnp.asarray(style)[None])
-    at_average, _ = evaluate(objective, objective.params, jnp.asarray(averaged.image)[None], targets)
+    targets = small_objective.targets(small_objective.params, jnp.asarray(content)[None], jnp.asarray(style)[None])
+    at_average, _ = evaluate(small_objective, small_objective.params, jnp.asarray(averaged.image)[None], targets)
     assert averaged.metrics["final"]["total"] == pytest.approx(float(at_average), rel=1e-4)
     assert averaged.metrics["average_decay"] == 0.8
 
 
-def test_lbfgs_with_an_averaged_iterate(objective, pair):
-    content, style = pair
-    result = stylize(objective, content, style, LBFGS(memory_size=5), steps=4, progress=False,
+def test_lbfgs_with_an_averaged_iterate(small_objective, small_pair):
+    content, style = small_pair
+    result = stylize(small_objective, content, style, LBFGS(memory_size=5), steps=4, progress=False,
                      average_decay=0.5)
-    targets = objective.targets(objective.params, jnp.asarray(content)[None], jnp.asarray(style)[None])
-    at_average, _ = evaluate(objective, objective.params, jnp.asarray(result.image)[None], targets)
+    targets = small_objective.targets(small_objective.params, jnp.asarray(content)[None], jnp.asarray(style)[None])
+    at_average, _ = evaluate(small_objective, small_objective.params, jnp.asarray(result.image)[None], targets)
     assert result.metrics["final"]["total"] == pytest.approx(float(at_average), rel=1e-4)
     assert result.metrics["final"]["total"] < result.metrics["initial"]["total"]
     assert result.opt_state is None  # an L-BFGS memory is never carried over
 
 
-def test_a_carried_optimizer_state_continues_the_run(objective, pair):
+def test_a_carried_optimizer_state_continues_the_run(small_objective, small_pair):
     """4 steps in one call equal 2 + 2 steps with the state carried over (SGD with momentum: the
     momentum is state, and updates stay proportional to the gradient)."""
-    content, style = pair
+    content, style = small_pair
     tx = optax.sgd(0.05, momentum=0.9)
-    whole = stylize(objective, content, style, tx, steps=4, progress=False)
-    first = stylize(objective, content, style, tx, steps=2, progress=False)
-    second = stylize(objective, content, style, tx, steps=2, progress=False, init=first.image,
+    whole = stylize(small_objective, content, style, tx, steps=4, progress=False)
+    first = stylize(small_objective, content, style, tx, steps=2, progress=False)
+    second = stylize(small_objective, content, style, tx, steps=2, progress=False, init=first.image,
                      opt_state=first.opt_state)
     np.testing.assert_allclose(second.image, whole.image, atol=1e-5)
-    fresh = stylize(objective, content, style, tx, steps=2, progress=False, init=first.image)
+    fresh = stylize(small_objective, content, style, tx, steps=2, progress=False, init=first.image)
     assert np.abs(fresh.image - whole.image).max() > 100 * np.abs(second.image - whole.image).max()
 
 
@@ -120,18 +120,18 @@ def test_multiscale_shapes():
         multiscale_shapes((64, 64), 16, 1.0)
 
 
-def test_warm_started_multiscale_run(objective, pair):
-    content, style = pair
+def test_warm_started_multiscale_run(small_objective, small_pair):
+    content, style = small_pair
     shapes = multiscale_shapes(content.shape[:2], 20, 2.0)
     assert len(shapes) == 2
-    result = stylize_pyramid(objective, content, style, optax.adam(0.02), steps=[3, 2],
+    result = stylize_pyramid(small_objective, content, style, optax.adam(0.02), steps=[3, 2],
                              shapes=shapes, warm_start=True, average_decay=0.9, progress=False)
     assert result.image.shape == content.shape
     assert [lvl["image_size"] for lvl in result.metrics["levels"]] == [list(s) for s in shapes]
     assert result.metrics["warm_start"] is True and result.metrics["steps"] == 5
     assert int(result.opt_state[0].count[0]) == 5  # Adam's step count ran on over both scales
     with pytest.raises(ConfigError, match="2 entries for 3 scales"):
-        stylize_pyramid(objective, content, style, steps=[1, 1], levels=3, progress=False)
+        stylize_pyramid(small_objective, content, style, steps=[1, 1], levels=3, progress=False)
 
 
 def tiny(image_dir, *overrides):

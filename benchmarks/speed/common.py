@@ -12,19 +12,26 @@ TORCH_HINT = "pip install torch==2.13.0"
 
 
 def build_objective(spec: dict):
-    """``(objective, weights source, warnings)``: VGG19 with ``spec["weights"]`` (random weights,
-    with a warning, when they cannot be loaded) and the TF-tutorial recipe."""
-    import neuralstyle
+    """``(objective, weights source, warnings)``: the recipe ``+experiment=vgg19_wave`` (the
+    TF-tutorial objective on VGG19) composed from ``conf/``, with ``spec["weights"]`` (random
+    weights, with a warning, when they cannot be loaded)."""
+    from neuralstyle.recipe import build_objective as objective_from_config
+    from neuralstyle.recipe import compose
+
+    def build(weights):
+        cfg = compose("run", ["+experiment=vgg19_wave", f"backbone.weights={weights}"])
+        objective = objective_from_config(cfg)
+        return objective, objective.extractor.weights_source
 
     warnings = []
     weights = spec["weights"]
     try:
-        backbone = neuralstyle.VGG("vgg19", weights=None if weights == "random" else weights)
+        objective, source = build("null" if weights == "random" else weights)
     except Exception as err:
         warnings.append(f"WARNING: VGG19 weights {weights!r} unavailable ({err}); using random weights")
         log(warnings[-1])
-        backbone = neuralstyle.VGG("vgg19", weights=None)
-    return neuralstyle.StyleObjective.build(backbone), backbone.weights_source, warnings
+        objective, source = build("null")
+    return objective, source, warnings
 
 
 def load_images(spec: dict, size: int):

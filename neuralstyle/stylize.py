@@ -240,8 +240,8 @@ def stylize_pyramid(
     halving the size (:func:`pyramid_shapes`).
 
     ``warm_start`` carries the optimizer over the scales: an optax state (Adam's first and second
-    moments) is resized to the next scale (:func:`~neuralstyle.optim.driver.resize_opt_state`)
-    instead of starting afresh; an L-BFGS memory is reset (its curvature pairs belong to the old
+    moments) is resized to the next scale and rescaled to its smaller per-pixel gradients
+    (:func:`~neuralstyle.optim.driver.resize_opt_state`) instead of starting afresh; an L-BFGS memory is reset (its curvature pairs belong to the old
     shape).  With ``average_decay`` each scale's result, and so the next scale's start, is its
     averaged iterate.  Without a warm start, measured (``benchmarks/results/pyramid*.md``,
     TensorFlow-tutorial objective, quiet 2-core CPU): from noise at 512 px with
@@ -274,8 +274,9 @@ def stylize_pyramid(
         level_masks = None if style_masks is None else [
             resize(np.repeat(np.asarray(m, np.float32)[..., None], 3, -1), shape)[..., 0] for m in style_masks]
         start = image if isinstance(image, str) else resize(image, shape)
-        if opt_state is not None:
-            opt_state = resize_opt_state(opt_state, shape)
+        if opt_state is not None:  # per-pixel gradients of mean losses scale as 1 / pixels
+            previous = shapes[level - 1]
+            opt_state = resize_opt_state(opt_state, shape, previous[0] * previous[1] / (shape[0] * shape[1]))
         result = stylize(
             objective, level_content,
             level_styles if isinstance(style, (list, tuple)) else level_styles[0],

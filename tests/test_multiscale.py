@@ -105,9 +105,16 @@ def test_resize_opt_state_resizes_the_moments_and_keeps_the_count():
     assert int(adam.count[0]) == 1
     assert float(adam.nu.min()) >= 0.0
     # a constant field stays constant: bilinear resizing is a convex combination
-    flat = resize_opt_state(jax.tree.map(lambda x: jnp.full_like(x, 2.0) if x.ndim == 5 else x, state),
-                            (5, 7))
+    constant = jax.tree.map(lambda x: jnp.full_like(x, 2.0) if x.ndim == 5 else x, state)
+    flat = resize_opt_state(constant, (5, 7))
     np.testing.assert_allclose(flat[0].nu, 2.0, rtol=1e-6)
+    # rescaled to smaller gradients: first moment by the scale, second by its square
+    scaled = resize_opt_state(constant, (16, 20), gradient_scale=0.25)
+    np.testing.assert_allclose(scaled[0].mu, 0.5, rtol=1e-6)
+    np.testing.assert_allclose(scaled[0].nu, 0.125, rtol=1e-6)
+    momentum = jax.vmap(optax.sgd(0.1, momentum=0.9).init)(image)
+    momentum = jax.tree.map(lambda x: jnp.ones_like(x) if x.ndim == 5 else x, momentum)
+    np.testing.assert_allclose(jax.tree.leaves(resize_opt_state(momentum, (4, 5), 0.25))[0], 0.25, rtol=1e-6)
 
 
 def test_multiscale_shapes():

@@ -89,15 +89,29 @@ class IterateAverage:
         self.start = jax.jit(jax.vmap(lambda x: tx.update(x, tx.init(x))))
 
 
-def resize_opt_state(state, shape: tuple[int, int]):
+def resize_opt_state(state, shape: tuple[int, int], gradient_scale: float = 1.0):
     """An optax state of N runs resized to images of ``shape = (H, W)``: every leaf shaped like the
     ``(N, 1, H0, W0, C)`` images (Adam's first and second moments, momentum) is resized bilinearly
-    (a convex combination, so second moments stay non-negative); counts and scalars are kept."""
-    def resize(leaf):
+    (a convex combination, so second moments stay non-negative); counts and scalars are kept.
+
+    ``gradient_scale`` is how much smaller a pixel's gradient is at the new shape: the moments are
+    rescaled to it (first moments and momentum by it, Adam's second moment by its square), so that
+    the carried state weighs against the new gradients as it did against the old ones.  For losses
+    that are means over positions (the Gram matrix divided by :math:`HW`, the mean content error)
+    a pixel's gradient scales as one over the number of pixels, so the multiscale driver passes
+    ``old pixels / new pixels``.  Adam's normalized update :math:`m / \sqrt{v}` is unchanged by it.
+    """
+    def resize(leaf, scale=gradient_scale):
         if getattr(leaf, "ndim", 0) == 5:
-            return jax.image.resize(leaf, leaf.shape[:2] + tuple(shape) + leaf.shape[4:], "linear")
+            return scale * jax.image.resize(leaf, leaf.shape[:2] + tuple(shape) + leaf.shape[4:], "linear")
         return leaf
-    return jax.tree.map(resize, state)
+
+    def resize_state(node):
+        if isinstance(node, optax.ScaleByAdamState):
+            return node._replace(mu=resize(node.mu), nu=resize(node.nu, gradient_scale ** 2))
+        return jax.tree.map(resize, node)
+
+    return jax.tree.map(resize_state, state, is_leaf=lambda n: isinstance(n, optax.ScaleByAdamState))
 
 
 @dataclass

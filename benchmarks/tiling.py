@@ -66,7 +66,16 @@ def run_one(args, spec: dict) -> dict:
             "time_per_step_s": per_step, "step_includes_compile": tiled and len(elapsed) <= 2,
             "compile_s": metrics["compile_time_s"], "process_wall_s": wall,
             "peak_rss_mib": usage.ru_maxrss / 1024, "final_loss": metrics["final"]["total"],
-            "other_load": load.foreign}
+            "other_load": _other_load(load.foreign, usage, wall)}
+
+
+def _other_load(foreign, usage, wall):
+    """The CPU share of processes other than this benchmark *and its child run* (``Load`` counts
+    the child as another process)."""
+    if foreign is None or wall <= 0:
+        return None
+    child = (usage.ru_utime + usage.ru_stime) / (wall * (os.cpu_count() or 1))
+    return round(max(0.0, foreign - child), 3)
 
 
 def markdown(rep: dict) -> str:

@@ -77,7 +77,7 @@ def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
     is routed with a mask to the first maximum of each window in row-major order, as XLA's
     select-and-scatter does for ``MaxPooling2D``: a test checks that the gradients are equal.  On
     the CPU the mask costs a fraction of select-and-scatter (about 6-8% of a whole VGG19 step at
-    512 px, ``benchmarks/speed.py`` variant ``maxpool_vjp``).
+    512 px, ``benchmarks/speed.py`` variant ``maxpool_vjp``, code last in 3e49fc9).
     """
     b, h, w, c = x.shape
     windows = x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)

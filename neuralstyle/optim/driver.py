@@ -90,7 +90,7 @@ class IterateAverage:
 
 
 def resize_opt_state(state, shape: tuple[int, int], gradient_scale: float = 1.0):
-    """An optax state of N runs resized to images of ``shape = (H, W)``: every leaf shaped like the
+    r"""An optax state of N runs resized to images of ``shape = (H, W)``: every leaf shaped like the
     ``(N, 1, H0, W0, C)`` images (Adam's first and second moments, momentum) is resized bilinearly
     (a convex combination, so second moments stay non-negative); counts and scalars are kept.
 

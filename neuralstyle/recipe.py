@@ -247,10 +247,13 @@ def build_run(cfg: DictConfig) -> RunParts:
     init = instantiate_node(cfg.init, "init")
     tile_size = (cfg.get("tile") or {}).get("size")
     window = None
-    if tile_size is not None:  # the halo is not known before the objective: take the largest (VGG block5)
-        halo = (cfg.get("tile") or {}).get("halo")
-        side = int(tile_size) + 2 * (112 if halo is None else int(halo)) + 16
-        window = (min(shape[0], side), min(shape[1], side))
+    if tile_size is not None and max(shape) > int(tile_size):  # stylize tiles only larger images
+        from .backbones import canonical_layer_name
+        from .tiling import planned_window
+
+        arch = str(cfg.backbone.arch)
+        layers = [canonical_layer_name(n, arch) for n in [*cfg.content_layers, *cfg.style_layers]]
+        window = planned_window(shape, arch, layers, int(tile_size), (cfg.get("tile") or {}).get("halo"))
     check_memory(shape, optimizer, what=f"size={int(cfg.size)} ({content_path})", window=window)
     content, style = load_content_and_style(
         str(content_path), plain(cfg.style), size=int(cfg.size), style_scale=float(cfg.style_scale),

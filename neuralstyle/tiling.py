@@ -112,6 +112,19 @@ def tile_grid(shape: tuple[int, int], tile: int, halo: int, align: int) -> list[
             for (y0, y1, py0, py1) in rows for (x0, x1, px0, px1) in cols]
 
 
+def _largest(tiles) -> tuple[int, int]:
+    return max(t.py1 - t.py0 for t in tiles), max(t.px1 - t.px0 for t in tiles)
+
+
+def planned_window(shape: tuple[int, int], arch: str, layers, tile: int,
+                   halo: Optional[int] = None) -> tuple[int, int]:
+    """The largest padded window of a tiled run at ``shape``, from the backbone's architecture and
+    layer names alone (before any network is built): what the memory check needs up front."""
+    _, _, align = receptive_extent(arch, layers)
+    halo = default_halo(arch, layers) if halo is None else int(halo)
+    return _largest(tile_grid(shape, int(tile), halo, align))
+
+
 def default_halo(arch: str, layers) -> int:
     """The smallest halo that makes tiled features exact: the receptive extent, rounded up to the
     stride."""
@@ -167,8 +180,7 @@ class TiledObjective:
 
     def largest_window(self, shape: tuple[int, int]) -> tuple[int, int]:
         """``(H, W)`` of the largest padded window: what sets the peak memory."""
-        tiles = self.tiles(shape)
-        return max(t.py1 - t.py0 for t in tiles), max(t.px1 - t.px0 for t in tiles)
+        return _largest(self.tiles(shape))
 
     def _feature_shape(self, layer: str, height: int, width: int) -> tuple[int, int]:
         s = self.strides[layer]
@@ -215,7 +227,8 @@ class TiledObjective:
 
     def style_statistics(self, objective: StyleObjective, params, image: jnp.ndarray) -> dict:
         """``{layer: statistics}`` of a ``(1, H, W, 3)`` style image, accumulated over tiles."""
-        stats, _ = self._accumulate(objective, params, image, None, with_content=False)
+        stats, _ = self._accumulate(objective, params,
+                                    self._plan(objective, image, None, with_content=False))
         return stats
 
     def targets(self, objective: StyleObjective, params, content: jnp.ndarray, style, blend=None) -> Targets:
@@ -241,16 +254,20 @@ class TiledObjective:
                                                   tile.px0 // s: tile.px0 // s + w]
         return crops
 
-    def _accumulate(self, objective, params, image, targets, with_content=True):
-        """The statistics pass: global style statistics and the (unweighted) content term."""
+    def _plan(self, objective, image, targets, with_content=True) -> list:
+        """Per tile: ``(tile, window pixels, interior masks, shares, content target crops)``,
+        computed once and used by both passes."""
         shape = image.shape[1:3]
         counts = self._counts(shape)
+        return [(tile, image[:, tile.py0:tile.py1, tile.px0:tile.px1], self._masks(tile, shape),
+                 self._shares(objective, tile, counts),
+                 self._content_crops(objective, targets, tile) if with_content else None)
+                for tile in self.tiles(shape)]
+
+    def _accumulate(self, objective, params, plan):
+        """The statistics pass: global style statistics and the (unweighted) content term."""
         total_stats, content = None, 0.0
-        for tile in self.tiles(shape):
-            window = image[:, tile.py0:tile.py1, tile.px0:tile.px1]
-            masks = self._masks(tile, shape)
-            shares = self._shares(objective, tile, counts)
-            crops = self._content_crops(objective, targets, tile) if with_content else None
+        for _, window, masks, shares, crops in plan:
             stats, tile_content = self._statistics(objective, params, window, masks, crops, shares)
             total_stats = stats if total_stats is None else jax.tree.map(jnp.add, total_stats, stats)
             content = content + tile_content
@@ -270,29 +287,22 @@ class TiledObjective:
 
     def value(self, objective: StyleObjective, params, image: jnp.ndarray, targets: Targets):
         """``(total, terms)`` at a ``(1, H, W, 3)`` image: the statistics pass alone."""
-        stats, content = self._accumulate(objective, params, image, targets)
+        stats, content = self._accumulate(objective, params, self._plan(objective, image, targets))
         (style, _), _ = self._loss_from_statistics(objective, stats, targets)
         tv, _ = self._tv(objective, image)
-        terms = {"content": objective.content_weight * content, "style": style, "tv": tv}
-        return terms["content"] + terms["style"] + terms["tv"], terms
+        return _total(objective.content_weight * content, style, tv)
 
     def value_and_grad(self, objective: StyleObjective, params, image: jnp.ndarray, targets: Targets):
         """``((total, terms), gradient)`` of the objective at a ``(1, H, W, 3)`` image, exactly as
         ``jax.value_and_grad(objective, argnums=1, has_aux=True)`` would give it untiled."""
-        shape = image.shape[1:3]
-        stats, content = self._accumulate(objective, params, image, targets)
+        plan = self._plan(objective, image, targets)
+        stats, content = self._accumulate(objective, params, plan)
         (style, _), d_stats = self._loss_from_statistics(objective, stats, targets)
         tv, grad = self._tv(objective, image)
-        counts = self._counts(shape)
-        for tile in self.tiles(shape):
-            window = image[:, tile.py0:tile.py1, tile.px0:tile.px1]
-            g = self._surrogate_grad(objective, params, window, self._masks(tile, shape),
-                                     self._content_crops(objective, targets, tile),
-                                     self._shares(objective, tile, counts), d_stats)
+        for tile, window, masks, shares, crops in plan:
+            g = self._surrogate_grad(objective, params, window, masks, crops, shares, d_stats)
             grad = self._add(grad, g, tile.py0, tile.px0)
-        terms = {"content": objective.content_weight * content, "style": style, "tv": tv}
-        return (terms["content"] + terms["style"] + terms["tv"], terms), grad
-
+        return _total(objective.content_weight * content, style, tv), grad
 
     def evaluator(self):
         """:meth:`value_and_grad` in the driver's batched shapes (one run: the objective's leaves
@@ -322,6 +332,12 @@ class TiledObjective:
 
 
 # --------------------------------------------------------------------------- compiled pieces
+
+
+def _total(content, style, tv):
+    """``(total, terms)`` as :meth:`StyleObjective.__call__` returns them."""
+    terms = {"content": content, "style": style, "tv": tv}
+    return content + style + tv, terms
 
 
 def _tile_statistics(objective, params, window, masks, content_targets, shares):

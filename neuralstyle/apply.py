@@ -4,9 +4,10 @@ or ``python -m neuralstyle.apply model=arbitrary style=great_wave input=photo.jp
 Stylizes an image, or every image in a folder, with a transform network trained by
 ``python -m neuralstyle.train`` (see :mod:`neuralstyle.fast.stylizer`), or with the arbitrary-style
 network of Ghiasi et al. 2017 and any style image (:mod:`neuralstyle.arbitrary`; ``strength``,
-several styles blended by ``style_weights``, ``style_size``).  Results go to ``output``
-(an image path for a single input, or a folder), by default into the Hydra run directory; the
-path of every written image is printed.  No input is ever written over and no two inputs share a
+several styles blended by ``style_weights``, ``style_size``; ``weights`` names a pair trained
+by ``python -m neuralstyle.train +experiment=arbitrary_...`` instead of the ported weights).
+Results go to ``output`` (an image path for a single input, or a folder), by default into the
+Hydra run directory; the path of every written image is printed.  No input is ever written over and no two inputs share a
 result: ``cat.jpg`` and ``cat.png`` become ``cat.jpg.png`` and ``cat.png.png``, and an input whose
 result would replace an input or a file that ``apply`` did not write is skipped; each rename and
 skip is printed on stderr (the rules: :mod:`neuralstyle.fast.stylizer`).
@@ -47,6 +48,9 @@ def apply_from_config(cfg: DictConfig, output_dir: Path) -> list[Path]:
     elif cfg.get("style") is not None:
         raise ConfigError("style= applies to model=arbitrary only: a trained network has its style "
                           "built in")
+    elif cfg.get("weights") is not None:
+        raise ConfigError("weights= applies to model=arbitrary only (a trained arbitrary-style pair); "
+                          "a trained transform network is given as model=<its model.keras>")
     else:
         stylizer = Stylizer(cfg.model)
     written = stylize_files(stylizer, cfg.input, cfg.output, Path(output_dir),
@@ -100,7 +104,7 @@ def arbitrary_stylizer(cfg: DictConfig):
             styles.append(load_image(resolve_image(name, cfg.image_dir)))
         except NeuralStyleError as err:
             raise type(err)(f"{role}: {err}") from None
-    network = ArbitraryStylizer(style_size=int(cfg.style_size))
+    network = ArbitraryStylizer(*arbitrary_models(cfg.get("weights")), style_size=int(cfg.style_size))
     embedding = network.blend(network.embed(styles), weights)
 
     def stylize(image, preserve_colors=None):
@@ -108,6 +112,17 @@ def arbitrary_stylizer(cfg: DictConfig):
                                preserve_colors=preserve_colors)
 
     return stylize
+
+
+def arbitrary_models(weights) -> tuple:
+    """``(predictor, transformer)`` for ``weights``: ``(None, None)`` (the ported weights) when
+    null, else the pair trained by ``python -m neuralstyle.train +experiment=arbitrary_...`` (its
+    ``model/`` folder or a file in it; :func:`neuralstyle.arbitrary.load_arbitrary`)."""
+    if weights is None:
+        return None, None
+    from .arbitrary import load_arbitrary
+
+    return load_arbitrary(str(weights))
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir("apply")), config_name="config")

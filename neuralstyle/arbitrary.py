@@ -73,8 +73,11 @@ EPSILON = 1e-5
 # repeats n, first stride s.  Block 0 ("expanded_conv") has no expansion convolution.
 _MOBILENET_V2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
                  (6, 160, 3, 2), (6, 320, 1, 1))
-_TRANSFORMER_WIDTHS = (8, 16, 32)
+#: Channels of the transformer's first convolution: the release (a quarter of the paper's) and the paper.
+QUARTER_WIDTH, FULL_WIDTH = 8, 32
 _RESIDUAL_BLOCKS = 5
+#: The files :func:`save_arbitrary` writes into a folder (and :func:`load_arbitrary` reads).
+PREDICTOR_FILE, TRANSFORMER_FILE = "style_predictor.keras", "style_transformer.keras"
 
 
 @keras.saving.register_keras_serializable(package="neuralstyle")
@@ -157,16 +160,27 @@ def style_predictor(weights: Union[str, Path, None] = "pretrained", name: str = 
     return model
 
 
-def style_transformer(weights: Union[str, Path, None] = "pretrained", name: str = "style_transformer") -> keras.Model:
+def style_transformer(weights: Union[str, Path, None] = "pretrained", name: str = "style_transformer",
+                      width: int = QUARTER_WIDTH, residual_blocks: int = _RESIDUAL_BLOCKS) -> keras.Model:
     """The style transfer network: ``[(B, H, W, 3) photos in [0, 1], (B, 100) embeddings]`` ->
     ``(B, H, W, 3)`` stylized images in [0, 1], for any ``H, W >= MIN_SIDE``.
 
-    The quarter-width conditional network of the release (see the module docstring); the 26
+    The conditional network of the release (see the module docstring); the 26
     dense heads ``<norm>_gamma`` / ``<norm>_beta`` (1x1 convolutions on the embedding as a 1 x 1
     map, as in the release) give each conditional instance norm its scale and shift.  ``weights`` as in :func:`style_predictor`
-    (``arbitrary_transform.onnx``).
+    (``arbitrary_transform.onnx``).  ``width`` is the first convolution's channels (the contracting
+    path has ``width``, ``2 width``, ``4 width``): 8 in the release (:data:`QUARTER_WIDTH`), 32 in
+    the paper (:data:`FULL_WIDTH`); the release's weights exist for width 8 and 5 residual blocks only.
     """
-    w1, w2, w3 = _TRANSFORMER_WIDTHS
+    width, residual_blocks = int(width), int(residual_blocks)
+    if width < 1 or residual_blocks < 0:
+        raise ConfigError(f"style transformer: width must be >= 1 and residual_blocks >= 0, got "
+                          f"width={width}, residual_blocks={residual_blocks}")
+    if weights is not None and (width, residual_blocks) != (QUARTER_WIDTH, _RESIDUAL_BLOCKS):
+        raise ConfigError(f"the released weights are for width {QUARTER_WIDTH} with {_RESIDUAL_BLOCKS} "
+                          f"residual blocks, not width {width} with {residual_blocks}: build this "
+                          "transformer with weights=None (from scratch)")
+    w1, w2, w3 = width, 2 * width, 4 * width
     image = keras.Input(shape=(None, None, 3), name="content_image")
     embedding = keras.Input(shape=(EMBEDDING_DIM,), name="style_embedding")
     style = keras.layers.Reshape((1, 1, EMBEDDING_DIM), name="style_map")(embedding)
@@ -184,7 +198,7 @@ def style_transformer(weights: Union[str, Path, None] = "pretrained", name: str 
     x = PadToMultiple(4, name="pad_to_multiple")(image)
     for i, (width, kernel, stride) in enumerate(((w1, 9, 1), (w2, 3, 2), (w3, 3, 2)), 1):
         x = keras.layers.ReLU(name=f"contract_conv{i}_relu")(conv(x, width, kernel, stride, f"contract_conv{i}"))
-    for r in range(1, _RESIDUAL_BLOCKS + 1):
+    for r in range(1, residual_blocks + 1):
         y = conv(x, w3, 3, 1, f"residual{r}_conv1")
         y = keras.layers.ReLU(name=f"residual{r}_conv1_relu")(norm(y, w3, f"residual{r}_conv1"))
         y = norm(conv(y, w3, 3, 1, f"residual{r}_conv2"), w3, f"residual{r}_conv2")
@@ -310,6 +324,41 @@ def _assign(model: keras.Model, convs: dict, layer_name, path: Path) -> None:
                            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
 
 
+# --------------------------------------------------------------------------- trained networks
+
+def save_arbitrary(predictor: keras.Model, transformer: keras.Model, folder: Union[str, Path]) -> Path:
+    """Save a trained pair into ``folder`` as :data:`PREDICTOR_FILE` and :data:`TRANSFORMER_FILE`
+    (plain Keras files, each written to a temporary name and renamed); returns ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for model, filename in ((predictor, PREDICTOR_FILE), (transformer, TRANSFORMER_FILE)):
+        tmp = folder / f".{Path(filename).stem}.partial.keras"
+        model.save(tmp)
+        tmp.replace(folder / filename)
+    return folder
+
+
+def load_arbitrary(path: Union[str, Path]) -> tuple[keras.Model, keras.Model]:
+    """``(predictor, transformer)`` saved by :func:`save_arbitrary` (``python -m neuralstyle.train
+    +experiment=arbitrary_...`` exports them into ``runs/train/NAME/model/``): ``path`` is that
+    folder or one of its two files."""
+    path = Path(path).expanduser()
+    folder = path.parent if path.is_file() else path
+    models = []
+    for filename in (PREDICTOR_FILE, TRANSFORMER_FILE):
+        file = folder / filename
+        if not file.is_file():
+            raise WeightsError(f"weights: {file} does not exist (expected the folder written by "
+                               "python -m neuralstyle.train +experiment=arbitrary_..., holding "
+                               f"{PREDICTOR_FILE} and {TRANSFORMER_FILE})")
+        try:
+            models.append(keras.saving.load_model(file, custom_objects=CUSTOM_OBJECTS, compile=False))
+        except Exception as err:  # noqa: BLE001 - any failure means "not a model file we can use"
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise WeightsError(f"weights: could not load {file} as a Keras model ({first})") from None
+    return models[0], models[1]
+
+
 # --------------------------------------------------------------------------- the stylizer
 
 ImageLike = Union[np.ndarray, str, Path]
@@ -344,6 +393,14 @@ def _as_batch(images, what: str) -> list[np.ndarray]:
         return [_as_image(x, f"{what} {i}") for i, x in enumerate(images)]
     raise ImageError(f"{what}: expected an image (array, path or name) or a list of them, "
                      f"got {type(images).__name__}")
+
+
+def style_input(image: np.ndarray, style_size: int = STYLE_SIZE) -> np.ndarray:
+    """A style image resized so that its short side is ``style_size``, keeping the aspect ratio
+    (what the predictor sees; Magenta's default for this model: 256)."""
+    h, w = image.shape[:2]
+    scale = style_size / min(h, w)
+    return resize(image, (max(1, round(h * scale)), max(1, round(w * scale))))
 
 
 class ArbitraryStylizer:
@@ -384,9 +441,7 @@ class ArbitraryStylizer:
     # -- embeddings ---------------------------------------------------------------------------
 
     def _style_input(self, image: np.ndarray) -> np.ndarray:
-        h, w = image.shape[:2]
-        scale = self.style_size / min(h, w)
-        return resize(image, (max(1, round(h * scale)), max(1, round(w * scale))))
+        return style_input(image, self.style_size)
 
     def embed(self, styles, resize_style: bool = True) -> np.ndarray:
         """``(N, 100)`` embeddings of ``styles`` (one image, an ``(N, H, W, 3)`` array, or a list of

@@ -30,7 +30,7 @@ from neuralstyle.fast import (
 from neuralstyle.recipe import compose, config_dir
 
 REPO = Path(__file__).resolve().parents[1]
-FAST_EXPERIMENTS = sorted(p.stem for p in (config_dir("train") / "experiment").glob("*.yaml"))
+FAST_EXPERIMENTS = sorted(p.stem for p in (config_dir("train") / "experiment").glob("fast_*.yaml"))
 SIZE = 16
 
 

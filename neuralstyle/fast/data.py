@@ -47,16 +47,22 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 log = logging.getLogger(__name__)
 
 
-def list_images(folder: Union[str, Path]) -> list[str]:
-    """Sorted paths of the image files (by suffix) under ``folder``, recursively."""
+#: What each folder key holds, for error messages.
+_FOLDER_EXAMPLES = {"data.dir": "training images (e.g. data.dir=/path/to/coco/train2014)",
+                    "style_data.dir": "style images (e.g. style_data.dir=/path/to/paintings)"}
+
+
+def list_images(folder: Union[str, Path], key: str = "data.dir") -> list[str]:
+    """Sorted paths of the image files (by suffix) under ``folder``, recursively; errors name the
+    config ``key`` the folder came from (``data.dir``, ``style_data.dir``)."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise ConfigError(f"data.dir: {folder} is not a folder of training images "
-                          "(e.g. data.dir=/path/to/coco/train2014)")
+        raise ConfigError(f"{key}: {folder} is not a folder of "
+                          f"{_FOLDER_EXAMPLES.get(key, 'images')}")
     files = sorted(str(p) for p in folder.rglob("*")
                    if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise ConfigError(f"data.dir: {folder} holds no image files "
+        raise ConfigError(f"{key}: {folder} holds no image files "
                           f"(looked for {', '.join(IMAGE_SUFFIXES)}, recursively)")
     return files
 
@@ -173,13 +179,14 @@ class Batches:
 
 def photo_batches(folder: Union[str, Path], size: int, batch_size: int, seed: int = 0,
                   num_threads: int = 4, prefetch: int = 32,
-                  files: Optional[Sequence[str]] = None) -> tuple[Batches, int]:
+                  files: Optional[Sequence[str]] = None, key: str = "data.dir") -> tuple[Batches, int]:
     """``(batches, number of files)`` for the images under ``folder`` (or for ``files``, some of
-    them, e.g. those :func:`hold_out` left for training); see :class:`Batches`."""
+    them, e.g. those :func:`hold_out` left for training); see :class:`Batches`.  ``key`` names the
+    folder's config key in errors."""
     folder = Path(folder).expanduser()
-    files = list_images(folder) if files is None else [str(f) for f in files]
+    files = list_images(folder, key) if files is None else [str(f) for f in files]
     if not files:
-        raise ConfigError(f"data.dir: no training images left in {folder}")
+        raise ConfigError(f"{key}: no training images left in {folder}")
     batches = Batches(photo_dataset(files, size, seed), batch_size, num_threads, prefetch)
     batches.files = [_relative(f, folder) for f in files]
     return batches, len(files)
@@ -192,7 +199,52 @@ def _relative(path: str, folder: Path) -> str:
         return str(path)
 
 
-def hold_out(files: Sequence[str], count: int, long_edge: Optional[int] = None
+class ContentStyleBatches:
+    """Pairs of batches ``{"content": (B, size, size, 3), "style": (B, style_size, style_size, 3)}``
+    from two :class:`Batches` streams, photos and style images (the arbitrary-style networks of
+    Ghiasi et al. 2017 see a new style image with every photo).
+
+    Quacks like :class:`Batches` for the training loop: ``batch_size``, ``get_state`` /
+    ``set_state`` (both positions), ``files`` (the photos) and ``style_files``, and ``skipped``,
+    ``consumed``, ``skipped_files`` summed over both streams.
+    """
+
+    def __init__(self, content: Batches, style: Batches):
+        if content.batch_size != style.batch_size:
+            raise ConfigError(f"photo and style batches differ in size: {content.batch_size} and "
+                              f"{style.batch_size}")
+        self.content, self.style = content, style
+        self.batch_size = content.batch_size
+        self.files = content.files
+        self.style_files = style.files
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        return {"content": next(self.content), "style": next(self.style)}
+
+    @property
+    def skipped(self) -> int:
+        return self.content.skipped + self.style.skipped
+
+    @property
+    def consumed(self) -> int:
+        return self.content.consumed + self.style.consumed
+
+    @property
+    def skipped_files(self) -> list[str]:
+        return self.content.skipped_files + self.style.skipped_files
+
+    def get_state(self) -> dict:
+        return {"content": self.content.get_state(), "style": self.style.get_state()}
+
+    def set_state(self, state: dict) -> None:
+        self.content.set_state(state["content"])
+        self.style.set_state(state["style"])
+
+
+def hold_out(files: Sequence[str], count: int, long_edge: Optional[int] = None, key: str = "data.dir"
              ) -> tuple[list[str], list[np.ndarray], list[str]]:
     """Set the first ``count`` decodable files of ``files`` (in their order) aside as validation
     photos: ``(held-out paths, their images at long_edge, the remaining files)``.
@@ -214,7 +266,7 @@ def hold_out(files: Sequence[str], count: int, long_edge: Optional[int] = None
         else:
             rest.append(path)
     if not rest:
-        raise ConfigError(f"data.dir holds {len(files)} images: holding {count} out for "
+        raise ConfigError(f"{key} holds {len(files)} images: holding {count} out for "
                           "validation leaves none to train on (set validation.holdout lower, or "
                           "list validation.images)")
     return held, images, rest

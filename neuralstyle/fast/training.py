@@ -6,6 +6,10 @@ The pieces, each usable alone:
   Gatys et al. (:class:`~neuralstyle.objective.StyleObjective`, unchanged) applied to a batch, the
   content target being each photo's own features and the style target the style image's Gram
   matrices, averaged over the batch;
+* :class:`FastNetwork` -- what the loop trains, as a small interface (initial weights, the loss
+  of a batch, validation images, export); :class:`FastNetwork` is Johnson et al.'s transform net
+  with its one style, :class:`neuralstyle.fast.arbitrary_training.ArbitraryNetwork` the arbitrary-style
+  pair of Ghiasi et al. 2017 (style predictor + conditional transformer), trained by the same loop;
 * :func:`make_train_step` -- one ``jax.jit``-compiled pure function
   ``(state, loss-network params, style statistics, batch) -> (state, metrics)``; with several
   local devices it runs data-parallel (the batch is split over a ``jax.sharding.Mesh``, the
@@ -107,7 +111,11 @@ def perceptual_loss(objective: StyleObjective, params: BackboneParams, stylized:
 
 
 def style_statistics(objective: StyleObjective, params: BackboneParams, style: jnp.ndarray) -> dict:
-    """``{style layer: statistics}`` of a ``(1, H, W, 3)`` style image (Gram matrices for Gram)."""
+    """``{style layer: statistics}`` of a ``(1, H, W, 3)`` style image (Gram matrices for Gram).
+
+    A ``(B, H, W, 3)`` batch of style images gives one statistics per image (a leading axis of
+    ``B``), which :func:`perceptual_loss` compares element by element with a batch of ``B``
+    stylized images: each image against its own style (the arbitrary-style loss)."""
     features = objective.extractor.apply(params, jnp.asarray(style, jnp.float32))
     return {n: objective.style_loss.target(features[n]) for n in objective.style_layers}
 
@@ -126,11 +134,63 @@ def init_state(params: TransformParams, tx: optax.GradientTransformation) -> Tra
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params.trainable))
 
 
+# --------------------------------------------------------------------------- what is trained
+
+class FastNetwork:
+    """Johnson et al.'s kind of network for the loop: one transform net, one style built in.
+
+    The interface the loop uses (an arbitrary-style pair implements the same):
+
+    * ``initial_params()`` -- a :class:`TransformParams` (its ``trainable`` part is optimized);
+    * ``style_targets(objective, loss_params)`` -- statistics fixed for the whole run (here: the
+      style image's Gram matrices; ``{}`` when every batch brings its own styles);
+    * ``loss(objective, loss_params, statistics, params, batch)`` -- ``(total, terms)``, pure;
+    * ``validation_images(params, images)`` -- ``(name, image)`` pairs saved as
+      ``validation/step_NNNNNN_<name>.png``;
+    * ``export(params, output_dir)`` -- writes the trained network, returns its path.
+    """
+
+    kind = "fast"
+
+    def __init__(self, transform: keras.Model, style: Optional[np.ndarray] = None):
+        self.transform = transform
+        self.style = style
+        self.apply = apply_fn(transform)
+        self._apply = jax.jit(self.apply)
+
+    def initial_params(self) -> TransformParams:
+        return get_params(self.transform)
+
+    def style_targets(self, objective: StyleObjective, loss_params: BackboneParams) -> dict:
+        if self.style is None:
+            raise ConfigError("training a transform network needs its style image")
+        return style_statistics(objective, loss_params, jnp.asarray(self.style, jnp.float32)[None])
+
+    def loss(self, objective, loss_params, statistics, params: TransformParams, batch):
+        """Johnson et al.'s loss (:func:`perceptual_loss`) of the stylized ``batch`` of photos."""
+        return perceptual_loss(objective, loss_params, self.apply(params, batch), batch, statistics)
+
+    def validation_images(self, params: TransformParams, images: Sequence[np.ndarray]):
+        for k, image in enumerate(images):
+            yield str(k), self._apply(params, jnp.asarray(image, jnp.float32)[None])[0]
+
+    def export(self, params: TransformParams, output_dir: Path) -> Path:
+        return export_model(self.transform, params, Path(output_dir) / "model.keras")
+
+
+def as_network(transform, style: Optional[np.ndarray] = None):
+    """A keras transform net (with its ``style``) as a :class:`FastNetwork`; a network object
+    (:class:`FastNetwork`, :class:`~neuralstyle.fast.arbitrary_training.ArbitraryNetwork`) as it is."""
+    return FastNetwork(transform, style) if isinstance(transform, keras.Model) else transform
+
+
 def make_train_step(transform: keras.Model, tx: optax.GradientTransformation) -> Callable:
     """The pure step ``(objective, state, loss params, style statistics, batch) -> (state, metrics)``,
     jitted.
 
-    Nothing is closed over but the transform's structure and ``tx``: the loss objective (a pytree
+    ``transform`` is a transform net (Johnson et al.) or a network object (:class:`FastNetwork`,
+    :class:`~neuralstyle.fast.arbitrary_training.ArbitraryNetwork`, whose batches are photo and style
+    pairs).  Nothing is closed over but the network's structure and ``tx``: the loss objective (a pytree
     whose leaves are its weights, as in :func:`neuralstyle.optim.make_step`, so one compiled step
     serves every weight setting), the transform weights, optimizer state, frozen loss-network
     weights and style targets are arguments.  ``metrics`` holds the
@@ -138,13 +198,13 @@ def make_train_step(transform: keras.Model, tx: optax.GradientTransformation) ->
     :func:`data_mesh`) the same function runs data-parallel, because XLA propagates the input
     shardings: pass the batch split over the mesh and the rest replicated.
     """
-    apply = apply_fn(transform)
+    network = as_network(transform)
 
     def step(objective: StyleObjective, state: TrainState, loss_params: BackboneParams,
-             statistics: dict, batch: jnp.ndarray):
+             statistics: dict, batch):
         def loss_fn(trainable):
-            stylized = apply(TransformParams(trainable, state.params.non_trainable), batch)
-            return perceptual_loss(objective, loss_params, stylized, batch, statistics)
+            params = TransformParams(trainable, state.params.non_trainable)
+            return network.loss(objective, loss_params, statistics, params, batch)
 
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params.trainable)
         updates, opt_state = tx.update(grads, state.opt_state, state.params.trainable)
@@ -167,11 +227,13 @@ def replicate(tree, mesh: Mesh):
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
-def shard_batch(batch: np.ndarray, mesh: Mesh) -> jax.Array:
-    """Split a batch over the ``"data"`` axis of ``mesh`` (its size must divide the batch)."""
-    if batch.shape[0] % mesh.size:
-        raise ConfigError(f"batch_size {batch.shape[0]} is not a multiple of the {mesh.size} "
-                          "local devices it is split over")
+def shard_batch(batch, mesh: Mesh):
+    """Split a batch (an array, or a pytree of arrays with the same leading axis) over the
+    ``"data"`` axis of ``mesh`` (its size must divide the batch)."""
+    for leaf in jax.tree.leaves(batch):
+        if leaf.shape[0] % mesh.size:
+            raise ConfigError(f"batch_size {leaf.shape[0]} is not a multiple of the {mesh.size} "
+                              "local devices it is split over")
     return jax.device_put(batch, NamedSharding(mesh, PartitionSpec("data")))
 
 
@@ -334,6 +396,12 @@ def train(
 ) -> TrainResult:
     """Train ``transform`` against ``objective`` on ``batches`` for ``steps`` steps in all.
 
+    ``transform`` is a Johnson et al. transform net (a ``keras.Model``; ``style`` is its style
+    image) or a network object such as :class:`~neuralstyle.fast.arbitrary_training.ArbitraryNetwork`
+    (``style`` then unused: its batches bring their style images, see
+    :class:`~neuralstyle.fast.data.ContentStyleBatches`); what is written below as
+    ``model.keras`` is whatever the network's ``export`` writes (the arbitrary pair: ``model/``).
+
     Writes into ``output_dir``: ``checkpoints/<step>/`` (orbax; every ``checkpoint_every`` steps,
     on Ctrl-C and at the end), ``model.keras`` (the network of the latest checkpoint, a plain
     Keras file), ``validation/step_NNNNNN_K.png`` (the ``validation_images`` stylized every
@@ -347,8 +415,9 @@ def train(
     match on resume, so that a changed recipe never silently continues an old run.
 
     When ``batches`` knows its files (:func:`~neuralstyle.fast.photo_batches` sets
-    ``batches.files``), their names are part of the fingerprint and stored with each checkpoint,
-    so a resume with images added to or removed from the data folder is refused with the names
+    ``batches.files``; :class:`~neuralstyle.fast.data.ContentStyleBatches` also ``style_files``),
+    their names are part of the fingerprint and stored with each checkpoint,
+    so a resume with images added to or removed from the data (or style) folder is refused with the names
     that changed (the resumed run would no longer see exactly the batches it had not trained on).
     Everything is checked before anything in ``output_dir`` is written; ``on_start()`` runs right
     after the checks (the command line writes the run's record there, so a refused run leaves the
@@ -376,13 +445,15 @@ def train(
     checkpoint_every = int(checkpoint_every) if int(checkpoint_every) > 0 else steps + 1  # 0: at the end
     validation_every = max(0, int(validation_every))
 
-    files = getattr(batches, "files", None)
-    data_files = None if files is None else [str(f) for f in files]
-    if data_files is not None:
-        fingerprint["data.files"] = files_digest(data_files)
+    data_files = {}  # fingerprint key -> the file names it digests
+    for key, attribute in FILE_LISTS.items():
+        files = getattr(batches, attribute, None)
+        if files is not None:
+            data_files[key] = [str(f) for f in files]
+            fingerprint[key] = files_digest(data_files[key])
     with run_lock(output_dir) if lock else contextlib.nullcontext():
         return _train_locked(
-            transform, objective, style, batches, optimizer, steps, output_dir, mesh=mesh,
+            as_network(transform, style), objective, batches, optimizer, steps, output_dir, mesh=mesh,
             devices=devices, fingerprint=fingerprint, data_files=data_files,
             checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
             validation_images=validation_images, validation_every=validation_every,
@@ -390,14 +461,14 @@ def train(
             on_start=on_start)
 
 
-def _train_locked(transform, objective, style, batches, optimizer, steps, output_dir, *, mesh,
+def _train_locked(network, objective, batches, optimizer, steps, output_dir, *, mesh,
                   devices, fingerprint, data_files, checkpoint_every, keep_checkpoints,
                   validation_images, validation_every, log_every, resume, progress, callback,
                   on_start) -> TrainResult:
     """:func:`train` once its arguments are checked and the run directory is locked."""
     loss_params = replicate(objective.params, mesh)
-    statistics = replicate(style_statistics(objective, objective.params, style[None]), mesh)
-    state = init_state(get_params(transform), optimizer)
+    statistics = replicate(network.style_targets(objective, objective.params), mesh)
+    state = init_state(network.initial_params(), optimizer)
     checkpointer = Checkpointer(output_dir / "checkpoints", keep_checkpoints)
     resumed_from = None
     latest = checkpointer.latest_step()
@@ -409,7 +480,7 @@ def _train_locked(transform, objective, style, batches, optimizer, steps, output
         meta = checkpointer.read_meta(latest)  # checked before the arrays are read
         try:
             _check_fingerprint(meta.get("fingerprint", {}), fingerprint, checkpointer.directory,
-                               meta.get("data_files"), data_files)
+                               {k: meta.get(v) for k, v in META_FILE_LISTS.items()}, data_files)
         except ConfigError:
             checkpointer.close()
             raise
@@ -421,9 +492,8 @@ def _train_locked(transform, objective, style, batches, optimizer, steps, output
         on_start()
     state = replicate(state, mesh)
 
-    step_fn = make_train_step(transform, optimizer)
+    step_fn = make_train_step(network, optimizer)
     objective = replicate(jax.tree.map(jnp.asarray, objective), mesh)  # weight leaves on the devices
-    apply = jax.jit(apply_fn(transform))
     log_path = output_dir / "log.jsonl"
     history = _read_log(log_path, int(state.step))
     atomic_write(log_path, "".join(json.dumps(e) + "\n" for e in history).encode())
@@ -445,26 +515,26 @@ def _train_locked(transform, objective, style, batches, optimizer, steps, output
     # is read, so that a resumed run reads exactly the batches this one had not trained on yet.
     position = {"step": start, "data": first_position}
 
-    exported = {"step": None}  # the step of the model.keras written by this call
+    exported = {"step": None, "path": None}  # the step of the model.keras written by this call
 
     def export(current: TrainState):
-        export_model(transform, jax.device_get(current.params), output_dir / "model.keras")
+        exported["path"] = network.export(jax.device_get(current.params), output_dir)
         exported["step"] = int(current.step)
 
     def checkpoint(current: TrainState):
         if position["step"] != int(current.step):
             raise RuntimeError("data position and train state are out of step")  # pragma: no cover
         meta = {"fingerprint": fingerprint, "step": int(current.step), "time": time.time()}
-        if data_files is not None:
-            meta["data_files"] = data_files
+        for key, field_name in META_FILE_LISTS.items():
+            if key in data_files:
+                meta[field_name] = data_files[key]
         checkpointer.save(current, position["data"], meta)
         export(current)
 
     def validate(current: TrainState):
-        for k, image in enumerate(validation_images):
-            out = apply(current.params, jnp.asarray(image, jnp.float32)[None])
-            save_image(np.asarray(out[0]), output_dir / "validation" /
-                       f"step_{int(current.step):06d}_{k}.png")
+        for name, out in network.validation_images(current.params, validation_images):
+            save_image(np.asarray(out), output_dir / "validation" /
+                       f"step_{int(current.step):06d}_{name}.png")
 
     bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=not progress,
                dynamic_ncols=True, smoothing=0.1)
@@ -559,7 +629,13 @@ def _train_locked(transform, objective, style, batches, optimizer, steps, output
         "transform_parameters": int(sum(np.size(x) for x in jax.tree.leaves(state.params))),
     }
     atomic_write(output_dir / "metrics.json", json.dumps(result_metrics, indent=2).encode())
-    return TrainResult(jax.device_get(state.params), output_dir / "model.keras", result_metrics)
+    return TrainResult(jax.device_get(state.params), exported["path"], result_metrics)
+
+
+#: Fingerprint key of each file list -> the attribute of the batches that holds it.
+FILE_LISTS = {"data.files": "files", "style_data.files": "style_files"}
+#: Fingerprint key of each file list -> the checkpoint metadata field that stores the names.
+META_FILE_LISTS = {"data.files": "data_files", "style_data.files": "style_files"}
 
 
 def files_digest(files: Sequence[str]) -> str:
@@ -573,31 +649,35 @@ def _names(names: Sequence[str], shown: int = 5) -> str:
     return ", ".join(names[:shown]) + more
 
 
-def describe_file_change(before: Optional[Sequence[str]], now: Sequence[str]) -> str:
-    """What changed between the training files a run started with and those of now, in words."""
+def describe_file_change(before: Optional[Sequence[str]], now: Sequence[str], key: str = "data.dir") -> str:
+    """What changed between the training files a run started with and those of now, in words;
+    ``key`` is the folder's config key (``data.dir``, ``style_data.dir``)."""
     if before is None:
-        return "the training images changed (the checkpoint holds only their digest)"
+        return f"the training images of {key} changed (the checkpoint holds only their digest)"
     added = sorted(set(now) - set(before))
     removed = sorted(set(before) - set(now))
     changes = [f"{len(added)} added ({_names(added)})"] if added else []
     changes += [f"{len(removed)} removed ({_names(removed)})"] if removed else []
-    return (f"data.dir now has {len(now)} training images, the run was started with "
+    return (f"{key} now has {len(now)} training images, the run was started with "
             f"{len(before)}: " + (", ".join(changes) or "the same names in another order"))
 
 
 def _check_fingerprint(saved: dict, current: dict, directory: Path,
-                       saved_files: Optional[Sequence[str]] = None,
-                       files: Optional[Sequence[str]] = None) -> None:
+                       saved_files: Optional[dict] = None, files: Optional[dict] = None) -> None:
     """Refuse to resume a checkpoint whose settings differ from ``current``.  Keys the checkpoint
-    does not record (added to the fingerprint after it was written) are not compared."""
+    does not record (added to the fingerprint after it was written) are not compared.
+    ``saved_files`` / ``files``: ``{"data.files": names, "style_data.files": names}`` as stored in
+    the checkpoint and as now, for a message naming the files added and removed."""
+    saved_files, files = saved_files or {}, files or {}
     if not saved or not current:
         return
     changed = sorted(k for k in set(saved) | set(current)
                      if k in saved and saved.get(k) != current.get(k))
     if not changed:
         return
-    details = [describe_file_change(saved_files, files or []) if k == "data.files"
-               else f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:6]]
+    details = [describe_file_change(saved_files.get(k), files.get(k, []), k.replace(".files", ".dir"))
+               if k in FILE_LISTS else f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
+               for k in changed[:6]]
     raise ConfigError(
         f"the checkpoint in {directory} was trained with different settings ({'; '.join(details)}); "
         "resume it with the original settings, or start a new run under another name (name=...)"

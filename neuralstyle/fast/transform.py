@@ -136,7 +136,7 @@ CUSTOM_OBJECTS = {
 def _conv(x, filters: int, kernel: int, stride: int, name: str, norm: bool = True, relu: bool = True):
     x = ReflectionPadding2D(kernel // 2, name=f"{name}_pad")(x)
     x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="valid", name=f"{name}_conv",
-                            kernel_initializer="zeros")(x)  # see _glorot_uniform
+                            kernel_initializer="zeros")(x)  # see glorot_uniform
     if norm:
         x = keras.layers.GroupNormalization(groups=-1, epsilon=1e-5, name=f"{name}_in")(x)
     if relu:
@@ -187,22 +187,26 @@ def transform_net(width: int = 32, residual_blocks: int = 5, seed: int = 0,
     x = keras.layers.Rescaling(0.5, offset=0.5, name="to_pixels")(x)  # [-1, 1] -> [0, 1]
     outputs = CropLike(name="crop")([x, inputs])
     model = keras.Model(inputs, outputs, name=name)
-    _glorot_uniform(model, int(seed))
+    glorot_uniform(model, int(seed))
     return model
 
 
-def _glorot_uniform(model: keras.Model, seed: int) -> None:
-    """Glorot-uniform kernels (Keras's default initializer) drawn with NumPy from ``seed``.
+def glorot_uniform(model: keras.Model, seed: int) -> None:
+    """Glorot-uniform kernels (Keras's default initializer) drawn with NumPy from ``seed``, for
+    every ``Conv2D`` and ``DepthwiseConv2D`` of ``model`` (a depthwise kernel ``(kh, kw, C, m)`` has
+    fan-in ``kh kw``, since each output sees one channel, and fan-out ``kh kw m``).
 
     Keras's own initializers compile one JAX program per kernel shape (seconds each on a CPU);
     building with zero kernels and assigning NumPy draws gives the same distribution at once,
     reproducibly, without touching the global Keras seed."""
     rng = np.random.default_rng(seed)
     for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
             kh, kw, cin, cout = layer.kernel.shape
+            if isinstance(layer, keras.layers.DepthwiseConv2D):
+                cin = 1
             limit = np.sqrt(6.0 / (kh * kw * cin + kh * kw * cout))
-            layer.kernel.assign(rng.uniform(-limit, limit, (kh, kw, cin, cout)).astype(np.float32))
+            layer.kernel.assign(rng.uniform(-limit, limit, tuple(layer.kernel.shape)).astype(np.float32))
 
 
 class TransformParams(NamedTuple):

@@ -75,7 +75,7 @@ _MOBILENET_V2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6,
                  (6, 160, 3, 2), (6, 320, 1, 1))
 #: Channels of the transformer's first convolution: the release (a quarter of the paper's) and the paper.
 QUARTER_WIDTH, FULL_WIDTH = 8, 32
-_RESIDUAL_BLOCKS = 5
+RESIDUAL_BLOCKS = 5
 #: The files :func:`save_arbitrary` writes into a folder (and :func:`load_arbitrary` reads).
 PREDICTOR_FILE, TRANSFORMER_FILE = "style_predictor.keras", "style_transformer.keras"
 
@@ -161,7 +161,7 @@ def style_predictor(weights: Union[str, Path, None] = "pretrained", name: str = 
 
 
 def style_transformer(weights: Union[str, Path, None] = "pretrained", name: str = "style_transformer",
-                      width: int = QUARTER_WIDTH, residual_blocks: int = _RESIDUAL_BLOCKS) -> keras.Model:
+                      width: int = QUARTER_WIDTH, residual_blocks: int = RESIDUAL_BLOCKS) -> keras.Model:
     """The style transfer network: ``[(B, H, W, 3) photos in [0, 1], (B, 100) embeddings]`` ->
     ``(B, H, W, 3)`` stylized images in [0, 1], for any ``H, W >= MIN_SIDE``.
 
@@ -176,8 +176,8 @@ def style_transformer(weights: Union[str, Path, None] = "pretrained", name: str 
     if width < 1 or residual_blocks < 0:
         raise ConfigError(f"style transformer: width must be >= 1 and residual_blocks >= 0, got "
                           f"width={width}, residual_blocks={residual_blocks}")
-    if weights is not None and (width, residual_blocks) != (QUARTER_WIDTH, _RESIDUAL_BLOCKS):
-        raise ConfigError(f"the released weights are for width {QUARTER_WIDTH} with {_RESIDUAL_BLOCKS} "
+    if weights is not None and (width, residual_blocks) != (QUARTER_WIDTH, RESIDUAL_BLOCKS):
+        raise ConfigError(f"the released weights are for width {QUARTER_WIDTH} with {RESIDUAL_BLOCKS} "
                           f"residual blocks, not width {width} with {residual_blocks}: build this "
                           "transformer with weights=None (from scratch)")
     w1, w2, w3 = width, 2 * width, 4 * width

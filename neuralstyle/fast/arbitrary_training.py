@@ -60,8 +60,8 @@ import numpy as np
 
 from ..arbitrary import (
     QUARTER_WIDTH,
+    RESIDUAL_BLOCKS,
     STYLE_SIZE,
-    _RESIDUAL_BLOCKS,
     save_arbitrary,
     style_input,
     style_predictor,
@@ -81,15 +81,15 @@ EMBEDDING_LAYER = "embedding"
 EXPORT_FOLDER = "model"
 
 
-def check_arbitrary(width: int, residual_blocks: int = _RESIDUAL_BLOCKS, init: str = "pretrained") -> None:
+def check_arbitrary(width: int, residual_blocks: int = RESIDUAL_BLOCKS, init: str = "pretrained") -> None:
     """Raise :class:`ConfigError` for a combination that cannot be built: ``init`` other than
     ``pretrained`` / ``scratch``, or the ported weights at another width than theirs."""
     if init not in INITS:
         raise ConfigError(f"arbitrary.init must be one of {INITS}, got {init!r}")
-    if init == "pretrained" and (int(width), int(residual_blocks)) != (QUARTER_WIDTH, _RESIDUAL_BLOCKS):
+    if init == "pretrained" and (int(width), int(residual_blocks)) != (QUARTER_WIDTH, RESIDUAL_BLOCKS):
         raise ConfigError(
             f"arbitrary.init=pretrained loads the ported Magenta weights, which exist for the quarter "
-            f"width only (transform.width={QUARTER_WIDTH}, transform.residual_blocks={_RESIDUAL_BLOCKS}); "
+            f"width only (transform.width={QUARTER_WIDTH}, transform.residual_blocks={RESIDUAL_BLOCKS}); "
             f"got transform.width={width}, transform.residual_blocks={residual_blocks}: use "
             "arbitrary.init=scratch (e.g. +experiment=arbitrary_full)")
 
@@ -191,7 +191,7 @@ class ArbitraryNetwork:
         return save_arbitrary(self.predictor, self.transformer, Path(output_dir) / EXPORT_FOLDER)
 
 
-def arbitrary_network(width: int = QUARTER_WIDTH, residual_blocks: int = _RESIDUAL_BLOCKS,
+def arbitrary_network(width: int = QUARTER_WIDTH, residual_blocks: int = RESIDUAL_BLOCKS,
                       init: str = "pretrained", train_trunk: Optional[bool] = None, seed: int = 0,
                       validation_styles: Sequence[np.ndarray] = (),
                       style_size: int = STYLE_SIZE) -> ArbitraryNetwork:

@@ -82,6 +82,17 @@ DATA_FIELDS = ("content_layer_weights", "style_layer_weights") + WEIGHT_FIELDS
 META_FIELDS = ("extractor", "content_layers", "style_layers", "content_loss", "style_loss", "tv_loss")
 
 
+def mix_style_statistics(style_loss, statistics: list, weights) -> tuple[list, tuple]:
+    """``(statistics, weights)`` of several style images: unchanged (their weighted losses are
+    summed), or, for a family with its own mixture (``StyleLoss.blend``, e.g. means and second
+    moments of the Gaussian Wasserstein loss), one target per layer with weight 1."""
+    if len(statistics) < 2 or style_loss.blend is None:
+        return list(statistics), tuple(weights)
+    mixed = jnp.asarray(weights, jnp.float32)
+    layers = statistics[0].keys()
+    return [{n: style_loss.blend([s[n] for s in statistics], mixed) for n in layers}], (1.0,)
+
+
 @partial(jax.tree_util.register_dataclass, data_fields=list(DATA_FIELDS),
          meta_fields=list(META_FIELDS))
 @dataclass(frozen=True, eq=False)  # hashed by identity: leaves may be arrays or tracers
@@ -185,12 +196,8 @@ class StyleObjective:
         for image in styles:
             features = self.extractor.apply(params, image)
             statistics.append({n: self.style_loss.target(features[n]) for n in self.style_layers})
-        if masks is None and len(statistics) > 1 and self.style_loss.blend is not None:
-            # the family mixes its own statistics (e.g. means and second moments): one target
-            mixed = jnp.asarray(weights, jnp.float32)
-            statistics = [{n: self.style_loss.blend([s[n] for s in statistics], mixed)
-                           for n in self.style_layers}]
-            weights = (1.0,)
+        if masks is None:
+            statistics, weights = mix_style_statistics(self.style_loss, statistics, weights)
         return Targets(
             content={n: content_features[n] for n in self.content_layers},
             style=tuple(statistics),

@@ -29,9 +29,12 @@ Each step costs a forward pass over all tiles and a forward and backward pass ov
 1.3x an untiled step) times the halo's overhead :math:`((t + 2h)/t)^2`.  Tiles of a few distinct
 sizes (interior, last row and column) each compile once.
 
-Departures: the style loss must be a family whose statistics are position means or sums
-(``StyleLoss.compare`` and ``statistics_reduction``: the Gram loss), deterministic, and without
-spatial masks; the content loss a sum or mean over positions.  Other families are refused.
+Families: the style loss must compare statistics computed from position means or sums
+(``StyleLoss.compare``, ``statistics_reduction`` and ``moments``): the Gram loss (the Gram matrix),
+the Gaussian Wasserstein loss (mean and second moment, the covariance following from them), and the
+mean/std and BN-statistics losses (per-channel first and second moments); it must be deterministic
+and without spatial masks, and the content loss a sum or mean over positions.  Other families (MMD,
+sliced Wasserstein, histogram, MRF) are refused.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ import numpy as np
 
 from .backbones.layer_names import keras_layer_names
 from .errors import ConfigError
-from .objective import StyleObjective, Targets, style_blend_weights
+from .losses.style_loss import moments_of, target_of_moments
+from .objective import StyleObjective, Targets, mix_style_statistics, style_blend_weights
 
 
 def receptive_extent(arch: str, layers) -> tuple[int, int, int]:
@@ -146,8 +150,9 @@ class TiledObjective:
         extractor = objective.extractor
         loss = objective.style_loss
         if loss.compare is None or loss.statistics_reduction not in ("mean", "sum") or loss.stochastic:
-            raise ConfigError("tiled optimization needs a style loss whose statistics are means or "
-                              "sums over positions (style_loss=gram); this one is not")
+            raise ConfigError("tiled optimization needs a deterministic style loss whose statistics "
+                              "follow from means or sums over positions (style_loss=gram, "
+                              "wasserstein2, mean_std or bn_statistics); this one is not")
         if getattr(objective.content_loss, "reduction", None) not in ("mean", "sum"):
             raise ConfigError("tiled optimization needs a content loss that is a sum or mean over "
                               "positions (content_loss=squared_error)")
@@ -226,19 +231,23 @@ class TiledObjective:
         return {n: jnp.asarray(v) for n, v in out.items()}
 
     def style_statistics(self, objective: StyleObjective, params, image: jnp.ndarray) -> dict:
-        """``{layer: statistics}`` of a ``(1, H, W, 3)`` style image, accumulated over tiles."""
-        stats, _ = self._accumulate(objective, params,
-                                    self._plan(objective, image, None, with_content=False))
-        return stats
+        """``{layer: statistics}`` of a ``(1, H, W, 3)`` style image (as ``StyleLoss.target``
+        gives them) from its moments accumulated over tiles."""
+        moments, _ = self._accumulate(objective, params,
+                                      self._plan(objective, image, None, with_content=False))
+        return {n: target_of_moments(objective.style_loss, m) for n, m in moments.items()}
 
     def targets(self, objective: StyleObjective, params, content: jnp.ndarray, style, blend=None) -> Targets:
         """As :meth:`StyleObjective.targets` (without masks), tile by tile."""
         styles = list(style) if isinstance(style, (list, tuple)) else [style]
         content_features = self.features(objective, params, content, objective.content_layers)
+        statistics, weights = mix_style_statistics(
+            objective.style_loss, [self.style_statistics(objective, params, s) for s in styles],
+            style_blend_weights(blend, len(styles)))
         return Targets(
             content=content_features,
-            style=tuple(self.style_statistics(objective, params, s) for s in styles),
-            blend=jnp.asarray(style_blend_weights(blend, len(styles)), jnp.float32),
+            style=tuple(statistics),
+            blend=jnp.asarray(weights, jnp.float32),
             key=jax.random.key(0),
             masks=None,
         )
@@ -344,7 +353,7 @@ def _tile_statistics(objective, params, window, masks, content_targets, shares):
     """Style statistics of the window's interior (each times its share) and its content term."""
     features = objective.extractor.apply(params, window)
     stats = {n: jax.tree.map(lambda a: shares[n] * a,
-                             objective.style_loss.target(features[n] * masks[n]))
+                             moments_of(objective.style_loss, features[n] * masks[n]))
              for n in objective.style_layers}
     content = 0.0
     if content_targets is not None:

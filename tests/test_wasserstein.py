@@ -12,7 +12,7 @@ import optax
 import pytest
 import scipy.linalg
 
-from neuralstyle import ConfigError, gaussian_wasserstein_loss
+from neuralstyle import ConfigError, gaussian_wasserstein_loss, mean_std_loss
 from neuralstyle.losses import (
     blend_gaussian_statistics, blend_targets, bn_statistics_loss, gaussian_statistics,
     gaussian_wasserstein_squared, sqrtm_newton_schulz, trace_sqrtm,
@@ -305,3 +305,23 @@ def test_the_objective_blends_several_styles_by_mixing_their_moments(random_vgg1
         np.testing.assert_allclose(targets.style[0][layer]["mean"], want["mean"], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(targets.style[0][layer]["cov"], want["cov"], rtol=1e-4,
                                    atol=1e-5 * float(jnp.abs(want["cov"]).max()))
+
+
+@pytest.mark.parametrize("make", [gaussian_wasserstein_loss, mean_std_loss, bn_statistics_loss])
+def test_moment_form_equals_the_direct_form(make):
+    """``compare(moments(f), s) == loss(f, s)`` and ``target_from_moments(moments(f)) == target(f)``:
+    the additive moments (what tiles add up) carry the whole statistic.  Features like ReLU
+    activations (non-negative, mean comparable to the spread) on 0-255-like scales."""
+    from neuralstyle.losses.style_loss import moments_of, target_of_moments
+
+    rng = np.random.default_rng(11)
+    f = jnp.asarray(np.maximum(rng.normal(20.0, 30.0, (2, 9, 7, 16)), 0.0), jnp.float32)
+    s = jnp.asarray(np.maximum(rng.normal(35.0, 50.0, (1, 11, 6, 16)), 0.0), jnp.float32)
+    loss = make()
+    assert loss.statistics_reduction == "mean" and loss.compare is not None
+    stats = loss.target(s)
+    for want, got in zip(jax.tree.leaves(stats), jax.tree.leaves(target_of_moments(loss, moments_of(loss, s)))):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(jnp.abs(want).max()))
+    direct = np.asarray(loss.loss(f, stats))
+    np.testing.assert_allclose(np.asarray(loss.compare(moments_of(loss, f), stats)), direct, rtol=1e-4)
+    assert (direct > 0).all()

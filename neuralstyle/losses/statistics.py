@@ -22,6 +22,20 @@ def channel_statistics(features: Array, eps: float = 1e-5) -> tuple[Array, Array
     return mean, jnp.sqrt(var + eps)
 
 
+def channel_moments(features: Array) -> tuple[Array, Array]:
+    r"""Per-channel :math:`E[x]` and :math:`E[x^2]`, each ``(B, C)``: the additive form of
+    :func:`channel_statistics` (means over positions, zero for zero features; tiles add up)."""
+    x = _positions(features)
+    return jnp.mean(x, axis=1), jnp.mean(jnp.square(x), axis=1)
+
+
+def statistics_from_channel_moments(moments, eps: float = 1e-5) -> tuple[Array, Array]:
+    r""":math:`(\mu, \sqrt{E[x^2] - \mu^2 + \epsilon})` from :func:`channel_moments` (the variance
+    clipped at 0 against round-off)."""
+    mean, second = moments
+    return mean, jnp.sqrt(jnp.maximum(second - jnp.square(mean), 0.0) + eps)
+
+
 def _smooth_norm(v: Array, eps: float) -> Array:
     return jnp.sqrt(jnp.sum(jnp.square(v), axis=-1) + eps) - jnp.sqrt(eps)
 
@@ -37,11 +51,17 @@ def mean_std_loss(eps: float = 1e-5) -> StyleLoss:
     def target(features):
         return channel_statistics(features, eps)
 
-    def loss(features, stats, key=None):
-        mean, std = channel_statistics(features, eps)
+    def distance(mean, std, stats):
         return _smooth_norm(mean - stats[0], eps) + _smooth_norm(std - stats[1], eps)
 
-    return StyleLoss(target, loss)
+    def loss(features, stats, key=None):
+        return distance(*channel_statistics(features, eps), stats)
+
+    def compare(moments, stats, key=None):
+        return distance(*statistics_from_channel_moments(moments, eps), stats)
+
+    return StyleLoss(target, loss, compare=compare, statistics_reduction="mean", moments=channel_moments,
+                     target_from_moments=lambda m: statistics_from_channel_moments(m, eps))
 
 
 def bn_statistics_loss(eps: float = 1e-5) -> StyleLoss:
@@ -51,8 +71,14 @@ def bn_statistics_loss(eps: float = 1e-5) -> StyleLoss:
     def target(features):
         return channel_statistics(features, eps)
 
-    def loss(features, stats, key=None):
-        mean, std = channel_statistics(features, eps)
+    def distance(mean, std, stats):
         return jnp.mean(jnp.square(mean - stats[0]) + jnp.square(std - stats[1]), axis=-1)
 
-    return StyleLoss(target, loss)
+    def loss(features, stats, key=None):
+        return distance(*channel_statistics(features, eps), stats)
+
+    def compare(moments, stats, key=None):
+        return distance(*statistics_from_channel_moments(moments, eps), stats)
+
+    return StyleLoss(target, loss, compare=compare, statistics_reduction="mean", moments=channel_moments,
+                     target_from_moments=lambda m: statistics_from_channel_moments(m, eps))

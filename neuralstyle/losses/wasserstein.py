@@ -173,6 +173,28 @@ def gaussian_statistics(features: Array) -> tuple[Array, Array]:
     return mean, cov
 
 
+def gaussian_moments(features: Array) -> dict:
+    r"""``{"mean": μ, "second": E[xx^\top]}`` over the positions of ``(B, H, W, N)`` features: the
+    additive form of :func:`gaussian_statistics` (means over positions of per-position quantities,
+    zero for zero features), so the moments of image tiles, weighted by their share of the
+    positions, add up to those of the whole image (:mod:`neuralstyle.tiling`)."""
+    x = _positions(features)
+    x = x.astype(_compute_dtype(x.dtype))
+    second = jnp.einsum("bmi,bmj->bij", x, x, precision=_HIGHEST) / x.shape[1]
+    return {"mean": jnp.mean(x, axis=1), "second": second}
+
+
+def statistics_from_moments(moments: dict) -> tuple[Array, Array]:
+    r"""``(μ, C)`` from :func:`gaussian_moments`: :math:`C = E[xx^\top] - \mu\mu^\top`
+    (symmetrized).  Departure from :func:`gaussian_statistics`, which centres before the product:
+    the subtraction loses float32 digits where :math:`\mu\mu^\top` dwarfs :math:`C`; on ImageNet
+    VGG19 features the tiled loss and gradient still match the untiled ones to about 1e-5
+    (``tests/test_tiling.py``)."""
+    mean, second = moments["mean"], moments["second"]
+    cov = second - jnp.einsum("bi,bj->bij", mean, mean, precision=_HIGHEST)
+    return mean, _symmetrize(cov)
+
+
 def _ridge(cov: Array, eps: float) -> Array:
     """``eps`` times the mean channel variance ``tr(C) / N``, one per batch element."""
     return eps * _trace(cov) / cov.shape[-1]
@@ -318,16 +340,25 @@ def gaussian_wasserstein_loss(eps: float = DEFAULT_EPS,
     def target(features):
         return gaussian_target(*gaussian_statistics(features), eps)
 
-    def loss(features, stats, key=None):
-        mean, cov = gaussian_statistics(features)
+    def distance(mean, cov, stats):
         n = cov.shape[-1]
         ridge = stats["ridge"].astype(cov.dtype)[:, None, None] * jnp.eye(n, dtype=cov.dtype)[None]
-        distance = gaussian_wasserstein_squared(
+        squared = gaussian_wasserstein_squared(
             mean, cov + ridge, stats["mean"].astype(cov.dtype), stats["cov"].astype(cov.dtype) + ridge,
             stats["sqrt_cov"].astype(cov.dtype), sqrtm_iterations)
-        return distance / n
+        return squared / n
+
+    def loss(features, stats, key=None):
+        return distance(*gaussian_statistics(features), stats)
+
+    def compare(moments, stats, key=None):
+        return distance(*statistics_from_moments(moments), stats)
+
+    def target_from_moments(moments):
+        return gaussian_target(*statistics_from_moments(moments), eps)
 
     def blend(statistics, weights):
         return blend_gaussian_statistics(statistics, weights, eps)
 
-    return StyleLoss(target, loss, blend=blend)
+    return StyleLoss(target, loss, blend=blend, compare=compare, statistics_reduction="mean",
+                     moments=gaussian_moments, target_from_moments=target_from_moments)

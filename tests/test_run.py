@@ -82,12 +82,12 @@ def test_overrides_reach_the_components(image_dir, tmp_path):
     (["style_layers=[conv1_1,conv9_9]"], LayerError, "conv9_9"),
     (["style_loss.normalization=bogus"], ConfigError, "style_loss: .*bogus"),
     (["init=file"], Exception, "path"),
-    (["optimizer.learning_rate=nan"], NonFiniteLossError, "non-finite at step 1"),
+    (["optimizer=adam", "optimizer.learning_rate=nan"], NonFiniteLossError, "non-finite at step 1"),
     (["style_loss=mrf", "style_layers=[relu5_1]"], ConfigError, "3x3 patches need feature maps"),
     (["style=[great_wave,starry_night]", "style_blend_weights=[1]"], ConfigError, "one per style image"),
     (["preserve_colors=sepia"], ConfigError, "preserve_colors"),
     (["style_scale=0.25"], ConfigError, r"style image .*great_wave\.jpg at style_scale=0.25 is 8x4 px, but the layers .* need at least 16 px"),
-    (["optimizer.learning_rate=fast"], ConfigError, "could not compile the update step"),
+    (["optimizer=adam", "optimizer.learning_rate=fast"], ConfigError, "could not compile the update step"),
 ])
 def test_bad_input_raises_clearly_and_writes_no_result(overrides, error, pattern, image_dir, tmp_path):
     cfg = compose_config([f"image_dir={image_dir}", *TINY, *overrides])
@@ -99,7 +99,7 @@ def test_bad_input_raises_clearly_and_writes_no_result(overrides, error, pattern
 
 
 def test_non_finite_keeps_last_finite_image(image_dir, tmp_path):
-    cfg = compose_config([f"image_dir={image_dir}", *TINY, "optimizer.learning_rate=nan"])
+    cfg = compose_config([f"image_dir={image_dir}", *TINY, "optimizer=adam", "optimizer.learning_rate=nan"])
     with pytest.raises(NonFiniteLossError) as info:
         run_from_config(cfg, tmp_path)
     assert info.value.last_good_step == 0

@@ -26,8 +26,10 @@ def experiment_param(name: str):
     return pytest.param(name, marks=pytest.mark.skip(reason=reason))
 
 
-MIN_SIZE = {"mrf_starry": 64, "style_scale": 64, "pyramid": 128}  # patches; half-size style; 3 levels
-EXTRA = {"pyramid": ["pyramid.steps=[1,1,0]"]}  # 2 steps in all
+MIN_SIZE = {"mrf_starry": 64, "style_scale": 64, "pyramid": 128, "print_4096": 128}  # patches; half-size style; 3 levels
+EXTRA = {"pyramid": ["pyramid.steps=[1,1,0]"],  # 2 steps in all
+         # 64 -> 128 px, the 128 px scale tiled by 64 px tiles
+         "print_4096": ["pyramid.start_size=64", "pyramid.steps=[1,1]", "tile.size=64"]}
 TINY = ["size=32", "steps=2", "backbone.weights=null", "snapshot_every=1", "progress=false"]
 
 
@@ -48,8 +50,10 @@ def test_every_experiment_composes_and_runs_two_steps(experiment, image_dir, tmp
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["final"]["total"] == pytest.approx(loss)
     assert max(metrics["image_size"]) == size
-    assert (tmp_path / "result.png").is_file() and (tmp_path / "config.yaml").is_file()
+    assert (tmp_path / f"result.{cfg.output.format}").is_file() and (tmp_path / "config.yaml").is_file()
     assert len(list((tmp_path / "snapshots").rglob("step_*.png"))) == 2
+    if cfg.tile.size is not None:
+        assert metrics["levels"][-1]["tile"]["tiles"] > 1  # the last scale really was tiled
 
 
 def test_experiment_recipes_hold_their_papers_values():

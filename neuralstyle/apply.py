@@ -13,7 +13,8 @@ result would replace an input or a file that ``apply`` did not write is skipped;
 skip is printed on stderr (the rules: :mod:`neuralstyle.fast.stylizer`).
 For print: ``bit_depth=16`` writes 16-bit results, ``format=tiff`` names generated results
 ``<stem>.tiff`` (an ``output=`` file keeps its own suffix), and every result carries the ICC profile
-of its input photo.
+of its input photo.  ``bucket`` (default 128 px; null: off) runs photos of different sizes through one
+compiled program per size bucket, with the same result (:mod:`neuralstyle.fast.buckets`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def apply_from_config(cfg: DictConfig, output_dir: Path) -> list[Path]:
     if cfg.preserve_colors not in APPLY_COLORS:
         raise ConfigError(f"preserve_colors must be one of {APPLY_COLORS}, got {cfg.preserve_colors!r}")
     ext, bit_depth = output_format(cfg)
+    bucket_option(cfg)  # a bad bucket fails before any network is loaded
     if str(cfg.model) == "arbitrary":
         input_files(cfg.input)  # a missing or empty input fails before the network is built
         stylizer = arbitrary_stylizer(cfg)
@@ -52,7 +54,7 @@ def apply_from_config(cfg: DictConfig, output_dir: Path) -> list[Path]:
         raise ConfigError("weights= applies to model=arbitrary only (a trained arbitrary-style pair); "
                           "a trained transform network is given as model=<its model.keras>")
     else:
-        stylizer = Stylizer(cfg.model)
+        stylizer = Stylizer(cfg.model, bucket=bucket_option(cfg))
     written = stylize_files(stylizer, cfg.input, cfg.output, Path(output_dir),
                             size=cfg.size, preserve_colors=cfg.preserve_colors,
                             progress=bool(cfg.progress), bit_depth=bit_depth, ext=ext)
@@ -81,6 +83,18 @@ def output_format(cfg: DictConfig) -> tuple[str, int]:
     return ext, bit_depth
 
 
+def bucket_option(cfg: DictConfig):
+    """The ``bucket`` key (a step in px, a list of sides, or null; absent: the default), checked
+    (:func:`neuralstyle.fast.buckets.check_bucket`)."""
+    from .fast.buckets import DEFAULT_BUCKET, check_bucket
+
+    bucket = cfg.get("bucket", DEFAULT_BUCKET)
+    if OmegaConf.is_config(bucket):
+        bucket = OmegaConf.to_container(bucket)
+    check_bucket(bucket)
+    return bucket
+
+
 def arbitrary_stylizer(cfg: DictConfig):
     """``(image, preserve_colors) -> image`` with the arbitrary-style network and ``cfg.style``
     (one image or several blended by ``cfg.style_weights``) at ``cfg.strength``."""
@@ -104,7 +118,8 @@ def arbitrary_stylizer(cfg: DictConfig):
             styles.append(load_image(resolve_image(name, cfg.image_dir)))
         except NeuralStyleError as err:
             raise type(err)(f"{role}: {err}") from None
-    network = ArbitraryStylizer(*arbitrary_models(cfg.get("weights")), style_size=int(cfg.style_size))
+    network = ArbitraryStylizer(*arbitrary_models(cfg.get("weights")), style_size=int(cfg.style_size),
+                                bucket=bucket_option(cfg))
     embedding = network.blend(network.embed(styles), weights)
 
     def stylize(image, preserve_colors=None):

@@ -56,6 +56,7 @@ import numpy as np  # noqa: E402
 from .images.color import combine_luminance  # noqa: E402
 from .errors import ConfigError, ImageError, WeightsError  # noqa: E402
 from .fast.transform import CropLike, PadToMultiple, ReflectionPadding2D  # noqa: E402
+from .fast.buckets import DEFAULT_BUCKET, BucketSpec, Bucketed, check_bucket  # noqa: E402
 from .images import load_image, resize  # noqa: E402
 
 #: Size of the style embedding.
@@ -408,19 +409,26 @@ class ArbitraryStylizer:
 
     ``embed(styles)`` maps style images to ``(N, 100)`` embeddings; ``stylize(photos, embedding)``
     returns the photos (one ``(H, W, 3)`` image, or a batch) in that style, same size as given.
-    Both networks are compiled once per input shape (``jax.jit`` over ``stateless_call``).
+    The predictor is compiled once per input shape, the transformer once per size bucket (``bucket``).
 
     Args:
       predictor, transformer: the Keras models (default: :func:`style_predictor` and
         :func:`style_transformer` with the pretrained weights).
       style_size: style images are resized so that their short side is ``style_size`` (Magenta's
         default for this model: 256), keeping the aspect ratio.
+      bucket: photos run through the transformer in size buckets (one compiled program per bucket
+        shape, not per photo size, same result; :mod:`neuralstyle.fast.buckets`): a step in
+        pixels (default :data:`~neuralstyle.fast.buckets.DEFAULT_BUCKET`), an increasing list of
+        sides, or ``None`` (one program per photo size).  The style predictor (and the photo's own
+        embedding for ``strength < 1``) still compiles per input shape: its zero-padded ``SAME``
+        convolutions are not bucketed.
     """
 
     def __init__(self, predictor: Optional[keras.Model] = None, transformer: Optional[keras.Model] = None,
-                 style_size: int = STYLE_SIZE):
+                 style_size: int = STYLE_SIZE, bucket: BucketSpec = DEFAULT_BUCKET):
         if int(style_size) < MIN_STYLE_SIZE:
             raise ConfigError(f"style_size must be at least {MIN_STYLE_SIZE} px, got {style_size}")
+        sides = check_bucket(bucket)
         self.style_size = int(style_size)
         self.predictor = predictor if predictor is not None else style_predictor()
         self.transformer = transformer if transformer is not None else style_transformer()
@@ -437,6 +445,14 @@ class ArbitraryStylizer:
 
         self._predict = jax.jit(predict)
         self._transform = jax.jit(transform)
+        self.bucketed = Bucketed(self.transformer, sides) if sides else None
+
+    def _run_transformer(self, images: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+        """The transformer on ``images`` (B, H, W, 3) of one size with ``embeddings`` (B, 100)."""
+        emb = jnp.asarray(embeddings, jnp.float32)
+        if self.bucketed is not None:
+            return self.bucketed(*self._transformer_params, images, emb)
+        return np.asarray(self._transform(self._transformer_params, jnp.asarray(images), emb))
 
     # -- embeddings ---------------------------------------------------------------------------
 
@@ -508,13 +524,10 @@ class ArbitraryStylizer:
         outputs = []
         same = len({im.shape for im in images}) == 1
         if same:  # one batch through the network
-            batch = jnp.asarray(np.stack(images))
-            out = np.asarray(self._transform(self._transformer_params, batch, jnp.asarray(emb, jnp.float32)))
-            outputs = list(out)
+            outputs = list(self._run_transformer(np.stack(images), emb))
         else:
             for image, e in zip(images, emb):
-                outputs.append(np.asarray(self._transform(self._transformer_params, jnp.asarray(image)[None],
-                                                          jnp.asarray(e, jnp.float32)[None]))[0])
+                outputs.append(self._run_transformer(image[None], e[None])[0])
         if preserve_colors == "luminance":
             outputs = [combine_luminance(o, im) for o, im in zip(outputs, images)]
         if single:

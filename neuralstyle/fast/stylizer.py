@@ -1,6 +1,7 @@
 """Stylizing photos with a trained transform network: one forward pass per image, any size.
 
-``Stylizer(model)(image)`` runs the network (compiled once per image shape) on an ``(H, W, 3)``
+``Stylizer(model)(image)`` runs the network (compiled once per size bucket, see
+:mod:`neuralstyle.fast.buckets`; ``bucket=None``: once per image shape) on an ``(H, W, 3)``
 image in [0, 1] and returns an image of the same size.  ``preserve_colors="luminance"`` keeps the
 stylized image's luminance and the photo's chrominance (YIQ), the luminance-only transfer of
 Gatys et al. 2017 (sec. 5.1) applied after the fact: the network itself was trained on colour
@@ -48,6 +49,7 @@ from ..images import combine_luminance  # noqa: E402
 from ..errors import ConfigError, ImageError  # noqa: E402
 from ..images import load_image, resize_long_edge, save_image  # noqa: E402
 from ..images.io import read_icc_profile  # noqa: E402
+from .buckets import DEFAULT_BUCKET, BucketSpec, Bucketed, check_bucket  # noqa: E402
 from .data import IMAGE_SUFFIXES  # noqa: E402
 from .transform import CUSTOM_OBJECTS, apply_fn, get_params  # noqa: E402
 
@@ -74,12 +76,19 @@ def load_transform(path: Union[str, Path]) -> keras.Model:
 
 
 class Stylizer:
-    """A trained transform network as a function of images; see the module docstring."""
+    """A trained transform network as a function of images; see the module docstring.
 
-    def __init__(self, model: Union[keras.Model, str, Path]):
+    ``bucket`` (default :data:`~neuralstyle.fast.buckets.DEFAULT_BUCKET` px): images run in size
+    buckets, one compiled program per bucket shape instead of one per image size, with the same
+    result (:mod:`neuralstyle.fast.buckets`); a step in pixels, an increasing list of sides, or
+    ``None`` for one program per image size."""
+
+    def __init__(self, model: Union[keras.Model, str, Path], bucket: BucketSpec = DEFAULT_BUCKET):
+        sides = check_bucket(bucket)
         self.model = model if isinstance(model, keras.Model) else load_transform(model)
         self.params = get_params(self.model)
         self._apply = jax.jit(apply_fn(self.model))
+        self.bucketed = Bucketed(self.model, sides) if sides else None
 
     def __call__(self, image: np.ndarray, preserve_colors: Optional[str] = None) -> np.ndarray:
         if preserve_colors not in APPLY_COLORS:
@@ -88,7 +97,10 @@ class Stylizer:
         if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < MIN_SIDE:
             raise ImageError(f"expected an (H, W, 3) image with sides of at least {MIN_SIDE} px, "
                              f"got shape {image.shape}")
-        out = np.asarray(self._apply(self.params, jnp.asarray(image)[None])[0])
+        if self.bucketed is not None:
+            out = self.bucketed(self.params.trainable, self.params.non_trainable, image[None])[0]
+        else:
+            out = np.asarray(self._apply(self.params, jnp.asarray(image)[None])[0])
         if preserve_colors == "luminance":
             out = combine_luminance(out, image)
         return out

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from benchmarks import harness
 from benchmarks.fast import GPU_ASSUMPTIONS, make_photo_folder
-from benchmarks.harness import Load, log, wait_until_quiet
+from benchmarks.harness import Load, cpu_snapshot, log, wait_until_quiet
 
 #: Magenta's released arbitrary-style model: "about 3M steps" of batch 8 (its README).
 MAGENTA_STEPS = 3_000_000
@@ -59,23 +59,28 @@ def measure(width: int, args, objective, batch) -> dict:
     flops = float(cost["flops"]) if cost and "flops" in cost else None
     for _ in range(args.warmup):
         state, metrics = jax.block_until_ready(compiled(objective, state, objective.params, {}, batch))
-    if args.wait_quiet:
-        wait_until_quiet(args.wait_quiet)
-    times = []
-    with Load() as load:
-        for _ in range(args.steps):
+    times, cpu, loads = [], [], []
+    for _ in range(args.steps):  # each step waits for a quiet machine (this VM is shared)
+        if args.wait_quiet:
+            wait_until_quiet(args.wait_quiet)
+        with Load() as load:
             t = time.perf_counter()
             state, metrics = jax.block_until_ready(compiled(objective, state, objective.params, {}, batch))
             times.append(time.perf_counter() - t)
+        cpu.append(cpu_snapshot()[1] - load.start[1])  # this process's CPU seconds in the step
+        loads.append(load.foreign)
     median = statistics.median(times)
+    load = max((x for x in loads if x is not None), default=None)
     count = lambda tree: int(sum(x.size for x in jax.tree.leaves(tree)))  # noqa: E731
     row = {"width": width, "init": init, "trainable_parameters": count(params.trainable),
            "frozen_parameters": count(params.non_trainable), "compile_s": round(compile_s, 1),
            "step_s": [round(t, 2) for t in times], "median_step_s": round(median, 2),
+           "cpu_s": [round(c, 2) for c in cpu], "median_cpu_s": round(statistics.median(cpu), 2),
            "flops_per_step": flops, "achieved_gflops": round(flops / median / 1e9, 1) if flops else None,
-           "other_load": load.foreign, "final_loss": float(metrics["loss"])}
+           "other_load": load, "other_load_per_step": loads, "final_loss": float(metrics["loss"])}
     log(f"width {width}: compile {compile_s:.1f} s, {median:.2f} s/step, "
-        f"{(flops or 0) / 1e9:.0f} GFLOP/step (other load {load.foreign})")
+        f"{statistics.median(cpu):.1f} CPU s/step, {(flops or 0) / 1e9:.0f} GFLOP/step "
+        f"(other load per step {loads})")
     return row
 
 
@@ -101,7 +106,7 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--weights", default="null", help="VGG16 weights: null (random) | torchvision")
     p.add_argument("--wait-quiet", type=float, default=0.0,
-                   help="wait up to S seconds for other processes to use < 10%% of the CPU first")
+                   help="before each timed step, wait up to S seconds for other processes to use < 10%% of the CPU")
     p.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
     args = p.parse_args(argv)
     if args.quick:
@@ -138,12 +143,13 @@ def markdown(r: dict) -> str:
         f"`arbitrary_full` (width 32 from scratch, trunk trained): batch {r['batch']} of {r['size']} px "
         f"photos + {r['batch']} style crops, loss network {r['loss_network']} to conv4_3, Adam, float32.",
         "",
-        "| width | trainable / frozen parameters | compile | median s/step | GFLOP/step | achieved GFLOP/s | other load |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| width | trainable / frozen parameters | compile | median s/step | median CPU s/step | GFLOP/step | achieved GFLOP/s | other load (max of the steps) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in r["rows"]:
         lines.append(f"| {row['width']} | {row['trainable_parameters']:,} / {row['frozen_parameters']:,} | "
-                     f"{row['compile_s']} s | {row['median_step_s']} | {(row['flops_per_step'] or 0) / 1e9:.0f} | "
+                     f"{row['compile_s']} s | {row['median_step_s']} | {row['median_cpu_s']} | "
+                     f"{(row['flops_per_step'] or 0) / 1e9:.0f} | "
                      f"{row['achieved_gflops']} | {row['other_load']} |")
     lines += ["", f"## Magenta's schedule: about {r['magenta_steps']:,} steps of batch {r['magenta_batch']} "
               "(an estimate, not a measurement)", "",

@@ -238,3 +238,21 @@ def test_cli_trains_arbitrary_quarter_and_apply_uses_the_export(folders, image_d
                                      "hydra.run.dir=apply"], tmp_path, image_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert Image.open(tmp_path / "styled.png").size == (SIZE, SIZE)
+
+
+@pytest.mark.slow
+def test_training_benchmark_runs_and_writes_its_tables(image_dir, tmp_path):
+    """benchmarks/arbitrary_train.py on tiny settings (it measures; this only checks that it runs)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.arbitrary_train", "--quick", "--image-dir",
+                           str(image_dir), "--out", str(tmp_path)], cwd=REPO, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "arbitrary_train.json").read_text())
+    assert [r["width"] for r in report["rows"]] == [8, 32]
+    assert all(r["flops_per_step"] > 0 and r["estimate"]["steps"] == 3_000_000 * 8 / 2 for r in report["rows"])
+    assert "Magenta's schedule" in (tmp_path / "arbitrary_train.md").read_text()

@@ -5,10 +5,11 @@ Trains a feed-forward network with the Hydra-free pieces of :mod:`neuralstyle.fa
 fast`` is a transform network for one style (Johnson et al. 2016), ``model: arbitrary`` the
 arbitrary-style pair of Ghiasi et al. 2017 (style predictor + conditional transformer), trained on
 a folder of photos and a folder of style images (:mod:`neuralstyle.fast.arbitrary_training`); both
-go through the same loop, checkpoints and resume.  The run directory is ``runs/train/${name}`` (no timestamp): running the
-same command again resumes from the last checkpoint in it.  It receives ``checkpoints/``,
-``model.keras``, ``validation/``, ``log.jsonl``, ``metrics.json``, ``config.yaml`` and ``.hydra/``;
-the path of ``model.keras`` is printed at the end.  ``main`` returns the final loss (for sweepers).
+go through the same loop, checkpoints and resume.  The run directory is ``runs/train/${name}`` (no
+timestamp): running the same command again resumes from the last checkpoint in it.  It receives
+``checkpoints/``, ``model.keras`` (``model/`` for ``model=arbitrary``: the predictor and the
+transformer), ``validation/``, ``log.jsonl``, ``metrics.json``, ``config.yaml`` and ``.hydra/``;
+the path of the exported model is printed at the end.  ``main`` returns the final loss (for sweepers).
 
 A training holds the lock ``train.lock`` of its run directory (:func:`neuralstyle.fast.run_lock`),
 so a second training under the same ``name`` fails at once.  The run's record (``config.yaml`` and

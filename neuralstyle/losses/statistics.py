@@ -36,6 +36,23 @@ def statistics_from_channel_moments(moments, eps: float = 1e-5) -> tuple[Array, 
     return mean, jnp.sqrt(jnp.maximum(second - jnp.square(mean), 0.0) + eps)
 
 
+def _channel_statistics_family(distance, eps: float) -> StyleLoss:
+    """A :class:`StyleLoss` comparing per-channel ``(mean, std)`` by ``distance(mean, std, stats)``,
+    directly from features or from their additive :func:`channel_moments` (tiling)."""
+
+    def target(features):
+        return channel_statistics(features, eps)
+
+    def loss(features, stats, key=None):
+        return distance(*channel_statistics(features, eps), stats)
+
+    def compare(moments, stats, key=None):
+        return distance(*statistics_from_channel_moments(moments, eps), stats)
+
+    return StyleLoss(target, loss, compare=compare, statistics_reduction="mean", moments=channel_moments,
+                     target_from_moments=lambda m: statistics_from_channel_moments(m, eps))
+
+
 def _smooth_norm(v: Array, eps: float) -> Array:
     return jnp.sqrt(jnp.sum(jnp.square(v), axis=-1) + eps) - jnp.sqrt(eps)
 
@@ -48,37 +65,17 @@ def mean_std_loss(eps: float = 1e-5) -> StyleLoss:
     zero where the statistics match and differentiable there.
     """
 
-    def target(features):
-        return channel_statistics(features, eps)
-
     def distance(mean, std, stats):
         return _smooth_norm(mean - stats[0], eps) + _smooth_norm(std - stats[1], eps)
 
-    def loss(features, stats, key=None):
-        return distance(*channel_statistics(features, eps), stats)
-
-    def compare(moments, stats, key=None):
-        return distance(*statistics_from_channel_moments(moments, eps), stats)
-
-    return StyleLoss(target, loss, compare=compare, statistics_reduction="mean", moments=channel_moments,
-                     target_from_moments=lambda m: statistics_from_channel_moments(m, eps))
+    return _channel_statistics_family(distance, eps)
 
 
 def bn_statistics_loss(eps: float = 1e-5) -> StyleLoss:
     r"""Batch-norm statistics loss (Li et al. 2017, "Demystifying Neural Style Transfer", eq. 10):
     :math:`\frac{1}{N}\sum_{c} (\mu_c(x) - \mu_c(s))^2 + (\sigma_c(x) - \sigma_c(s))^2`."""
 
-    def target(features):
-        return channel_statistics(features, eps)
-
     def distance(mean, std, stats):
         return jnp.mean(jnp.square(mean - stats[0]) + jnp.square(std - stats[1]), axis=-1)
 
-    def loss(features, stats, key=None):
-        return distance(*channel_statistics(features, eps), stats)
-
-    def compare(moments, stats, key=None):
-        return distance(*statistics_from_channel_moments(moments, eps), stats)
-
-    return StyleLoss(target, loss, compare=compare, statistics_reduction="mean", moments=channel_moments,
-                     target_from_moments=lambda m: statistics_from_channel_moments(m, eps))
+    return _channel_statistics_family(distance, eps)

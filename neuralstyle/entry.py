@@ -58,7 +58,8 @@ def enable_compilation_cache(setting: Any = "default") -> Optional[Path]:
 
     ``setting`` is a folder, ``"default"`` (:func:`default_cache_dir`) or ``None``/``False``
     (off).  ``JAX_COMPILATION_CACHE_DIR`` in the environment takes precedence: JAX reads it
-    itself.  Programs that compile in under 0.5 s are not cached.
+    itself.  Programs that compile in under 0.5 s are not cached, unless
+    ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` in the environment says otherwise (JAX reads it).
     """
     import jax
 
@@ -73,7 +74,8 @@ def enable_compilation_cache(setting: Any = "default") -> Optional[Path]:
         logging.getLogger(__name__).warning("compilation cache off: cannot create %s (%s)", folder, err)
         return None
     jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    if not os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     return folder
 
 

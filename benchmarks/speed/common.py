@@ -19,7 +19,8 @@ def build_objective(spec: dict):
     from neuralstyle.recipe import compose
 
     def build(weights):
-        cfg = compose("run", ["+experiment=vgg19_wave", f"backbone.weights={weights}"])
+        cfg = compose("run", ["+experiment=vgg19_wave", f"backbone.weights={weights}",
+                              *spec.get("overrides", [])])
         objective = objective_from_config(cfg)
         return objective, objective.extractor.weights_source
 

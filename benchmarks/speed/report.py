@@ -74,7 +74,8 @@ def markdown(report: dict) -> str:
         "block5_conv2; style block1_conv1..block5_conv1; weights 1e4/1e-2/30; Gram 'hw', content "
         "'mean', TV 'l1'); batch 1, float32",
         f"- images: {report.get('images', '?')}",
-        f"- main-run XLA_FLAGS: `{cfg['xla_flags'] or '(none)'}`; steps: {cfg['steps_desc']}",
+        f"- main-run XLA_FLAGS: `{cfg['xla_flags'] or '(none)'}`; recipe overrides of the JAX runs: "
+        f"`{' '.join(cfg.get('overrides') or []) or '(none)'}`; steps: {cfg['steps_desc']}",
         "",
         "| size | optimizer | implementation | compile s | ms/step (median) | ms/step (mean) "
         "| steps/s | GFLOP/s | % of BLAS matmul | time vs PyTorch | peak RSS MiB (above baseline) "

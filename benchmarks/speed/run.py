@@ -48,6 +48,9 @@ def parse_args(argv=None):
                         "(about a minute)")
     p.add_argument("--xla-flags", default="",
                    help="XLA_FLAGS of the JAX runs (appended to any XLA_FLAGS in the environment)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Hydra override of the JAX runs' recipe (+experiment=vgg19_wave), for "
+                        "example backbone.conv=winograd; repeat for several")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager reference")
     p.add_argument("--weights", default="imagenet", help="'imagenet' (default), 'random' or a weights file")
     p.add_argument("--images", choices=("photo", "random"), default="photo",
@@ -175,6 +178,7 @@ def main(argv=None) -> int:
         config={"sizes": sizes, "plan": {str(s): dict(zip(("warmup", "steps", "lbfgs_steps"), p))
                                          for s, p in plan.items()},
                 "xla_flags": xla_flags, "weights": args.weights, "images": args.images,
+                "overrides": list(args.override),
                 "steps_desc": "; ".join(f"{s} px: {w} warm-up + {n} timed Adam steps, 1 + {lb} "
                                         f"L-BFGS iterations" for s, (w, n, lb) in plan.items()),
                 "time_to_target": ttt.spec_from_args(args)},
@@ -189,6 +193,7 @@ def main(argv=None) -> int:
     log(f"  NumPy BLAS: {report['yardsticks']['numpy_blas']['gflops']} GFLOP/s")
 
     base_spec = {"weights": args.weights, "images": args.images, "image_dir": args.image_dir,
+                 "overrides": list(args.override),
                  "matmul_sizes": matmul_sizes, "matmul_repeats": matmul_repeats}
     attached_ttt: dict = {}
     if not measure_jax(args, report, sizes, plan, base_spec, xla_flags, attached_ttt):

@@ -9,6 +9,7 @@ import pytest
 from neuralstyle import (
     LBFGS, NonFiniteLossError, StyleObjective, make_lbfgs_functions, make_step, stylize,
 )
+from neuralstyle.optim.lbfgs import init_state
 
 RNG = np.random.default_rng(0)
 
@@ -107,13 +108,14 @@ def test_lbfgs_skips_pairs_without_positive_curvature(objective, pair):
     """A pair with <dy, ds> <= 0 is stored with weight 0, so it cannot flip the direction."""
     opt = LBFGS(memory_size=3)
     direction, _ = make_lbfgs_functions(opt)
-    x0 = jnp.asarray(pair[0])[None]
+    x0 = jnp.asarray(pair[0])[None, None]  # one run
     g0 = jnp.ones_like(x0)
-    state = opt.direction_transform.init(x0)
+    state = init_state(x0)
     _, state = direction(g0, state, x0)
     # the gradient grew along the step direction: negative curvature
     d, state = direction(g0 - 0.5, state, x0 + 0.1)
-    assert float(jnp.max(jnp.abs(state.weights_memory))) == 0.0
+    assert float(jnp.max(jnp.abs(state.rho[-1]))) == 0.0
+    assert state.s == (None,)  # the slot is kept, its vectors are not
     assert float(jnp.vdot(d, g0 - 0.5)) > 0  # still a descent direction
 
 

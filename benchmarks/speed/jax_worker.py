@@ -4,8 +4,8 @@ the library's driver, per size, with peak memory and the FLOPs of the step.
 * Adam: :func:`neuralstyle.optim.make_step` + ``jax.jit`` (compiled ahead of time, so compile time
   is apart), ``optax.adam(0.02, b1=0.99, eps=0.1)``, warm-up then timed steps.
 * L-BFGS: :class:`neuralstyle.optim.LBFGS` through :func:`neuralstyle.optim.driver.optimize` (N = 1,
-  as ``stylize`` runs it), then one ``direction`` and one ``trial`` call of
-  :func:`neuralstyle.optim.make_lbfgs_functions` compiled apart, for the breakdown.
+  as ``stylize`` runs it; its peak memory is that call's), then one ``direction`` and one
+  ``trial`` call of :func:`neuralstyle.optim.make_lbfgs_functions`, for the breakdown.
 """
 
 from __future__ import annotations
@@ -79,39 +79,45 @@ def run_lbfgs(objective, params, targets, image, steps: int, stop_below=None):
 
 
 def time_lbfgs(objective, params, targets, image, warmup: int, steps: int) -> dict:
-    """Time L-BFGS iterations through the driver; then one trial evaluation and one direction
-    call alone (compiled separately, synchronized) for the breakdown."""
+    """Time L-BFGS iterations through the driver; then, after its peak memory is taken, one trial
+    evaluation (compiled separately) and one direction call with as many curvature pairs as the
+    run's last iteration held (synthetic pairs), synchronized, for the breakdown."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from neuralstyle.optim import LBFGS, make_lbfgs_functions
+    from neuralstyle.optim.lbfgs import init_state
 
     with PeakMemory() as mem, Load() as load:
         loop = run_lbfgs(objective, params, targets, image, warmup + steps)
     times = list(np.diff(loop.elapsed))  # one entry per iteration (a pass of the driver)
     iterations = len(loop.histories[0]) - 1
     opt = LBFGS()
-    direction_fn, trial_fn = make_lbfgs_functions(opt)
+    direction, trial_fn = make_lbfgs_functions(opt)
     final = jnp.asarray(loop.images[0])[None]
     zeros = jnp.zeros_like(final)
-    state = opt.direction_transform.init(final)
     trial = jax.jit(trial_fn).lower(objective, final, zeros, zeros, 0.0, params, targets).compile()
-    direction = jax.jit(direction_fn).lower(zeros, state, final).compile()
     at = trial(objective, final, zeros, zeros, 0.0, params, targets)
+    pairs = min(max(iterations - 1, 0), opt.memory_size)  # the pairs of the run's last direction
+    state = init_state(final[None])
+    for j in range(pairs):  # y = s: pairs with positive curvature, all kept (the timed call adds the last)
+        x = final[None] + 1e-3 * (j + 1)
+        _, state = direction(at.grad[None] + (x - final[None]), state, x)
     d_times, t_times = [], []
     for _ in range(2 if image.size <= 3 * 512 * 512 else 1):  # 1 above 512 px: each takes seconds
-        (d, _), seconds = timed(direction, at.grad, state, final)
+        (d, state), seconds = timed(direction, at.grad[None], state, final[None])
         d_times.append(seconds)
-        t_times.append(timed(trial, objective, final, at.grad, d, 1.0, params, targets)[1])
+        t_times.append(timed(trial, objective, final, at.grad, d[0], 1.0, params, targets)[1])
     return {"compile_s": round(loop.compile_time, 2), "warmup": warmup, **stats(times[warmup:]),
             "iterations": iterations,
             "evaluations_per_iteration": round((int(loop.evaluations[0]) - 1) / max(iterations, 1), 2),
             "trial_ms": round(1000 * min(t_times), 1), "direction_ms": round(1000 * min(d_times), 1),
-            "xla_flops_trial": xla_flops(trial), "xla_flops_direction": xla_flops(direction),
+            "direction_pairs": pairs, "xla_flops_trial": xla_flops(trial), "xla_flops_direction": None,
+            "direction_flops_analytic": (8 * pairs + 9) * int(final.size),
             "final_loss": loop.histories[0][-1][0], "foreign_cpu_load": load.foreign,
             "memory_size": opt.memory_size, "memory": mem.result(),
-            "memory_note": "compile and iterations together (one driver call)"}
+            "memory_note": "compile and iterations together (one driver call); the breakdown after it"}
 
 
 def worker(spec: dict) -> dict:

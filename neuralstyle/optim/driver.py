@@ -8,9 +8,11 @@ style statistics, masks, the frozen backbone) is shared.
 
 * **optax** (any ``GradientTransformation``): the pure step of :func:`neuralstyle.optim.make_step`
   is ``jax.vmap``-ped over the runs and compiled once; every run takes every step.
-* **L-BFGS** (:class:`~neuralstyle.optim.LBFGS`): the two-loop ``direction`` and the line-search
-  ``trial`` are vmapped and compiled once; the backtracking (Armijo) search is driven from Python
-  with one step length per run, so each run accepts, shrinks or restarts as it would alone.  (A
+* **L-BFGS** (:class:`~neuralstyle.optim.LBFGS`): the line-search ``trial`` is vmapped and
+  compiled once; the two-loop ``direction`` runs over a curvature history that grows one pair per
+  iteration (its small kernels compiled once per shape, whatever the history's length: see
+  :mod:`neuralstyle.optim.lbfgs`); the backtracking (Armijo) search is driven from Python with one
+  step length per run, so each run accepts, shrinks or restarts as it would alone.  (A
   Python-driven search is what makes L-BFGS fast on XLA's CPU backend: see
   :mod:`neuralstyle.optim`.)
 
@@ -58,7 +60,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, Interrupted
 from ..images.io import save_image
 from ..objective import StyleObjective, Targets
-from .lbfgs import LBFGS, Trial, make_lbfgs_functions
+from .lbfgs import LBFGS, Trial, init_state, make_lbfgs_functions, restart as restart_runs, warm_up
 from .steps import evaluate, make_step, make_update, project
 
 
@@ -402,8 +404,8 @@ def _rows(losses, terms) -> list:
 
 def _select(mask, new, old):
     """Per run, ``new`` where ``mask`` (N,) else ``old``, for pytrees with a leading N axis.
-    When every run (or none) is selected nothing is copied: an L-BFGS state holds
-    ``2 * memory_size`` image-sized arrays, and N = 1 selects all or nothing every iteration."""
+    When every run (or none) is selected nothing is copied (N = 1 selects all or nothing every
+    iteration)."""
     mask = np.asarray(mask)
     if mask.all():
         return new
@@ -422,8 +424,7 @@ def _lbfgs_loop(objective, opt, images, keys, params, targets, steps, monitor, a
     line-search trial (the results of runs that already accepted a step are discarded), so a rare
     rejected step costs every run."""
     n = images.shape[0]
-    direction_fn, trial_fn = make_lbfgs_functions(opt)
-    init_state = jax.vmap(opt.direction_transform.init)
+    direction, trial_fn = make_lbfgs_functions(opt)
     states = init_state(images)
     zeros = jnp.zeros_like(images)
     ts = jnp.zeros((n,), jnp.float32)
@@ -433,9 +434,9 @@ def _lbfgs_loop(objective, opt, images, keys, params, targets, steps, monitor, a
                                  objective, images, zeros, zeros, ts, params, targets._replace(key=keys))
     else:
         batched_trial = _evaluated_trial(evaluator)
-    # the curvature memory (2 x memory_size image-sized arrays) is donated: updated in place, not
-    # copied, so it costs what it must (measured at 1024 px: +3.2 GiB over Adam without donation)
-    direction = _compile(jax.vmap(direction_fn), zeros, states, images, donate_argnums=(1,))
+    # the curvature history starts empty and grows one pair per iteration, its oldest pair's
+    # buffers reused once full: it costs what it must, as torch.optim.LBFGS's does
+    warm_up(images)
     compile_time = time.perf_counter() - t0
     stochastic = objective.style_loss.stochastic
 
@@ -464,7 +465,7 @@ def _lbfgs_loop(objective, opt, images, keys, params, targets, steps, monitor, a
             redo = active & (done_steps > 0)
             current = _select(redo, fresh, current)
             evaluations += redo
-        counts = np.asarray(states.count)  # read first: the call consumes `states`
+        counts = np.asarray(states.count)  # read first: the call consumes the oldest pair of `states`
         d, states = direction(current.grad, states, current.image)
         step = np.ones(n, np.float32)
         searching, accepted = active.copy(), None
@@ -497,7 +498,7 @@ def _lbfgs_loop(objective, opt, images, keys, params, targets, steps, monitor, a
             if monitor.reached():
                 active[:] = False
         if restart.any():
-            states = _select(restart, init_state(current.image), states)
+            states = restart_runs(states, restart)
         active &= done_steps < steps
         records.tick()
     wall = time.perf_counter() - t0

@@ -30,7 +30,7 @@ def estimate_memory_bytes(shape: tuple[int, int], optimizer=None, runs: int = 1,
 
     Activations and their gradients (:data:`BYTES_PER_PIXEL`), plus the optimizer's own state:
     Adam keeps two moments (8 bytes a channel value), L-BFGS ``2 * memory_size`` image-sized
-    vectors.  With tiled optimization (``window``: the largest padded tile, see
+    vectors (its history grows to that in its first ``memory_size`` iterations).  With tiled optimization (``window``: the largest padded tile, see
     :mod:`neuralstyle.tiling`) the activations are those of one window, and the whole image costs
     :data:`TILED_BYTES_PER_PIXEL`.  It is meant to refuse sizes that cannot fit, not to predict to
     the megabyte.

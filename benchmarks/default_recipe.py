@@ -89,19 +89,10 @@ def grade_row(grader, photo, painting, image, index, name, overrides, extra):
 
 
 def make_grader(args, pairs):
-    import numpy as np
-
     from neuralstyle import load_content_and_style
-    from neuralstyle.metrics import PerceptualMetrics
+    from neuralstyle.metrics import metrics_network
 
-    if args.metric_weights == "random":  # smoke runs only
-        from neuralstyle import VGG
-
-        rng = np.random.default_rng(0)
-        metrics = PerceptualMetrics(VGG("vgg16", weights=None, seed=1),
-                                    [rng.uniform(0, 1, c) for c in (64, 128, 256, 512, 512)])
-    else:
-        metrics = PerceptualMetrics()
+    metrics = metrics_network(args.metric_weights)  # "random": smoke runs only
     inputs, content, style = {}, {}, {}
     for photo, painting in pairs:
         c, s = load_content_and_style(photo, painting, size=args.size, image_dir=args.image_dir)

@@ -77,15 +77,8 @@ def time_to_target(scales: list, target: float):
 def quality(metrics_net, result_png: Path, content, style) -> dict:
     from neuralstyle import load_image
 
-    image = load_image(result_png)
-    features = metrics_net.features(image)
-    return {
-        "lpips": float(metrics_net.lpips_from_features(features, metrics_net.features(content))[0]),
-        "gram": float(metrics_net.style_distance_from_features(
-            features, metrics_net.style_statistics(style), "gram")[0]),
-        "swd": float(metrics_net.style_distance_from_features(
-            features, metrics_net.style_statistics(style), "swd")[0]),
-    }
+    return metrics_net.distances(load_image(result_png), metrics_net.features(content),
+                                 metrics_net.style_statistics(style))
 
 
 def run_variants(args) -> list:

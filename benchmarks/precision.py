@@ -29,7 +29,7 @@ def run(args) -> list:
     from hydra.utils import instantiate
 
     from neuralstyle import VGG, StyleObjective, load_content_and_style, stylize
-    from neuralstyle.metrics import PerceptualMetrics
+    from neuralstyle.metrics import metrics_network
     from neuralstyle.recipe import compose
 
     cfg = compose("run", ["+experiment=vgg19_wave", f"backbone.weights={args.weights}"])
@@ -47,12 +47,7 @@ def run(args) -> list:
     params = reference.params
     targets = jax.jit(reference.targets)(params, jnp.asarray(content)[None], jnp.asarray(style)[None])
     float32_loss = jax.jit(lambda x: reference(params, x, targets)[0])
-    if args.metric_weights == "random":
-        rng = np.random.default_rng(0)
-        metrics = PerceptualMetrics(VGG("vgg16", weights=None, seed=1),
-                                    [rng.uniform(0, 1, c) for c in (64, 128, 256, 512, 512)])
-    else:
-        metrics = PerceptualMetrics()
+    metrics = metrics_network(args.metric_weights)
     photo, painting = metrics.features(content), metrics.style_statistics(style)
     rows = {p: {"precision": p, "step_s": []} for p in PRECISIONS}
     for round_ in range(args.rounds):
@@ -66,13 +61,10 @@ def run(args) -> list:
             row["compile_s"] = result.metrics["compile_time_s"]
             row["other_load"] = max(row.get("other_load") or 0.0, load.foreign or 0.0)
             if round_ == 0:
-                features = metrics.features(result.image)
                 row.update(
                     loss_float32=float(float32_loss(jnp.asarray(result.image)[None])),
                     loss_own=result.metrics["final"]["total"],
-                    lpips=float(metrics.lpips_from_features(features, photo)[0]),
-                    swd=float(metrics.style_distance_from_features(features, painting, "swd")[0]),
-                    gram=float(metrics.style_distance_from_features(features, painting, "gram")[0]))
+                    **metrics.distances(result.image, photo, painting))
             harness.log(f"round {round_ + 1} {precision}: {row['step_s'][-1] * 1000:.0f} ms/step")
     out = []
     for precision in PRECISIONS:

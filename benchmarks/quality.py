@@ -175,11 +175,10 @@ def machine() -> str:
 
 def run_grid(args, on_pair_done=None) -> dict:
     import jax
-    import numpy as np
     from hydra.utils import instantiate
 
     from neuralstyle import StyleObjective, load_content_and_style, stylize
-    from neuralstyle.metrics import PerceptualMetrics
+    from neuralstyle.metrics import metrics_network
 
     if args.jax_cache:
         jax.config.update("jax_compilation_cache_dir", args.jax_cache)
@@ -193,14 +192,7 @@ def run_grid(args, on_pair_done=None) -> dict:
     configs = compose_all(variants, extra)
     photos, paintings = args.photos.split(","), args.paintings.split(",")
 
-    if args.metric_weights == "random":  # tests only: the metric network with random weights
-        from neuralstyle import VGG
-
-        rng = np.random.default_rng(0)
-        metrics = PerceptualMetrics(VGG("vgg16", weights=None, seed=1),
-                                    [rng.uniform(0, 1, c) for c in (64, 128, 256, 512, 512)])
-    else:
-        metrics = PerceptualMetrics()
+    metrics = metrics_network(args.metric_weights)  # "random": tests only
 
     # one objective per loss structure, over the union of the layers its configs use
     backbones, objectives = {}, {}
@@ -307,15 +299,12 @@ def _initial_style_fn(base):
 
 def _grade(metrics, content_features, style_statistics, photo, painting, image, config_id,
            variant, cfg, extra) -> dict:
-    features = metrics.features(image)
     row = {
         "config": config_id, "factor": variant.factor, "level": variant.level, "name": variant.name,
         "overrides": " ".join(variant.overrides), "calibrated": variant.calibrate,
         "photo": photo, "painting": painting,
         "style_weight": None if cfg is None else float(cfg.style_weight),
-        "lpips": float(metrics.lpips_from_features(features, content_features[photo])[0]),
-        "swd": float(metrics.style_distance_from_features(features, style_statistics[painting], "swd")[0]),
-        "gram": float(metrics.style_distance_from_features(features, style_statistics[painting], "gram")[0]),
+        **metrics.distances(image, content_features[photo], style_statistics[painting]),
     }
     row.update(extra)
     return row

@@ -195,6 +195,15 @@ class PerceptualMetrics:
                 per_layer.append(relative_sliced_wasserstein(features[n], projected, d))
         return np.asarray(sum(per_layer) / len(per_layer))
 
+    def distances(self, image, content_features, style_statistics) -> dict:
+        """The quality benchmark's three distances of one ``(H, W, 3)`` image, as floats:
+        ``lpips`` to the content (given as its :meth:`features`), ``swd`` and ``gram`` to the style
+        (given as its :meth:`style_statistics`); lower is closer for all three.  One feature pass."""
+        features = self.features(image)
+        return {"lpips": float(self.lpips_from_features(features, content_features)[0]),
+                "swd": float(self.style_distance_from_features(features, style_statistics, "swd")[0]),
+                "gram": float(self.style_distance_from_features(features, style_statistics, "gram")[0])}
+
     def lpips(self, image_a, image_b) -> np.ndarray:
         """LPIPS distance per image; ``image_a`` and ``image_b`` must have the same shape."""
         a, b = _as_batch(image_a, "image_a"), _as_batch(image_b, "image_b")
@@ -212,6 +221,19 @@ class PerceptualMetrics:
 def default_metrics() -> PerceptualMetrics:
     """The shared :class:`PerceptualMetrics` on torchvision VGG16 with the LPIPS v0.1 weights."""
     return PerceptualMetrics()
+
+
+def metrics_network(weights: str = "torchvision") -> PerceptualMetrics:
+    """``"torchvision"``: the shared :func:`default_metrics`; ``"random"``: VGG16 with random
+    weights (seed 1) and random LPIPS channel weights (uniform in [0, 1), seed 0), for smoke runs
+    and tests that must not fetch weights: the shapes of the real metrics, meaningless values."""
+    if weights == "torchvision":
+        return default_metrics()
+    if weights != "random":
+        raise ConfigError(f"metric weights must be 'torchvision' or 'random', got {weights!r}")
+    rng = np.random.default_rng(0)
+    return PerceptualMetrics(VGG("vgg16", weights=None, seed=1),
+                             [rng.uniform(0, 1, c) for c in (64, 128, 256, 512, 512)])
 
 
 def _scalar_or_array(values: np.ndarray, image) -> "float | np.ndarray":

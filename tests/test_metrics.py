@@ -159,6 +159,23 @@ def test_lpips_zero_on_identical_and_symmetric(random_metrics):
     np.testing.assert_allclose(random_metrics.lpips(a, b), random_metrics.lpips(b, a), rtol=1e-6)
 
 
+def test_distances_are_the_three_metrics_of_one_image(random_metrics):
+    """``distances`` (what the benchmarks grade with) equals lpips and both style distances."""
+    a, b = pair(2)
+    d = random_metrics.distances(a[0], random_metrics.features(b[0]), random_metrics.style_statistics(b[1]))
+    assert d["lpips"] == pytest.approx(float(random_metrics.lpips(a[0], b[0])[0]), rel=1e-5)
+    for kind in ("swd", "gram"):
+        assert d[kind] == pytest.approx(float(random_metrics.style_distance(a[0], b[1], kind)[0]), rel=1e-5)
+
+
+def test_metrics_network_names_its_weights():
+    from neuralstyle.metrics import metrics_network
+
+    with pytest.raises(ConfigError, match="'torchvision' or 'random'"):
+        metrics_network("imagenet")
+    assert "random" in metrics_network("random").weights_source
+
+
 def test_bad_inputs_raise_clear_errors(random_metrics, random_vgg16):
     a, _ = pair()
     with pytest.raises(ImageError, match="same shape"):

@@ -173,3 +173,20 @@ def test_batched_runs_with_a_history_smaller_than_the_run_equal_single_runs(setu
         np.testing.assert_allclose([h[0] for h in batched.histories[k]],
                                    [h[0] for h in single.histories[0]], rtol=1e-4)
         assert batched.evaluations[k] == single.evaluations[0]
+
+
+@pytest.mark.slow
+def test_the_memory_benchmark_runs(tmp_path, image_dir):
+    """benchmarks/lbfgs_memory.py end to end at 64 px (it measures; this checks that it runs)."""
+    import json
+
+    from conftest import run_benchmark_quick
+
+    run_benchmark_quick("benchmarks.lbfgs_memory", image_dir, tmp_path)
+    report = json.loads((tmp_path / "lbfgs_memory.json").read_text())
+    assert report["rows"] and all("error" not in r for r in report["rows"])
+    for r in report["rows"]:
+        assert r["memory"]["peak_rss_mib"] > 100 and r["pairs_held"] <= r["history"]
+        if r["case"] == "full history":
+            assert r["pairs_held"] == r["history"]  # the full case fills both histories
+    assert "vs PyTorch" in (tmp_path / "lbfgs_memory.md").read_text()

@@ -43,6 +43,8 @@ def layer_specs_from_keras(model) -> list[tuple]:
         kind = type(layer).__name__
         if kind == "InputLayer":
             continue
+        if kind == "WinogradConv2D":  # neuralstyle's Winograd wrapper: the wrapped Conv2D's weights
+            layer, kind = layer.conv, "Conv2D"
         if kind == "Conv2D":
             if getattr(layer.activation, "__name__", "") != "relu":
                 raise ValueError(f"{layer.name}: expected a ReLU activation")

@@ -57,6 +57,7 @@ from .images.color import combine_luminance  # noqa: E402
 from .errors import ConfigError, ImageError, WeightsError  # noqa: E402
 from .fast.transform import CropLike, PadToMultiple, ReflectionPadding2D  # noqa: E402
 from .fast.buckets import DEFAULT_BUCKET, BucketSpec, Bucketed, check_bucket  # noqa: E402
+from .fast.xla import DEFAULT_CONV_BACKEND, check_conv_backend, jit  # noqa: E402
 from .images import load_image, resize  # noqa: E402
 
 #: Size of the style embedding.
@@ -422,13 +423,17 @@ class ArbitraryStylizer:
         sides, or ``None`` (one program per photo size).  The style predictor (and the photo's own
         embedding for ``strength < 1``) still compiles per input shape: its zero-padded ``SAME``
         convolutions are not bucketed.
+      conv_backend: the CPU convolution kernels of the compiled programs, ``"eigen"`` (default,
+        faster) or ``"xla"`` (XLA's default); same result (:mod:`neuralstyle.fast.xla`).
     """
 
     def __init__(self, predictor: Optional[keras.Model] = None, transformer: Optional[keras.Model] = None,
-                 style_size: int = STYLE_SIZE, bucket: BucketSpec = DEFAULT_BUCKET):
+                 style_size: int = STYLE_SIZE, bucket: BucketSpec = DEFAULT_BUCKET,
+                 conv_backend: str = DEFAULT_CONV_BACKEND):
         if int(style_size) < MIN_STYLE_SIZE:
             raise ConfigError(f"style_size must be at least {MIN_STYLE_SIZE} px, got {style_size}")
         sides = check_bucket(bucket)
+        check_conv_backend(conv_backend)
         self.style_size = int(style_size)
         self.predictor = predictor if predictor is not None else style_predictor()
         self.transformer = transformer if transformer is not None else style_transformer()
@@ -443,9 +448,9 @@ class ArbitraryStylizer:
         def transform(params, images, embeddings):
             return self.transformer.stateless_call(params[0], params[1], [images, embeddings])[0]
 
-        self._predict = jax.jit(predict)
-        self._transform = jax.jit(transform)
-        self.bucketed = Bucketed(self.transformer, sides) if sides else None
+        self._predict = jit(predict, conv_backend)
+        self._transform = jit(transform, conv_backend)
+        self.bucketed = Bucketed(self.transformer, sides, conv_backend) if sides else None
 
     def _run_transformer(self, images: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
         """The transformer on ``images`` (B, H, W, 3) of one size with ``embeddings`` (B, 100)."""

@@ -75,6 +75,7 @@ from ..errors import ConfigError
 from ..objective import StyleObjective
 from .training import perceptual_loss, style_statistics
 from .transform import TransformParams, get_params, glorot_uniform, set_params
+from .xla import jit
 
 #: ``init`` values: the ported Magenta weights (quarter width only), or fresh weights.
 INITS = ("pretrained", "scratch")
@@ -139,8 +140,8 @@ class ArbitraryNetwork:
         self.predictor, self.transformer = predictor, transformer
         self.validation_styles = [style_input(np.asarray(s, np.float32), int(style_size))
                                   for s in validation_styles]
-        self._embed = jax.jit(self.embed)
-        self._transform = jax.jit(self.transform)
+        self._embed = jit(self.embed)
+        self._transform = jit(self.transform)
 
     def initial_params(self) -> TransformParams:
         p, t = get_params(self.predictor), get_params(self.transformer)

@@ -52,6 +52,7 @@ import numpy as np  # noqa: E402
 
 from ..errors import ConfigError  # noqa: E402
 from .transform import STRIDE, CropLike, PadToMultiple, ReflectionPadding2D  # noqa: E402
+from .xla import DEFAULT_CONV_BACKEND, jit  # noqa: E402
 
 #: Default bucket step in pixels (see ``benchmarks/results/buckets.md`` for the measurement).
 DEFAULT_BUCKET = 128
@@ -278,9 +279,10 @@ class Bucketed:
     result of ``model`` for one ``(H, W, 3)`` image (``extra``: further batched inputs such as a
     style embedding (1, 100)), through one compiled program per bucket shape.
 
-    ``traces`` counts the programs traced (one per bucket shape and batch size), for tests."""
+    ``traces`` counts the programs traced (one per bucket shape and batch size), for tests;
+    ``conv_backend`` selects the CPU convolution kernels (:mod:`neuralstyle.fast.xla`)."""
 
-    def __init__(self, model: keras.Model, sides: tuple[int, ...]):
+    def __init__(self, model: keras.Model, sides: tuple[int, ...], conv_backend: str = DEFAULT_CONV_BACKEND):
         self.multiple = check_model(model)
         self.sides = sides
         self.traces = 0
@@ -290,7 +292,7 @@ class Bucketed:
             self.traces += 1
             return run(trainable, non_trainable, inputs, valid)
 
-        self._run = jax.jit(counted)
+        self._run = jit(counted, conv_backend)
 
     def shape_for(self, height: int, width: int) -> tuple[int, int]:
         """The bucket shape an ``height x width`` image runs in."""

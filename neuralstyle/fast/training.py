@@ -71,6 +71,7 @@ from ..images import atomic_write, save_image
 from ..objective import StyleObjective, Targets
 from .data import Batches
 from .transform import TransformParams, apply_fn, get_params, set_params
+from .xla import DEFAULT_CONV_BACKEND, jit
 
 try:
     import fcntl
@@ -156,7 +157,7 @@ class FastNetwork:
         self.transform = transform
         self.style = style
         self.apply = apply_fn(transform)
-        self._apply = jax.jit(self.apply)
+        self._apply = jit(self.apply)
 
     def initial_params(self) -> TransformParams:
         return get_params(self.transform)
@@ -184,7 +185,8 @@ def as_network(transform, style: Optional[np.ndarray] = None):
     return FastNetwork(transform, style) if isinstance(transform, keras.Model) else transform
 
 
-def make_train_step(transform: keras.Model, tx: optax.GradientTransformation) -> Callable:
+def make_train_step(transform: keras.Model, tx: optax.GradientTransformation,
+                    conv_backend: str = DEFAULT_CONV_BACKEND) -> Callable:
     """The pure step ``(objective, state, loss params, style statistics, batch) -> (state, metrics)``,
     jitted.
 
@@ -196,7 +198,9 @@ def make_train_step(transform: keras.Model, tx: optax.GradientTransformation) ->
     weights and style targets are arguments.  ``metrics`` holds the
     batch-mean ``loss`` and its ``content``, ``style`` and ``tv`` terms.  Under a data mesh (see
     :func:`data_mesh`) the same function runs data-parallel, because XLA propagates the input
-    shardings: pass the batch split over the mesh and the rest replicated.
+    shardings: pass the batch split over the mesh and the rest replicated.  ``conv_backend``
+    selects the CPU convolution kernels of the compiled step, the transform net's and the loss
+    network's (:mod:`neuralstyle.fast.xla`; default ``"eigen"``, faster here).
     """
     network = as_network(transform)
 
@@ -213,7 +217,7 @@ def make_train_step(transform: keras.Model, tx: optax.GradientTransformation) ->
                          opt_state)
         return new, {"loss": loss, **terms}
 
-    return jax.jit(step)
+    return jit(step, conv_backend)
 
 
 def data_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:

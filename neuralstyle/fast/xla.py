@@ -1,0 +1,78 @@
+"""Which CPU convolution kernels the feed-forward networks' compiled programs use (a speed option
+of this library, not of the papers).
+
+On the CPU, XLA (jaxlib 0.10) hands convolutions and the element-wise operations around them to
+YNNPACK fusions by default.  For the feed-forward networks (:mod:`neuralstyle.fast.transform`,
+:mod:`neuralstyle.arbitrary`: many small-channel convolutions on large images, 9x9 kernels from and
+to 3 channels) XLA's other path, its Eigen convolutions, is several times faster: the fast
+transform net at 512x512 on a 2-core Xeon (AVX-512) took 7.2 s per megapixel with YNNPACK and
+2.2 s with Eigen, and compiles in half the time (``benchmarks/results/fast_speed.md`` has the
+recorded figures, next to PyTorch eager).  The switch is XLA's debug option
+``xla_cpu_experimental_ynn_fusion_type`` set to the empty string (no YNNPACK fusions), passed per
+program as a compiler option: no process-wide ``XLA_FLAGS`` is needed or changed, and the
+optimization programs of the VGG backbone are left as XLA chooses.
+
+``conv_backend``:
+
+* ``"eigen"`` (default): the option is set for the programs built with :func:`jit`, on the CPU
+  backend when the installed XLA knows the option (older jaxlib versions, which have no YNNPACK
+  fusions, and GPUs get plain :func:`jax.jit`);
+* ``"xla"``: XLA's own default (YNNPACK fusions in jaxlib 0.10).
+
+Both compute the same convolutions in float32 with different summation orders; the networks'
+outputs agree to about 1e-6 ([0, 1] pixels), which ``tests/test_fast_xla.py`` checks (bound 1e-4,
+with a trained-like network on AVX2 and AVX-512 machines alike).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from ..errors import ConfigError
+
+CONV_BACKENDS = ("eigen", "xla")
+DEFAULT_CONV_BACKEND = "eigen"
+
+#: The XLA debug option that selects YNNPACK fusions on the CPU; empty: none.
+YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+
+
+def check_conv_backend(conv_backend: str) -> str:
+    """``conv_backend`` if it is one of :data:`CONV_BACKENDS`, else a :class:`ConfigError`."""
+    if conv_backend not in CONV_BACKENDS:
+        raise ConfigError(f"conv_backend must be one of {CONV_BACKENDS}, got {conv_backend!r}")
+    return conv_backend
+
+
+@functools.lru_cache(maxsize=None)
+def _option_known() -> bool:
+    """Whether this XLA accepts :data:`YNN_OPTION` as a compiler option (a tiny program is compiled
+    once per process to find out; an XLA without it raises on unknown options)."""
+    try:
+        f = jax.jit(lambda x: x + 1, compiler_options={YNN_OPTION: ""})
+        jax.block_until_ready(f(jnp.zeros((1,), jnp.float32)))
+        return True
+    except Exception:  # noqa: BLE001 - any failure: this XLA does not take the option
+        return False
+
+
+def compiler_options(conv_backend: str = DEFAULT_CONV_BACKEND) -> Optional[dict]:
+    """The compiler options of a feed-forward program under ``conv_backend`` (``None``: XLA's
+    defaults)."""
+    check_conv_backend(conv_backend)
+    if conv_backend == "xla" or jax.default_backend() != "cpu" or not _option_known():
+        return None
+    return {YNN_OPTION: ""}
+
+
+def jit(fn: Callable, conv_backend: str = DEFAULT_CONV_BACKEND, **kwargs) -> Callable:
+    """``jax.jit(fn, **kwargs)`` with the compiler options of ``conv_backend`` (see the module
+    docstring)."""
+    options = compiler_options(conv_backend)
+    if options:
+        kwargs["compiler_options"] = {**options, **kwargs.get("compiler_options", {})}
+    return jax.jit(fn, **kwargs)

@@ -75,8 +75,8 @@ def analytic_flops(image_shape, objective) -> dict:
     style_layers = set(objective.style_layers)
     for layer in objective.extractor.model.layers:
         kind = type(layer).__name__
-        if kind == "Conv2D":
-            kh, kw, cin, cout = layer.kernel.shape
+        if kind in ("Conv2D", "WinogradConv2D"):  # counted as direct convolutions either way
+            kh, kw, cin, cout = getattr(layer, "conv", layer).kernel.shape
             conv_fwd += 2.0 * kh * kw * cin * cout * h * w
             if layer.name in style_layers:
                 gram += 2.0 * 2.0 * h * w * cout * cout

@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from ..errors import ConfigError, WeightsError  # noqa: E402
 from .layer_names import CONVS_PER_BLOCK, canonical_layer_name, keras_layer_names  # noqa: E402
+from .winograd import winograd_conv2d, winograd_kernel  # noqa: E402
 from .weights import (  # noqa: E402
     kernel_and_bias,
     load_lpips_vgg16,
@@ -119,6 +120,81 @@ class MaxPool2x2(keras.layers.Layer):
         return (b, None if h is None else h // 2, None if w is None else w // 2, c)
 
 
+class WinogradConv2D(keras.layers.Layer):
+    """A VGG ``Conv2D`` (3x3, stride 1, "same", ReLU) computed by Winograd F(2x2, 3x3)
+    (:mod:`neuralstyle.backbones.winograd`).
+
+    It wraps the backbone's own layer (same name, kernel and bias shared, not copied), and holds
+    the transformed kernel ``U`` (16/9 the kernel's size) as a non-trainable weight, computed once
+    here: the weights are frozen, so no step ever transforms or re-lays out a kernel.  The
+    original kernel stays a weight of the layer (``.conv``) for code that reads it; the compiled
+    step does not use it.  No gradient flows to the weights.
+    """
+
+    def __init__(self, conv: keras.layers.Conv2D, **kwargs):
+        config = conv.get_config()
+        expected = {"kernel_size": (3, 3), "strides": (1, 1), "padding": "same",
+                    "dilation_rate": (1, 1), "data_format": "channels_last", "use_bias": True}
+        wrong = {k: config.get(k) for k, v in expected.items() if tuple_or(config.get(k)) != v}
+        if wrong:
+            raise ConfigError(f"Winograd F(2x2, 3x3) needs a 3x3 stride-1 'same' convolution with a "
+                              f"bias; layer {conv.name} has {wrong}")
+        super().__init__(name=conv.name, dtype=conv.dtype_policy, **kwargs)
+        self.conv = conv
+        self.filters = conv.filters
+        self.activation = conv.activation
+        u = winograd_kernel(conv.kernel.value)
+        self.winograd_kernel = self.add_weight(shape=u.shape, initializer="zeros", trainable=False,
+                                               name="winograd_kernel")
+        self.winograd_kernel.assign(u)
+
+    def call(self, inputs):
+        bias = jnp.reshape(self.conv.bias.value, (1, 1, 1, self.filters))
+        return self.activation(winograd_conv2d(inputs, self.winograd_kernel.value) + bias)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.filters)
+
+
+def tuple_or(value):
+    """Lists from a Keras config compared as tuples."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+#: ``conv`` values of :class:`VGG`.
+CONV_CHOICES = ("auto", "xla", "winograd")
+#: ``conv="auto"`` on a CPU: Winograd for the layers whose input and output both have at least
+#: this many channels (VGG's block3_conv2 onward).  The tile transforms are element-wise work per
+#: channel, the matrix products grow with C_in * C_out, so Winograd pays with many channels;
+#: measured per layer (forward + input gradient) in ``benchmarks/results/winograd.md``.
+AUTO_WINOGRAD_MIN_CHANNELS = 256
+
+
+def winograd_layers(model: keras.Model, conv: str, precision: str = "float32",
+                    platform: Optional[str] = None) -> set[str]:
+    """Names of the 3x3 convolutions of ``model`` that run as Winograd convolutions.
+
+    ``"xla"``: none (``lax.conv``, XLA's own convolution).  ``"winograd"``: every one.
+    ``"auto"``: on a CPU, those with at least :data:`AUTO_WINOGRAD_MIN_CHANNELS` input and output
+    channels; on a GPU or TPU none (cuDNN and the TPU compiler choose their own algorithms); with
+    reduced ``precision`` none (the transforms are checked in float32 only).
+    """
+    if conv not in CONV_CHOICES:
+        raise ConfigError(f"backbone conv must be one of {', '.join(CONV_CHOICES)}, got {conv!r}")
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    if conv == "xla":
+        return set()
+    if conv == "winograd":
+        if precision != "float32":
+            raise ConfigError(f"conv='winograd' runs in float32 only, not precision={precision!r}; "
+                              "use conv=xla (or auto) with reduced precision")
+        return {layer.name for layer in convs}
+    if precision != "float32" or (platform or jax.default_backend()) != "cpu":
+        return set()
+    return {layer.name for layer in convs
+            if min(layer.kernel.shape[2], layer.kernel.shape[3]) >= AUTO_WINOGRAD_MIN_CHANNELS}
+
+
 #: ``precision`` -> the Keras dtype policy of the backbone's layers.
 DTYPE_POLICIES = {"float32": "float32", "bfloat16": "bfloat16", "mixed": "mixed_bfloat16"}
 
@@ -163,8 +239,10 @@ class FeatureExtractor:
     """A VGG network cut after the deepest of ``layers``; see :meth:`apply`."""
 
     def __init__(self, model: keras.Model, layers: tuple[str, ...], arch: str, pooling: str,
-                 weights_source: str = "", preprocessing: str = "caffe", precision: str = "float32"):
+                 weights_source: str = "", preprocessing: str = "caffe", precision: str = "float32",
+                 winograd: tuple[str, ...] = ()):
         self.model = model
+        self.winograd = winograd  # the layers computed by Winograd F(2x2, 3x3)
         self.preprocessing = preprocessing
         self.precision = check_precision(precision)
         self.layers = layers
@@ -210,7 +288,7 @@ class FeatureExtractor:
 
     def __repr__(self) -> str:
         return (f"FeatureExtractor({self.arch}, pooling={self.pooling!r}, layers={list(self.layers)}, "
-                f"precision={self.precision!r})")
+                f"precision={self.precision!r}, winograd={list(self.winograd)})")
 
 
 @dataclass
@@ -232,6 +310,11 @@ class VGG:
         float32 weights cast to bfloat16 in every call).  The features are returned in float32, so
         the image, the Gram matrices, the losses and the optimizer stay float32 (see
         :func:`check_precision` for when it pays).
+      conv: how the 3x3 convolutions run: ``"xla"`` (``lax.conv``), ``"winograd"`` (Winograd
+        F(2x2, 3x3) with the kernels transformed once, :class:`WinogradConv2D`; float32 only) or
+        ``"auto"`` (default: Winograd for the layers where it was measured faster on CPUs, XLA
+        elsewhere and on GPUs; :func:`winograd_layers`).  The features agree to float32 rounding
+        (about 1e-6 relative).
     """
 
     arch: str = "vgg19"
@@ -239,6 +322,7 @@ class VGG:
     pooling: str = "max"
     seed: int = 0
     precision: str = "float32"
+    conv: str = "auto"
     weights_source: str = field(init=False, default="")
     preprocessing: str = field(init=False, default="caffe")
 
@@ -254,6 +338,7 @@ class VGG:
         self.model = _APPLICATIONS[self.arch](
             include_top=False, weights=None, input_shape=(None, None, 3)
         )
+        winograd_layers(self.model, self.conv, self.precision)  # a bad conv fails here, not later
         self.weights_source = self._load_weights()
 
     def _load_weights(self) -> str:
@@ -328,8 +413,11 @@ class VGG:
         deepest = max(order.index(n) for n in names)
         inputs = keras.Input(shape=(None, None, 3), name="image")
         x, outputs = inputs, {}
+        winograd = winograd_layers(self.model, self.conv, self.precision)
         for layer in self.model.layers[1 : deepest + 2]:  # layers[0] is the InputLayer
-            if isinstance(layer, keras.layers.MaxPooling2D):
+            if layer.name in winograd:
+                layer = WinogradConv2D(layer)
+            elif isinstance(layer, keras.layers.MaxPooling2D):
                 if self.pooling == "avg":
                     layer = keras.layers.AveragePooling2D(2, 2, name=layer.name)
                 else:
@@ -340,4 +428,5 @@ class VGG:
         if self.precision != "float32":
             model = with_dtype_policy(model, DTYPE_POLICIES[self.precision])
         return FeatureExtractor(model, names, self.arch, self.pooling, self.weights_source,
-                                self.preprocessing, self.precision)
+                                self.preprocessing, self.precision,
+                                tuple(n for n in order[: deepest + 1] if n in winograd))

@@ -1,0 +1,159 @@
+"""Winograd F(2x2, 3x3) convolutions: closed forms, ``lax.conv``, the VGG extractor, real weights.
+
+Tolerances: float32 Winograd and direct convolution differ by rounding only; measured on random
+data the largest difference is about 2e-7 of the largest output (forward and input gradient), on
+the real VGG19 features about 1e-6.  The bounds below (1e-5, real features 1e-4) leave a margin
+that no CPU's rounding can cross, and are far below what a wrong transform, tap order or flip
+gives (order 1).
+"""
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+import pytest
+from jax import lax
+
+from neuralstyle import VGG
+from neuralstyle.backbones.vgg import AUTO_WINOGRAD_MIN_CHANNELS, WinogradConv2D, winograd_layers
+from neuralstyle.backbones.winograd import AT, BT, FLIP, G, winograd_conv2d, winograd_kernel
+from neuralstyle.errors import ConfigError
+
+RNG = np.random.default_rng(11)
+
+
+def direct_conv(x, kernel):
+    return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                    precision=lax.Precision.HIGHEST)
+
+
+def relative(a, b) -> float:
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
+
+def test_one_tile_by_the_paper_formula():
+    """Y = A^T [(G g G^T) ⊙ (B^T d B)] A (Lavin & Gray 2016, eq. 8) is the 2x2 "valid"
+    correlation of a 4x4 tile with a 3x3 kernel, written out in NumPy."""
+    d = RNG.standard_normal((4, 4))
+    g = RNG.standard_normal((3, 3))
+    y = AT @ ((G @ g @ G.T) * (BT @ d @ BT.T)) @ AT.T
+    direct = np.array([[np.sum(d[i:i + 3, j:j + 3] * g) for j in range(2)] for i in range(2)])
+    np.testing.assert_allclose(y, direct, rtol=1e-12, atol=1e-12)
+
+
+def test_flipped_kernel_is_a_permutation_of_the_transform():
+    """G R = P G: reversing the three taps permutes the four transformed rows by FLIP, which is
+    what lets the input gradient reuse U."""
+    reverse = np.eye(3)[::-1]
+    permute = np.eye(4)[list(FLIP)]
+    np.testing.assert_array_equal(G @ reverse, permute @ G)
+
+
+def test_identity_kernel_returns_the_input():
+    x = jnp.asarray(RNG.standard_normal((1, 5, 7, 3)).astype(np.float32))
+    kernel = np.zeros((3, 3, 3, 3), np.float32)
+    kernel[1, 1] = np.eye(3)
+    np.testing.assert_allclose(winograd_conv2d(x, winograd_kernel(kernel)), x, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 9, 5), (1, 8, 8, 3), (1, 1, 1, 4), (1, 2, 5, 6), (1, 16, 11, 8)])
+def test_equals_lax_conv_forward_and_input_gradient(shape):
+    x = jnp.asarray(RNG.standard_normal(shape).astype(np.float32))
+    kernel = jnp.asarray(RNG.standard_normal((3, 3, shape[-1], 6)).astype(np.float32))
+    u = winograd_kernel(kernel)
+    assert u.shape == (16, shape[-1], 6)
+    expected = direct_conv(x, kernel)
+    assert relative(jax.jit(winograd_conv2d)(x, u), expected) < 1e-5
+    assert relative(winograd_conv2d(x, u), expected) < 1e-5  # eager too
+    cotangent = jnp.asarray(RNG.standard_normal(expected.shape).astype(np.float32))
+    want = jax.vjp(lambda v: direct_conv(v, kernel), x)[1](cotangent)[0]
+    got, u_cotangent = jax.vjp(winograd_conv2d, x, u)[1](cotangent)
+    assert relative(got, want) < 1e-5
+    assert not np.any(np.asarray(u_cotangent))  # frozen weights: documented as zero
+
+
+def test_kernel_of_the_wrong_shape_is_refused():
+    with pytest.raises(ValueError, match=r"\(3, 3, C_in, C_out\) kernel, got shape \(5, 5, 3, 8\)"):
+        winograd_kernel(np.zeros((5, 5, 3, 8), np.float32))
+
+
+def test_a_strided_convolution_cannot_be_wrapped():
+    conv = keras.layers.Conv2D(4, 3, strides=2, padding="same", name="strided")
+    conv.build((None, 8, 8, 3))
+    with pytest.raises(ConfigError, match="layer strided has .*strides"):
+        WinogradConv2D(conv)
+
+
+def test_auto_chooses_the_wide_layers_on_cpu(random_vgg19):
+    model = random_vgg19.model
+    auto = winograd_layers(model, "auto", platform="cpu")
+    convs = {l.name: l.kernel.shape for l in model.layers if isinstance(l, keras.layers.Conv2D)}
+    assert auto == {n for n, s in convs.items() if min(s[2], s[3]) >= AUTO_WINOGRAD_MIN_CHANNELS}
+    assert "block3_conv1" not in auto and {"block3_conv2", "block5_conv4"} <= auto
+    assert winograd_layers(model, "auto", platform="gpu") == set()
+    assert winograd_layers(model, "auto", precision="bfloat16", platform="cpu") == set()
+    assert winograd_layers(model, "xla") == set()
+    assert winograd_layers(model, "winograd") == set(convs)
+
+
+def test_bad_conv_choices_are_refused():
+    with pytest.raises(ConfigError, match="backbone conv must be one of auto, xla, winograd, got 'fft'"):
+        VGG("vgg19", weights=None, conv="fft")
+    with pytest.raises(ConfigError, match="conv='winograd' runs in float32 only"):
+        VGG("vgg19", weights=None, conv="winograd", precision="bfloat16")
+
+
+@pytest.fixture(scope="module")
+def extractors():
+    layers = ["conv1_1", "conv3_1", "conv4_1", "conv5_2"]
+    return {conv: VGG("vgg19", weights=None, seed=0, conv=conv).extractor(layers)
+            for conv in ("xla", "winograd", "auto")}
+
+
+def test_extractor_features_and_gradients_equal_xla(extractors):
+    x = jnp.asarray(RNG.uniform(size=(2, 37, 42, 3)).astype(np.float32))
+
+    def features_and_gradient(extractor):
+        def energy(image):
+            return sum(jnp.mean(f ** 2) for f in extractor.apply(extractor.params, image).values())
+
+        return extractor.apply(extractor.params, x), jax.jit(jax.grad(energy))(x)
+
+    reference, reference_grad = features_and_gradient(extractors["xla"])
+    assert extractors["xla"].winograd == ()
+    assert extractors["winograd"].winograd[0] == "block1_conv1"
+    for conv in ("winograd", "auto"):
+        features, grad = features_and_gradient(extractors[conv])
+        for name, ref in reference.items():
+            assert float(jnp.max(jnp.abs(ref))) > 0
+            assert relative(features[name], ref) < 1e-5, (conv, name)
+        assert relative(grad, reference_grad) < 1e-5, conv
+
+
+def test_winograd_layers_share_the_backbone_weights(extractors):
+    extractor = extractors["auto"]
+    wrapped = [l for l in extractor.model.layers if isinstance(l, WinogradConv2D)]
+    assert [l.name for l in wrapped] == list(extractor.winograd)
+    for layer in wrapped:
+        assert isinstance(layer.conv, keras.layers.Conv2D) and layer.conv.name == layer.name
+        np.testing.assert_allclose(layer.winograd_kernel.value, winograd_kernel(layer.conv.kernel.value))
+    # U is a frozen weight: the trainable list holds the convolution kernels and biases only
+    assert all(v.path.endswith(("kernel", "bias")) and "winograd" not in v.path
+               for v in extractor.model.trainable_variables)
+
+
+@pytest.mark.slow
+def test_real_vgg19_features_with_winograd_equal_xla(image_dir):
+    """Real weights on a real photo: every layer from conv1_1 to conv5_2, Winograd everywhere
+    against XLA's convolution (a wrong transform would change the real features by order 1)."""
+    from neuralstyle import load_image
+
+    photo = jnp.asarray(load_image(image_dir / "chelsea.png", 96)[None])
+    layers = ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1", "conv5_2"]
+    winograd = VGG("vgg19", weights="imagenet", conv="winograd").extractor(layers)
+    ours = jax.jit(winograd.apply)(winograd.params, photo)
+    xla = VGG("vgg19", weights="imagenet", conv="xla").extractor(layers)
+    theirs = jax.jit(xla.apply)(xla.params, photo)
+    for name, ref in theirs.items():
+        assert float(jnp.max(ref)) > 1.0  # real activations
+        assert relative(ours[name], ref) < 1e-4, name

@@ -2,7 +2,8 @@
 
 - :mod:`.steps`: the compiled optax update step (:func:`make_step`) and the shared pieces
   (:func:`evaluate`, :func:`value_and_grad`, :func:`project` onto the pixel box);
-- :mod:`.lbfgs`: L-BFGS with a Python-driven Armijo line search;
+- :mod:`.lbfgs`: L-BFGS with a Python-driven Armijo line search and a curvature history that
+  grows one pair per iteration (no preallocated memory);
 - :mod:`.driver`: :func:`optimize`, the one loop for every optimizer over N >= 1 runs, and its
   loop owner (progress, snapshots, non-finite check, Ctrl-C);
 - :mod:`.memory`: the memory a run needs, checked before it starts.

@@ -157,3 +157,19 @@ def test_real_vgg19_features_with_winograd_equal_xla(image_dir):
     for name, ref in theirs.items():
         assert float(jnp.max(ref)) > 1.0  # real activations
         assert relative(ours[name], ref) < 1e-4, name
+
+
+@pytest.mark.slow
+def test_winograd_benchmark_runs_and_agrees(image_dir, tmp_path):
+    """benchmarks/winograd.py at 64 px (it measures; this checks that it runs and that the three
+    settings evaluate the same objective)."""
+    import json
+
+    from conftest import run_benchmark_quick
+
+    run_benchmark_quick("benchmarks.winograd", image_dir, tmp_path)
+    rep = json.loads((tmp_path / "winograd.json").read_text())
+    assert [r["conv"] for r in rep["step_rows"]] == ["xla", "auto", "winograd"]
+    assert all(r["loss_relative_difference"] < 1e-4 for r in rep["step_rows"])
+    assert all(r["relative_error"] < 1e-5 for r in rep["layer_rows"])
+    assert "Whole step" in (tmp_path / "winograd.md").read_text()

@@ -108,3 +108,13 @@ def test_train_step_eigen_equals_xla_default():
     # over all weights at once: the biases before an instance norm have a zero gradient in exact
     # arithmetic, so their float32 values are rounding noise of either backend
     assert np.linalg.norm(g1 - g2) <= 1e-3 * np.linalg.norm(g2)
+
+
+def test_an_eigen_program_can_be_called_inside_another_jit():
+    """JAX refuses compiler options on a nested jit; the nested call runs the plain program."""
+    net = transform_net(width=4, residual_blocks=1, seed=0)
+    stylizer = Stylizer(net, bucket=None, conv_backend="eigen")
+    images = jnp.asarray(np.random.default_rng(5).random((1, 16, 20, 3), np.float32))
+    outer = jax.jit(lambda p, x: stylizer._apply(p, x) * 1.0)
+    np.testing.assert_allclose(np.asarray(outer(stylizer.params, images)),
+                               np.asarray(stylizer._apply(stylizer.params, images)), atol=TOL)

@@ -51,7 +51,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..errors import ConfigError  # noqa: E402
-from .transform import STRIDE, CropLike, PadToMultiple, ReflectionPadding2D  # noqa: E402
+from .transform import STRIDE, CropLike, PadToMultiple, ReflectionPadding2D, fast_operations  # noqa: E402
 from .xla import DEFAULT_CONV_BACKEND, jit  # noqa: E402
 
 #: Default bucket step in pixels (see ``benchmarks/results/buckets.md`` for the measurement).
@@ -260,7 +260,7 @@ def bucketed_fn(model: keras.Model) -> Callable:
                 return _conditional_instance_norm(layer, extent)
             if _is_instance_norm(layer):
                 return _instance_norm(layer, extent)
-            return layer
+            return fast_operations(layer)  # the layer, or its space-to-depth form (valid convolutions)
 
         mapping = list(zip(model.trainable_variables, trainable))
         mapping += list(zip(model.non_trainable_variables, non_trainable))

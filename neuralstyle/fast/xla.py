@@ -69,10 +69,32 @@ def compiler_options(conv_backend: str = DEFAULT_CONV_BACKEND) -> Optional[dict]
     return {YNN_OPTION: ""}
 
 
+class _Jitted:
+    """A jitted function with compiler options that can also be called inside another ``jax.jit``.
+
+    JAX accepts ``compiler_options`` only on the outermost jit and raises on a nested one, so a
+    call with traced arguments (inside someone's ``jax.jit``, ``grad``, ``vmap``) goes to the plain
+    ``jax.jit(fn)``, whose computation the outer program then compiles with its own options.
+    Top-level calls, ``lower`` and every other attribute (``_cache_size``, ...) are the optioned
+    function's."""
+
+    def __init__(self, fn: Callable, options: dict, **kwargs):
+        self._plain = jax.jit(fn, **kwargs)
+        self._optioned = jax.jit(fn, compiler_options=options, **kwargs)
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args, **kwargs):
+        traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs)))
+        return (self._plain if traced else self._optioned)(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._optioned, name)
+
+
 def jit(fn: Callable, conv_backend: str = DEFAULT_CONV_BACKEND, **kwargs) -> Callable:
     """``jax.jit(fn, **kwargs)`` with the compiler options of ``conv_backend`` (see the module
-    docstring)."""
+    docstring); callable inside another jit too (then without them, see :class:`_Jitted`)."""
     options = compiler_options(conv_backend)
-    if options:
-        kwargs["compiler_options"] = {**options, **kwargs.get("compiler_options", {})}
-    return jax.jit(fn, **kwargs)
+    if not options:
+        return jax.jit(fn, **kwargs)
+    return _Jitted(fn, {**options, **kwargs.pop("compiler_options", {})}, **kwargs)

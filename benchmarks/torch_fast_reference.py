@@ -104,16 +104,10 @@ class TorchVGGFeatures(VGGFeatures):
     """:class:`benchmarks.torch_reference.VGGFeatures` with torchvision preprocessing (RGB in
     [0, 1], ImageNet mean/std), as the fast recipe's ``weights: torchvision`` loss network."""
 
-    def forward(self, rgb01: torch.Tensor) -> dict:
+    def preprocess(self, rgb01: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor((0.485, 0.456, 0.406), dtype=rgb01.dtype).view(1, 3, 1, 1)
         std = torch.tensor((0.229, 0.224, 0.225), dtype=rgb01.dtype).view(1, 3, 1, 1)
-        x = (rgb01 - mean) / std
-        out = {}
-        for name, mod in zip(self.names, self.stack):
-            x = mod(x)
-            if name in self.wanted:
-                out[name] = x
-        return out
+        return (rgb01 - mean) / std
 
 
 def loss_features(objective) -> nn.Module:

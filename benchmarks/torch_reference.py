@@ -84,9 +84,13 @@ class VGGFeatures(nn.Module):
         for p in self.parameters():
             p.requires_grad_(False)
 
-    def forward(self, rgb01: torch.Tensor) -> dict:
+    def preprocess(self, rgb01: torch.Tensor) -> torch.Tensor:
+        """RGB in [0, 1] -> BGR * 255 - mean (Keras "caffe"); subclasses change it."""
         mean = torch.tensor(CAFFE_MEAN_BGR, dtype=rgb01.dtype).view(1, 3, 1, 1)
-        x = rgb01[:, [2, 1, 0]] * 255.0 - mean  # RGB [0,1] -> BGR*255 - mean (Keras "caffe")
+        return rgb01[:, [2, 1, 0]] * 255.0 - mean
+
+    def forward(self, rgb01: torch.Tensor) -> dict:
+        x = self.preprocess(rgb01)
         out = {}
         for name, mod in zip(self.names, self.stack):
             x = mod(x)

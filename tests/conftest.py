@@ -35,6 +35,20 @@ def run_benchmark_quick(module: str, image_dir, out) -> None:
 SHARED_IMAGES = REPO.parent / "shared" / "assets" / "images"
 
 
+def randomize_weights(model, seed: int = 1):
+    """Non-trivial biases and normalization parameters (as a trained network has), so that tests
+    of the feed-forward networks see instance-norm statistics and biases matter; returns ``model``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for v in model.trainable_variables:
+        if v.path.endswith(("bias", "beta")):
+            v.assign(rng.normal(0.0, 0.3, v.shape).astype(np.float32))
+        elif v.path.endswith("gamma"):
+            v.assign(rng.normal(1.0, 0.3, v.shape).astype(np.float32))
+    return model
+
+
 #: Layers of the small objective shared by the driver tests (shallow: quick to compile).
 SMALL_LAYERS = dict(content_layers=["conv2_2"], style_layers=["conv1_1", "conv2_1"])
 

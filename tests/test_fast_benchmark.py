@@ -15,3 +15,19 @@ def test_fast_benchmark_quick(tmp_path, image_dir):
     assert [a["width"] for a in report["apply"]] == [64]
     assert report["gpu_estimate"]["images"] == 2 * 82783
     assert "s per megapixel" in (tmp_path / "fast.md").read_text()
+
+
+@pytest.mark.slow
+def test_fast_speed_benchmark_quick(tmp_path, image_dir):
+    """benchmarks/fast_speed.py: neuralstyle (both conv backends) next to PyTorch eager, apply,
+    training and the folder case, on tiny settings; the same network gives the same outputs."""
+    pytest.importorskip("torch")
+    run_benchmark_quick("benchmarks.fast_speed", image_dir, tmp_path)
+    report = json.loads((tmp_path / "fast_speed.json").read_text())
+    (apply,) = report["apply"]
+    assert {"neuralstyle", "pytorch eager"} <= set(apply["implementations"])
+    assert all(v["max_abs_diff_vs_default"] <= 1e-4 for v in apply["implementations"].values())
+    train = report["train"]["implementations"]
+    assert all(v["images_per_s"] > 0 and v["first_loss_rel_diff_vs_default"] <= 1e-3 for v in train.values())
+    assert set(report["folder"]) == {"fast, bucket off", "fast, bucket 32 px"}
+    assert "s per megapixel" in (tmp_path / "fast_speed.md").read_text()

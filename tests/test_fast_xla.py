@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import randomize_weights
 
 from neuralstyle import VGG, StyleObjective, content_loss, gram_loss
 from neuralstyle.arbitrary import ArbitraryStylizer, style_predictor, style_transformer
@@ -28,15 +29,7 @@ from neuralstyle.fast.xla import YNN_OPTION, check_conv_backend, compiler_option
 TOL = 1e-4
 
 
-def _randomize(model, seed=1):
-    """Non-trivial biases and norm parameters (as a trained network has)."""
-    rng = np.random.default_rng(seed)
-    for v in model.trainable_variables:
-        if v.path.endswith(("bias", "beta")):
-            v.assign(rng.normal(0.0, 0.3, v.shape).astype(np.float32))
-        elif v.path.endswith("gamma"):
-            v.assign(rng.normal(1.0, 0.3, v.shape).astype(np.float32))
-    return model
+_randomize = randomize_weights  # non-trivial biases and norm parameters, as a trained network has
 
 
 def test_conv_backend_choices():

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 import pytest
+from conftest import randomize_weights
 from omegaconf import OmegaConf
 
 from neuralstyle.arbitrary import ArbitraryStylizer, style_predictor, style_transformer
@@ -24,15 +25,7 @@ TOL = 1e-4  # on [0, 1] outputs; measured about 1e-6 (float32 sums in another or
 SIZES = [(37, 50), (41, 29), (8, 9), (64, 64)]  # non-multiples of 4, the smallest side, a full bucket
 
 
-def _randomize(model, seed=1):
-    """Non-trivial biases and norm parameters, so that the instance norms' statistics matter."""
-    rng = np.random.default_rng(seed)
-    for v in model.trainable_variables:
-        if v.path.endswith(("bias", "beta")):
-            v.assign(rng.normal(0.0, 0.3, v.shape).astype(np.float32))
-        elif v.path.endswith("gamma"):
-            v.assign(rng.normal(1.0, 0.3, v.shape).astype(np.float32))
-    return model
+_randomize = randomize_weights  # non-trivial biases and norm parameters: the statistics matter
 
 
 @pytest.fixture(scope="module")

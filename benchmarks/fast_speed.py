@@ -1,0 +1,397 @@
+"""Feed-forward networks at full speed, against PyTorch eager in the same run (apply s/MP, training
+images/s, a folder of photos of mixed sizes).
+
+    python -m benchmarks.fast_speed [--apply-sizes 512,1024] [--runs 3] [--steps 5]
+                                    [--wait-quiet 120] [--out benchmarks/results]
+
+One process measures, on the fast recipe's transform net (``conf/train/experiment/fast_wave.yaml``:
+width 32, 5 residual blocks, 1.68 M parameters):
+
+* **apply**: one square photo (the astronaut, resized) at each ``--apply-sizes`` side through
+  :class:`neuralstyle.fast.Stylizer` (``bucket=None``; the defaults: XLA's Eigen convolutions,
+  ``conv_backend="eigen"``, and the last 9x9 convolution in space-to-depth form), the same without
+  space-to-depth, the library *before* these (XLA's default YNNPACK convolutions, Keras's layers),
+  and :class:`benchmarks.torch_fast_reference.TorchTransformNet` (the same network, the same
+  weights copied over) under ``torch.inference_mode`` with as many threads as cores.  They take
+  turns (A, B, C, D, A, B, ...) after one untimed call each (compile + first run, with its peak
+  memory), so a change of the machine's load hits them alike; median of ``--runs``; seconds per
+  megapixel; achieved GFLOP/s from XLA's cost analysis of the network as Keras computes it (the
+  same FLOPs for torch).  Outputs are compared: max |difference| to the default on [0, 1] pixels;
+* **training**: the train step (:func:`neuralstyle.fast.make_train_step`: forward through the
+  transform net and the VGG16 loss network, backward, Adam) on the recipe's batch (4 crops of
+  256 px, from the example photos), default and *before*, next to the same step in torch
+  (:func:`benchmarks.torch_fast_reference.make_torch_train_step`: ``torchvision``-preprocessed
+  VGG16 with our weights copied over, ``torch.optim.Adam``), taking turns step by step after one
+  untimed step; images/s from the median step; the first step's losses compared;
+* **the arbitrary-style network's apply** (the quarter-width conditional transformer of
+  :mod:`neuralstyle.arbitrary`, random weights, one fixed embedding) at the largest apply size, both
+  backends (no torch version);
+* **a folder** of 20 photos, 4 each of 5 sizes (:data:`benchmarks.buckets.SIZES`), through
+  :func:`neuralstyle.fast.stylize_files` with and without size buckets, fast and arbitrary
+  networks (:func:`benchmarks.buckets.run_setting`: total time, compile time from
+  ``jax.monitoring``, compile share; the goal is a compile share of at most 20%).
+
+``--wait-quiet S`` waits up to S seconds before each timed phase for the other processes to use
+less than 10% of the CPU (this machine is shared); each phase reports the other processes' share
+during it.  Writes ``<name>.json`` and ``<name>.md``; ``--quick`` (64 px, width 8, 1 block, random
+VGG16, tiny folder, fast network only) is the smoke test's setting.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import harness
+from benchmarks.harness import Load, PeakMemory, log, wait_until_quiet
+
+COMPILE_SHARE_GOAL = 0.2
+NEURALSTYLE = "neuralstyle"  # the defaults: conv_backend="eigen", space-to-depth last convolution
+TORCH = "pytorch eager"
+BEFORE = "neuralstyle before (XLA default convolutions, no space-to-depth)"
+#: The apply variants timed next to the default: (label, conv_backend), both without space-to-depth.
+VARIANTS = [("neuralstyle, no space-to-depth", "eigen"), (BEFORE, "xla")]
+
+
+def _photo(image_dir: Path, side: int):
+    import numpy as np
+    from PIL import Image
+
+    im = Image.open(image_dir / "astronaut.png").convert("RGB").resize((side, side), Image.LANCZOS)
+    return np.asarray(im, np.float32) / 255.0
+
+
+def _take_turns(runners: dict, runs: int, wait_quiet: float) -> tuple[dict, float]:
+    """``runners``: {label: zero-argument callable that blocks until done}.  Each is called
+    ``runs`` times, in turns; returns ({label: [seconds]}, other processes' share meanwhile)."""
+    times = {k: [] for k in runners}
+    if wait_quiet:
+        wait_until_quiet(wait_quiet)
+    with Load() as load:
+        for _ in range(runs):
+            for label, fn in runners.items():
+                t = time.perf_counter()
+                fn()
+                times[label].append(time.perf_counter() - t)
+    return times, load.foreign
+
+
+def _first_call(fn):
+    """``(result, seconds, peak memory)`` of an untimed first call (compile + run)."""
+    with PeakMemory() as mem:
+        t = time.perf_counter()
+        out = fn()
+        dt = time.perf_counter() - t
+    return out, dt, mem.result()
+
+
+def _timings(times: dict, first: dict, flops) -> dict:
+    """Per implementation: timed runs, median, the first call's time and memory, GFLOP/s."""
+    out = {}
+    for label, ts in times.items():
+        med = statistics.median(ts)
+        out[label] = {"runs_s": [round(t, 3) for t in ts], "median_s": round(med, 3),
+                      "first_call_s": round(first[label][1], 2), "first_call_memory": first[label][2],
+                      "gflops_per_s": round(flops / med / 1e9, 1) if flops else None}
+    return out
+
+
+def _flops(program) -> float | None:
+    """FLOPs of a lowered or compiled JAX program (XLA's cost analysis)."""
+    cost = program.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def measure_apply(net, image_dir: Path, sides, runs: int, wait_quiet: float) -> list[dict]:
+    """Apply rows: per side, seconds per megapixel of each implementation (see the docstring)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    from benchmarks.torch_fast_reference import TorchTransformNet
+    from neuralstyle.fast import Stylizer, apply_fn
+    from neuralstyle.fast.xla import jit
+
+    stylizer = Stylizer(net, bucket=None)  # the defaults: Eigen convolutions, space-to-depth
+    variants = {label: jit(apply_fn(net, space_to_depth=False), backend) for label, backend in VARIANTS}
+    tnet = TorchTransformNet(net).eval()
+    rows = []
+    for side in sides:
+        image = _photo(image_dir, side)
+        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
+
+        def torch_apply():
+            with torch.inference_mode():
+                return tnet(x)[0].numpy().transpose(1, 2, 0)
+
+        batch = jnp.asarray(image)[None]
+        runners = {NEURALSTYLE: lambda: stylizer(image)}
+        runners.update({label: (lambda f=f: np.asarray(f(stylizer.params, batch)[0])) for label, f in variants.items()})
+        runners[TORCH] = torch_apply
+        first = {k: _first_call(fn) for k, fn in runners.items()}
+        flops = _flops(variants[BEFORE].lower(stylizer.params, batch))  # of the network as Keras computes it
+        times, other = _take_turns(runners, runs, wait_quiet)
+        mp = side * side / 1e6
+        ref = first[NEURALSTYLE][0]
+        impls = _timings(times, first, flops)
+        for label, v in impls.items():
+            v.update(s_per_megapixel=round(v["median_s"] / mp, 3),
+                     max_abs_diff_vs_default=float(np.abs(np.asarray(first[label][0]) - ref).max()))
+        torch_s = impls[TORCH]["median_s"]
+        row = {"side": side, "megapixels": round(mp, 3), "gflop": round(flops / 1e9, 1) if flops else None,
+               "other_load": other, "implementations": impls,
+               "speed_vs_torch": {k: round(torch_s / v["median_s"], 2) for k, v in impls.items()}}
+        rows.append(row)
+        log(f"apply {side}x{side}: " + ", ".join(f"{k} {v['s_per_megapixel']} s/MP" for k, v in impls.items())
+            + f" (other load {other}); max |neuralstyle - torch| {impls[TORCH]['max_abs_diff_vs_default']:.2e}")
+        jax.clear_caches()
+    return rows
+
+
+def measure_arbitrary(side: int, image_dir: Path, runs: int, wait_quiet: float, width: int) -> dict:
+    """The arbitrary-style transformer's apply at ``side`` px, both conv backends."""
+    import numpy as np
+
+    from neuralstyle.arbitrary import (
+        ArbitraryStylizer,
+        style_predictor,
+        style_transformer,
+    )
+    from neuralstyle.fast.transform import glorot_uniform
+
+    transformer = style_transformer(weights=None, width=width)
+    glorot_uniform(transformer, 0)
+    predictor = style_predictor(weights=None)
+    embedding = np.random.default_rng(0).normal(size=(100,)).astype(np.float32)
+    image = _photo(image_dir, side)
+    runners = {f"neuralstyle ({b})": (lambda st=ArbitraryStylizer(predictor, transformer, bucket=None, conv_backend=b):
+                                      st.stylize(image, embedding)) for b in ("eigen", "xla")}
+    first = {k: _first_call(fn) for k, fn in runners.items()}
+    times, other = _take_turns(runners, runs, wait_quiet)
+    mp = side * side / 1e6
+    ref = first["neuralstyle (eigen)"][0]
+    impls = _timings(times, first, None)
+    for label, v in impls.items():
+        v.update(s_per_megapixel=round(v["median_s"] / mp, 3),
+                 max_abs_diff_vs_default=float(np.abs(first[label][0] - ref).max()))
+    log("arbitrary apply: " + ", ".join(f"{k} {v['s_per_megapixel']} s/MP" for k, v in impls.items()))
+    return {"side": side, "width": width, "other_load": other, "implementations": impls}
+
+
+def measure_training(net, image_dir: Path, size: int, batch_size: int, steps: int, weights,
+                     wait_quiet: float) -> dict:
+    """Train-step rows (see the docstring)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    import torch
+
+    from benchmarks.fast import make_photo_folder
+    from benchmarks.torch_fast_reference import (
+        TorchTransformNet,
+        loss_features,
+        make_torch_train_step,
+    )
+    from benchmarks.torch_reference import gram_hw
+    from neuralstyle import VGG, StyleObjective, content_loss, gram_loss
+    from neuralstyle.fast import apply_fn, get_params, init_state, make_train_step, photo_batches, style_statistics
+    from neuralstyle.fast.training import FastNetwork
+    from neuralstyle.images import load_image
+
+    vgg = VGG("vgg16", weights=weights)
+    objective = StyleObjective.build(
+        vgg, content_layers=["conv3_3"], style_layers=["conv1_2", "conv2_2", "conv3_3", "conv4_3"],
+        content_layer_weights="sum", style_layer_weights="sum", content_weight=1.0,
+        style_weight=100.0, tv_weight=0.0, content_loss=content_loss("mean"), style_loss=gram_loss("hw"))
+    style = load_image(image_dir / "great_wave.jpg", size)[None]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = make_photo_folder(Path(tmp) / "photos", image_dir, count=2 * batch_size,
+                                   side=(640, 480) if size >= 128 else (96, 72))
+        batches, _ = photo_batches(folder, size, batch_size, seed=0, num_threads=2)
+        batch_np = np.asarray(next(batches))
+    batch = jnp.asarray(batch_np)
+    loss_params = objective.params
+    stats = style_statistics(objective, loss_params, jnp.asarray(style))
+    tree = jax.tree.map(jnp.asarray, objective)
+    tx = optax.adam(1e-3)
+
+    before = FastNetwork(net)
+    before.apply = apply_fn(net, space_to_depth=False)
+    runners, compile_s, flops = {}, {}, None
+    for label, network, backend in [(NEURALSTYLE, net, "eigen"), (BEFORE, before, "xla")]:
+        t = time.perf_counter()
+        state0 = init_state(get_params(net), tx)
+        compiled = make_train_step(network, tx, conv_backend=backend).lower(tree, state0, loss_params, stats, batch).compile()
+        compile_s[label] = round(time.perf_counter() - t, 2)
+        flops = _flops(compiled) if label == BEFORE else flops  # the FLOPs of the network as Keras computes it
+        holder = {"state": state0}
+
+        def jax_step(compiled=compiled, holder=holder):
+            holder["state"], metrics = jax.block_until_ready(
+                compiled(tree, holder["state"], loss_params, stats, batch))
+            return float(metrics["loss"])
+
+        runners[label] = jax_step
+
+    tnet = TorchTransformNet(net)
+    features = loss_features(objective)
+    with torch.no_grad():
+        fs = features(torch.from_numpy(np.ascontiguousarray(style.transpose(0, 3, 1, 2))))
+    targets = {n: gram_hw(fs[n]) for n in objective.style_layers}
+    torch_step = make_torch_train_step(tnet, features, objective.content_layers, objective.style_layers,
+                                       targets, 1.0, 100.0, lr=1e-3)
+    tb = torch.from_numpy(np.ascontiguousarray(batch_np.transpose(0, 3, 1, 2)))
+    runners[TORCH] = lambda: float(torch_step(tb))
+
+    first = {k: _first_call(fn) for k, fn in runners.items()}  # the first step's loss: same weights
+    times, other = _take_turns(runners, steps, wait_quiet)
+    ref = first[NEURALSTYLE][0]
+    impls = _timings(times, first, flops)  # median_s: seconds per step
+    for label, v in impls.items():
+        v.update(images_per_s=round(batch_size / v["median_s"], 3), compile_s=compile_s.get(label),
+                 first_loss=first[label][0], first_loss_rel_diff_vs_default=abs(first[label][0] - ref) / abs(ref))
+    torch_s = impls[TORCH]["median_s"]
+    log("train: " + ", ".join(f"{k} {v['images_per_s']} images/s" for k, v in impls.items())
+        + f" (other load {other})")
+    return {"size": size, "batch": batch_size, "loss_network": f"VGG16 ({vgg.weights_source})",
+            "gflop_per_step": round(flops / 1e9, 1) if flops else None, "other_load": other,
+            "implementations": impls,
+            "speed_vs_torch": {k: round(torch_s / v["median_s"], 2) for k, v in impls.items()}}
+
+
+def measure_folder(image_dir: Path, sizes, models, bucket: int, width: int, blocks: int,
+                   wait_quiet: float) -> dict:
+    """The folder case through :func:`benchmarks.buckets.run_setting` (with and without buckets)."""
+    from benchmarks.buckets import CompileClock, make_folder, run_setting
+
+    out, clock = {}, CompileClock()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = make_folder(Path(tmp) / "photos", image_dir, sizes, 4)
+        for kind in models:
+            for b in (None, bucket):
+                label = "off" if b is None else f"{b} px"
+                if wait_quiet:
+                    wait_until_quiet(wait_quiet)
+                summary, _ = run_setting(kind, b, folder, Path(tmp) / f"{kind}_{label}", width, blocks, clock)
+                summary.pop("calls")
+                out[f"{kind}, bucket {label}"] = summary
+                log(f"folder {kind}, bucket {label}: {summary['stylize_s']} s, compile {summary['compile_s']} s "
+                    f"({100 * summary['compile_share']:.1f}%), {summary['programs']} programs, "
+                    f"other load {summary['other_load']}")
+    return out
+
+
+def main(argv=None):
+    p = harness.parser("benchmarks.fast_speed", __doc__.splitlines()[0], "fast_speed")
+    p.add_argument("--apply-sizes", default="512,1024", help="sides of the square apply images")
+    p.add_argument("--runs", type=int, default=3, help="timed apply runs per implementation")
+    p.add_argument("--steps", type=int, default=5, help="timed train steps per implementation")
+    p.add_argument("--size", type=int, default=256, help="training crop side")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--blocks", type=int, default=5)
+    p.add_argument("--weights", default="torchvision", help="VGG16 weights of the loss network: torchvision | null")
+    p.add_argument("--bucket", type=int, default=128)
+    p.add_argument("--folder-models", default="fast,arbitrary")
+    p.add_argument("--wait-quiet", type=float, default=0.0,
+                   help="wait up to S seconds for other processes to use < 10%% of the CPU before each phase")
+    p.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
+    args = p.parse_args(argv)
+    from benchmarks.buckets import QUICK_SIZES, SIZES
+
+    folder_sizes = SIZES
+    if args.quick:
+        args.apply_sizes, args.runs, args.steps, args.size, args.batch = "64", 1, 1, 64, 2
+        args.width, args.blocks, args.weights, args.bucket = 8, 1, "null", 32
+        args.folder_models, folder_sizes = "fast", QUICK_SIZES
+
+    import jax
+    import torch
+
+    from benchmarks.torch_reference import set_threads
+    from neuralstyle.fast import transform_net
+
+    threads = set_threads(os.cpu_count())
+    report = harness.report("benchmarks.fast_speed", argv, backend=jax.default_backend(),
+                            torch_threads=threads, width=args.width, residual_blocks=args.blocks)
+    net = transform_net(args.width, args.blocks, seed=0)
+    report["transform_parameters"] = int(net.count_params())
+    image_dir = Path(args.image_dir)
+    sides = [int(s) for s in args.apply_sizes.split(",")]
+    report["apply"] = measure_apply(net, image_dir, sides, args.runs, args.wait_quiet)
+    report["arbitrary_apply"] = measure_arbitrary(max(sides), image_dir, args.runs, args.wait_quiet,
+                                                  max(1, args.width // 4))
+    weights = None if args.weights in ("null", "none", "random") else args.weights
+    report["train"] = measure_training(net, image_dir, args.size, args.batch, args.steps, weights,
+                                       args.wait_quiet)
+    report["folder"] = measure_folder(image_dir, folder_sizes, args.folder_models.split(","), args.bucket,
+                                      args.width, args.blocks, args.wait_quiet)
+    report["folder_sizes"] = [list(s) for s in folder_sizes]
+    report["torch_version"] = torch.__version__
+    harness.write_report(args.out, args.name, report, markdown(report))
+
+
+def markdown(r: dict) -> str:
+    lines = harness.markdown_header("Feed-forward networks against PyTorch eager, in one run", r)
+    lines += [f"Transform net width {r['width']}, {r['residual_blocks']} residual blocks "
+              f"({r['transform_parameters']:,} parameters), float32; PyTorch {r['torch_version']} eager "
+              f"with {r['torch_threads']} threads and the same weights.  'neuralstyle' is the library's default "
+              "(`Stylizer`, `make_train_step`: XLA's Eigen convolutions, `conv_backend=\"eigen\"` in "
+              "neuralstyle/fast/xla.py, and the last 9x9 convolution in space-to-depth form, "
+              "neuralstyle/fast/transform.py); 'before' is XLA's default CPU convolutions (YNNPACK "
+              "fusions) with Keras's own layers, what the library ran until now.  Implementations take "
+              "turns run by run; 'other load' is the other processes' share of the CPU meanwhile.", "",
+              "## Apply (one square photo, warm)", "",
+              "| side | implementation | s per megapixel | median s | x PyTorch speed | GFLOP/s | "
+              "compile + first s | peak RSS above baseline MiB | max diff vs default | other load |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in r["apply"]:
+        for k, v in row["implementations"].items():
+            lines.append(f"| {row['side']} | {k} | {v['s_per_megapixel']} | {v['median_s']} | "
+                         f"{row['speed_vs_torch'][k]} | {v['gflops_per_s']} | {v['first_call_s']} | "
+                         f"{v['first_call_memory']['above_baseline_mib']} | {v['max_abs_diff_vs_default']:.1e} | "
+                         f"{row['other_load']} |")
+    lines += ["", "FLOPs per image (XLA cost analysis): "
+              + ", ".join(f"{row['gflop']} GFLOP at {row['side']} px" for row in r["apply"]) + "."]
+    a = r.get("arbitrary_apply")
+    if a:
+        lines += ["", f"Arbitrary-style transformer (width {a['width']}, random weights) at "
+                  f"{a['side']}x{a['side']}, other load {a['other_load']}: "
+                  + "; ".join(f"{k} {v['s_per_megapixel']} s/MP (compile + first {v['first_call_s']} s, "
+                              f"max diff vs default {v['max_abs_diff_vs_default']:.1e})"
+                              for k, v in a["implementations"].items()) + "."]
+    t = r["train"]
+    lines += ["", "## Training step", "",
+              f"Batch {t['batch']} of {t['size']} px crops, loss network {t['loss_network']} "
+              f"(content conv3_3, style conv1_2/2_2/3_3/4_3), Adam; {t['gflop_per_step']} GFLOP per step "
+              f"(XLA cost analysis); other load {t['other_load']}.", "",
+              "| implementation | images/s | median s/step | x PyTorch speed | GFLOP/s | compile s | "
+              "peak RSS above baseline MiB (first step) | first loss | rel. diff vs default |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for k, v in t["implementations"].items():
+        lines.append(f"| {k} | {v['images_per_s']} | {v['median_s']} | {t['speed_vs_torch'][k]} | "
+                     f"{v['gflops_per_s']} | {v['compile_s'] if v['compile_s'] is not None else '-'} | "
+                     f"{v['first_call_memory']['above_baseline_mib']} | {v['first_loss']:.6g} | "
+                     f"{v['first_loss_rel_diff_vs_default']:.1e} |")
+    sizes = r.get("folder_sizes", [])
+    lines += ["", f"## A folder of {4 * len(sizes)} photos of {len(sizes)} sizes", "",
+              f"Sizes (H x W, 4 each): {', '.join(f'{h}x{w}' for h, w in sizes)}; "
+              "`neuralstyle.fast.stylize_files` with a fresh stylizer per setting (benchmarks/buckets.py's "
+              f"run_setting); compile = JAX's trace + lower + compile durations.  Goal: compile share "
+              f"<= {COMPILE_SHARE_GOAL:.0%}.", "",
+              "| network, bucket | programs | total s | compile s | compile share | other load |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for k, s in r["folder"].items():
+        lines.append(f"| {k} | {s['programs']} | {s['stylize_s']} | {s['compile_s']} | "
+                     f"{100 * s['compile_share']:.1f}% | {s['other_load']} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

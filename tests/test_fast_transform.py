@@ -153,16 +153,38 @@ def test_space_to_depth_conv_equals_the_convolution(h, w, k, c, o, block):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5 * float(jnp.abs(want).max()))
 
 
+@pytest.mark.parametrize("h,w,c,o", [(7, 9, 4, 3), (12, 12, 8, 5), (1, 2, 3, 2)])
+def test_subpixel_conv_equals_upsampling_reflection_and_convolution(h, w, c, o):
+    import jax.numpy as jnp
+
+    from neuralstyle.fast.transform import subpixel_conv
+
+    rng = np.random.default_rng(h * w)
+    x = rng.standard_normal((2, h, w, c)).astype(np.float32)
+    kernel = (rng.standard_normal((3, 3, c, o)) * 0.2).astype(np.float32)
+    up = np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)
+    padded = np.pad(up, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect") if min(h, w) > 1 else \
+        np.pad(up, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="symmetric")  # 2 px: reflect = symmetric
+    want = jax.lax.conv_general_dilated(jnp.asarray(padded), jnp.asarray(kernel), (1, 1), "VALID",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    edge = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    got = subpixel_conv(jnp.asarray(edge), jnp.asarray(kernel))
+    assert got.shape == (2, 2 * h, 2 * w, o)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5 * float(jnp.abs(want).max()))
+
+
 def test_apply_with_space_to_depth_equals_keras_and_has_the_same_gradient():
-    """The recipe's architecture: only the last 9x9 convolution is rewritten; outputs within 1e-4
-    (measured ~1e-6) on [0, 1] pixels and weight gradients within 1e-3 (relative, all weights)."""
-    from neuralstyle.fast.transform import runs_space_to_depth
+    """The recipe's architecture: the last 9x9 convolution (space-to-depth) and both upsampling
+    convolutions (sub-pixel) are rewritten; outputs within 1e-4 (measured ~1e-6) on [0, 1] pixels
+    and weight gradients within 1e-3 (relative, all weights)."""
+    from neuralstyle.fast.transform import runs_space_to_depth, subpixel_chains
 
     from conftest import randomize_weights
 
     model = randomize_weights(transform_net(width=32, residual_blocks=5, seed=0))
     rng = np.random.default_rng(1)
     assert [layer.name for layer in model.layers if runs_space_to_depth(layer)] == ["out_conv"]
+    assert sorted(n for n, role in subpixel_chains(model).items() if role == "conv") == ["up1_conv", "up2_conv"]
     params = get_params(model)
     images = rng.random((2, 37, 50, 3)).astype(np.float32)
     fast, keras_ = apply_fn(model), apply_fn(model, space_to_depth=False)

@@ -68,6 +68,18 @@ def test_reflect_pad_valid_matches_numpy():
             np.testing.assert_array_equal(got[:, :vh + 2 * p, :vw + 2 * p], want)
 
 
+def test_edge_pad_valid_matches_numpy():
+    """The padding of the sub-pixel upsampling convolution in a bucket (neuralstyle/fast/transform.py)."""
+    from neuralstyle.fast.buckets import edge_pad_valid
+
+    x = np.random.default_rng(0).random((2, 12, 16, 3)).astype(np.float32)
+    for vh, vw in [(5, 7), (12, 16), (1, 2)]:
+        got = np.asarray(edge_pad_valid(jnp.asarray(x), vh, vw))
+        assert got.shape == (2, 14, 18, 3)
+        np.testing.assert_array_equal(got[:, :vh + 2, :vw + 2],
+                                      np.pad(x[:, :vh, :vw], ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge"))
+
+
 def test_masked_moments_match_numpy():
     x = np.random.default_rng(1).normal(size=(2, 10, 12, 4)).astype(np.float32)
     x[:, 6:] = 1e6  # outside the valid region: must not count

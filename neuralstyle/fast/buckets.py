@@ -146,6 +146,22 @@ def _reflect_axis(x, p: int, valid, axis: int):
     return jax.lax.dynamic_update_slice_in_dim(y, edge, valid + p, axis=axis)
 
 
+def edge_pad_valid(x: jnp.ndarray, valid_h, valid_w) -> jnp.ndarray:
+    """Edge padding by one pixel of the valid top-left ``valid_h x valid_w`` region of ``x``
+    (B, H, W, C), into (B, H + 2, W + 2, C): its top-left ``valid + 2`` window equals
+    ``pad(x[:, :valid_h, :valid_w], 1, mode="edge")`` (the padding of the sub-pixel form of
+    upsampling + convolution, :func:`~neuralstyle.fast.transform.subpixel_conv`); the rest is
+    finite filler."""
+    return _edge_axis(_edge_axis(x, valid_h, 1), valid_w, 2)
+
+
+def _edge_axis(x, valid, axis: int):
+    lead = jax.lax.slice_in_dim(x, 0, 1, axis=axis)  # row -1 := row 0
+    y = jnp.concatenate([lead, x, jnp.zeros_like(lead)], axis=axis)
+    edge = jax.lax.dynamic_slice_in_dim(x, valid - 1, 1, axis=axis)  # row valid := row valid - 1
+    return jax.lax.dynamic_update_slice_in_dim(y, edge, valid + 1, axis=axis)
+
+
 def valid_mask(shape, valid_h, valid_w) -> jnp.ndarray:
     """Boolean (1, H, W, 1) mask of the top-left ``valid_h x valid_w`` region of a (B, H, W, C) shape."""
     rows = jnp.arange(shape[1]) < valid_h
@@ -249,7 +265,11 @@ def bucketed_fn(model: keras.Model) -> Callable:
         def extent(x):
             return valid_extent(x.shape[1], valid[0], bh), valid_extent(x.shape[2], valid[1], bw)
 
+        fast = fast_operations(model, edge_pad=lambda x: edge_pad_valid(x, *extent(x)))
+
         def operation(layer):
+            if fast(layer) is not layer:  # space-to-depth, sub-pixel (its padding: of the valid region)
+                return fast(layer)
             if isinstance(layer, PadToMultiple):
                 return lambda x: x  # done on the host by to_bucket
             if isinstance(layer, CropLike):
@@ -260,7 +280,7 @@ def bucketed_fn(model: keras.Model) -> Callable:
                 return _conditional_instance_norm(layer, extent)
             if _is_instance_norm(layer):
                 return _instance_norm(layer, extent)
-            return fast_operations(layer)  # the layer, or its space-to-depth form (valid convolutions)
+            return layer
 
         mapping = list(zip(model.trainable_variables, trainable))
         mapping += list(zip(model.non_trainable_variables, non_trainable))

@@ -295,22 +295,106 @@ def runs_space_to_depth(layer) -> bool:
             and layer.activation in (None, keras.activations.linear))
 
 
-def fast_operations(layer, operation=None):
-    """The operation that runs ``layer`` in :func:`apply_fn` (and in size buckets): the
-    space-to-depth form for the layers of :func:`runs_space_to_depth`, ``operation`` (default: the
-    layer itself) for the rest.  Call it inside a ``keras.StatelessScope`` that maps the weights."""
-    if runs_space_to_depth(layer):
-        return lambda x: space_to_depth_conv(x, layer.kernel.value,
-                                             layer.bias.value if layer.use_bias else None)
-    return layer if operation is None else operation
+# --------------------------------------------------------------------------- sub-pixel upsampling
+
+#: ``_SUBPIXEL_TAPS[a, p, k]``: in output row phase ``a`` of a nearest 2x upsampling followed by a
+#: reflection-padded 3x3 convolution, kernel row ``k`` lands on row ``p`` of a 3x3 window of the
+#: edge-padded low-resolution input (phase 0 sees input rows i-1, i, i; phase 1 rows i, i, i+1).
+_SUBPIXEL_TAPS = np.array([[[1, 0, 0], [0, 1, 1], [0, 0, 0]],
+                           [[0, 0, 0], [1, 1, 0], [0, 0, 1]]], np.float32)
+
+
+def subpixel_conv(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+    """``Conv2D(3x3, valid)(ReflectionPadding2D(1)(UpSampling2D(2, nearest)(x0)))`` computed from
+    ``x``, which is ``x0`` (B, H, W, C) *edge*-padded by one pixel (B, H + 2, W + 2, C): four 2x2
+    convolutions on the low-resolution image, one per output phase, interleaved (B, 2H, 2W, O).
+
+    Exact: the upsampled image reflected by one pixel is the low-resolution image edge-padded by
+    one pixel and then upsampled (its row -1 is upsampled row 1, i.e. row 0), and an output pixel of
+    phase ``(a, b)`` sees only 2x2 distinct input pixels, whose kernel taps are summed
+    (:data:`_SUBPIXEL_TAPS`).  The sum of products is the same in another order (float32 rounding):
+    4/9 of the FLOPs, and neither the upsampled nor the padded full-size image is ever written; at
+    1024 px on a 2-core Xeon the two upsampling convolutions took 0.63 + 0.46 s, sub-pixel
+    0.37 + 0.23 s.  Same idea as the sub-pixel convolution of Shi et al. 2016 ("Real-Time Single
+    Image and Video Super-Resolution Using an Efficient Sub-Pixel CNN"), here an exact rewrite of
+    Odena et al.'s resize-convolution rather than a learned layer."""
+    b, hp, wp, c = x.shape
+    h, w, o = hp - 2, wp - 2, kernel.shape[-1]
+    taps = jnp.asarray(_SUBPIXEL_TAPS, kernel.dtype)
+    k = jnp.einsum("apk,bql,klco->abpqco", taps, taps, kernel)  # per phase, a 3x3 window ...
+    rows = []
+    for a in (0, 1):
+        cols = []
+        for bb in (0, 1):  # ... of which phase (a, b) uses rows a, a + 1 and columns b, b + 1
+            window = jax.lax.slice(x, (0, a, bb, 0), (b, a + h + 1, bb + w + 1, c))
+            cols.append(jax.lax.conv_general_dilated(window, k[a, bb, a:a + 2, bb:bb + 2].astype(x.dtype),
+                                                     (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+        rows.append(jnp.stack(cols, axis=3))  # (B, H, W, 2 [b], O)
+    y = jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, o)  # (B, H, 2 [a], W, 2 [b], O)
+    return y if bias is None else y + jnp.reshape(bias, (1, 1, 1, -1)).astype(y.dtype)
+
+
+def _consumers(layer) -> list:
+    return [node.operation for node in layer._outbound_nodes]
+
+
+def subpixel_chains(model: keras.Model) -> dict[str, str]:
+    """``{layer name: role}`` for every nearest 2x ``UpSampling2D`` -> ``ReflectionPadding2D(1)`` ->
+    3x3 "valid" stride-1 ``Conv2D`` chain of ``model`` in which each layer feeds only the next
+    (roles ``"resize"``, ``"pad"``, ``"conv"``): the chains :func:`fast_operations` runs as
+    :func:`subpixel_conv`."""
+    roles = {}
+    for layer in model.layers:
+        if not (isinstance(layer, keras.layers.UpSampling2D) and layer.interpolation == "nearest"
+                and tuple(layer.size) == (2, 2) and layer.data_format == "channels_last"):
+            continue
+        after = _consumers(layer)
+        if len(after) != 1 or not isinstance(after[0], ReflectionPadding2D) or after[0].padding != 1:
+            continue
+        pad, after = after[0], _consumers(after[0])
+        conv = after[0] if len(after) == 1 else None
+        if (type(conv) is keras.layers.Conv2D and tuple(conv.kernel_size) == (3, 3) and conv.padding == "valid"
+                and tuple(conv.strides) == (1, 1) and tuple(conv.dilation_rate) == (1, 1) and conv.groups == 1
+                and conv.data_format == "channels_last" and conv.activation in (None, keras.activations.linear)):
+            roles.update({layer.name: "resize", pad.name: "pad", conv.name: "conv"})
+    return roles
+
+
+def fast_operations(model: keras.Model, edge_pad=None):
+    """``operation_fn(layer)`` for ``model._run_through_graph`` (:func:`apply_fn`, size buckets):
+    each chain of :func:`subpixel_chains` as :func:`subpixel_conv` (the upsampling passes the small
+    image on, the padding becomes ``edge_pad(x)``, default one pixel of edge padding, and the
+    convolution computes the upsampled result), each layer of :func:`runs_space_to_depth` as
+    :func:`space_to_depth_conv`, every other layer as itself.  Call the operations inside a
+    ``keras.StatelessScope`` that maps the weights."""
+    roles = subpixel_chains(model)
+    if edge_pad is None:
+        edge_pad = lambda x: jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")  # noqa: E731
+
+    def operation(layer):
+        role = roles.get(layer.name)
+        if role == "resize":
+            return lambda x: x
+        if role == "pad":
+            return edge_pad
+        if role == "conv":
+            return lambda x: subpixel_conv(x, layer.kernel.value, layer.bias.value if layer.use_bias else None)
+        if runs_space_to_depth(layer):
+            return lambda x: space_to_depth_conv(x, layer.kernel.value,
+                                                 layer.bias.value if layer.use_bias else None)
+        return layer
+
+    return operation
 
 
 def apply_fn(model: keras.Model, space_to_depth: bool = True):
     """The pure function ``(params, images) -> stylized images`` of ``model`` (jit it freely).
 
     ``space_to_depth`` (default on): convolutions with a large kernel and few outputs run in the
-    equivalent space-to-depth form (:func:`space_to_depth_conv`; same outputs to float32 rounding);
-    off: every layer as Keras computes it (``model.stateless_call``)."""
+    equivalent space-to-depth form (:func:`space_to_depth_conv`) and upsampling + convolution as
+    sub-pixel convolutions (:func:`subpixel_conv`), same outputs to float32 rounding
+    (:func:`fast_operations`); off: every layer as Keras computes it (``model.stateless_call``)."""
+    operation = fast_operations(model)
 
     def apply(params: TransformParams, images: jnp.ndarray) -> jnp.ndarray:
         if not space_to_depth:
@@ -319,7 +403,7 @@ def apply_fn(model: keras.Model, space_to_depth: bool = True):
         mapping = list(zip(model.trainable_variables, params.trainable))
         mapping += list(zip(model.non_trainable_variables, params.non_trainable))
         with keras.StatelessScope(state_mapping=mapping):
-            outputs = model._run_through_graph([images], operation_fn=fast_operations)  # Functional.call's walk
+            outputs = model._run_through_graph([images], operation_fn=operation)  # Functional.call's walk
         return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
 
     return apply

@@ -9,8 +9,9 @@ width 32, 5 residual blocks, 1.68 M parameters):
 
 * **apply**: one square photo (the astronaut, resized) at each ``--apply-sizes`` side through
   :class:`neuralstyle.fast.Stylizer` (``bucket=None``; the defaults: XLA's Eigen convolutions,
-  ``conv_backend="eigen"``, and the last 9x9 convolution in space-to-depth form), the same without
-  space-to-depth, the library *before* these (XLA's default YNNPACK convolutions, Keras's layers),
+  ``conv_backend="eigen"``, with the last 9x9 convolution in space-to-depth form and upsampling +
+  convolution as sub-pixel convolutions, :func:`neuralstyle.fast.transform.fast_operations`), the
+  same without these rewrites, the library *before* (XLA's default YNNPACK convolutions, Keras's layers),
   and :class:`benchmarks.torch_fast_reference.TorchTransformNet` (the same network, the same
   weights copied over) under ``torch.inference_mode`` with as many threads as cores.  They take
   turns (A, B, C, D, A, B, ...) after one untimed call each (compile + first run, with its peak
@@ -49,11 +50,11 @@ from benchmarks import harness
 from benchmarks.harness import Load, PeakMemory, log, wait_until_quiet
 
 COMPILE_SHARE_GOAL = 0.2
-NEURALSTYLE = "neuralstyle"  # the defaults: conv_backend="eigen", space-to-depth last convolution
+NEURALSTYLE = "neuralstyle"  # the defaults: conv_backend="eigen", space-to-depth and sub-pixel rewrites
 TORCH = "pytorch eager"
-BEFORE = "neuralstyle before (XLA default convolutions, no space-to-depth)"
-#: The apply variants timed next to the default: (label, conv_backend), both without space-to-depth.
-VARIANTS = [("neuralstyle, no space-to-depth", "eigen"), (BEFORE, "xla")]
+BEFORE = "neuralstyle before (XLA default convolutions, Keras layers)"
+#: The apply variants timed next to the default: (label, conv_backend), both with Keras's own layers.
+VARIANTS = [("neuralstyle without the rewrites", "eigen"), (BEFORE, "xla")]
 
 
 def _photo(image_dir: Path, side: int):
@@ -117,8 +118,8 @@ def measure_apply(net, image_dir: Path, sides, runs: int, wait_quiet: float) -> 
     from neuralstyle.fast import Stylizer, apply_fn
     from neuralstyle.fast.xla import jit
 
-    stylizer = Stylizer(net, bucket=None)  # the defaults: Eigen convolutions, space-to-depth
-    variants = {label: jit(apply_fn(net, space_to_depth=False), backend) for label, backend in VARIANTS}
+    stylizer = Stylizer(net, bucket=None)  # the defaults: Eigen convolutions, rewrites
+    variants = {label: jit(apply_fn(net, rewrites=False), backend) for label, backend in VARIANTS}
     tnet = TorchTransformNet(net).eval()
     rows = []
     for side in sides:
@@ -222,7 +223,7 @@ def measure_training(net, image_dir: Path, size: int, batch_size: int, steps: in
     tx = optax.adam(1e-3)
 
     before = FastNetwork(net)
-    before.apply = apply_fn(net, space_to_depth=False)
+    before.apply = apply_fn(net, rewrites=False)
     runners, compile_s, flops = {}, {}, None
     for label, network, backend in [(NEURALSTYLE, net, "eigen"), (BEFORE, before, "xla")]:
         t = time.perf_counter()
@@ -312,8 +313,12 @@ def main(argv=None):
         args.folder_models, folder_sizes = "fast", QUICK_SIZES
 
     import jax
-    import torch
 
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit("benchmarks.fast_speed compares against PyTorch eager, which is not installed "
+                         "(pip install torch; it is never a dependency of neuralstyle)") from None
     from benchmarks.torch_reference import set_threads
     from neuralstyle.fast import transform_net
 
@@ -343,8 +348,8 @@ def markdown(r: dict) -> str:
               f"({r['transform_parameters']:,} parameters), float32; PyTorch {r['torch_version']} eager "
               f"with {r['torch_threads']} threads and the same weights.  'neuralstyle' is the library's default "
               "(`Stylizer`, `make_train_step`: XLA's Eigen convolutions, `conv_backend=\"eigen\"` in "
-              "neuralstyle/fast/xla.py, and the last 9x9 convolution in space-to-depth form, "
-              "neuralstyle/fast/transform.py); 'before' is XLA's default CPU convolutions (YNNPACK "
+              "neuralstyle/fast/xla.py, the last 9x9 convolution in space-to-depth form and the "
+              "upsampling convolutions in sub-pixel form, neuralstyle/fast/transform.py); 'before' is XLA's default CPU convolutions (YNNPACK "
               "fusions) with Keras's own layers, what the library ran until now.  Implementations take "
               "turns run by run; 'other load' is the other processes' share of the CPU meanwhile.", "",
               "## Apply (one square photo, warm)", "",

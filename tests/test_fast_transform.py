@@ -187,7 +187,7 @@ def test_apply_with_space_to_depth_equals_keras_and_has_the_same_gradient():
     assert sorted(n for n, role in subpixel_chains(model).items() if role == "conv") == ["up1_conv", "up2_conv"]
     params = get_params(model)
     images = rng.random((2, 37, 50, 3)).astype(np.float32)
-    fast, keras_ = apply_fn(model), apply_fn(model, space_to_depth=False)
+    fast, keras_ = apply_fn(model), apply_fn(model, rewrites=False)
     assert np.abs(np.asarray(jax.jit(fast)(params, images)) - np.asarray(jax.jit(keras_)(params, images))).max() <= 1e-4
 
     def grads(fn):

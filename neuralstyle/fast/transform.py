@@ -387,17 +387,17 @@ def fast_operations(model: keras.Model, edge_pad=None):
     return operation
 
 
-def apply_fn(model: keras.Model, space_to_depth: bool = True):
+def apply_fn(model: keras.Model, rewrites: bool = True):
     """The pure function ``(params, images) -> stylized images`` of ``model`` (jit it freely).
 
-    ``space_to_depth`` (default on): convolutions with a large kernel and few outputs run in the
+    ``rewrites`` (default on): convolutions with a large kernel and few outputs run in the
     equivalent space-to-depth form (:func:`space_to_depth_conv`) and upsampling + convolution as
     sub-pixel convolutions (:func:`subpixel_conv`), same outputs to float32 rounding
     (:func:`fast_operations`); off: every layer as Keras computes it (``model.stateless_call``)."""
     operation = fast_operations(model)
 
     def apply(params: TransformParams, images: jnp.ndarray) -> jnp.ndarray:
-        if not space_to_depth:
+        if not rewrites:
             outputs, _ = model.stateless_call(params.trainable, params.non_trainable, images)
             return outputs
         mapping = list(zip(model.trainable_variables, params.trainable))

@@ -55,7 +55,7 @@ import numpy as np  # noqa: E402
 
 from .images.color import combine_luminance  # noqa: E402
 from .errors import ConfigError, ImageError, WeightsError  # noqa: E402
-from .fast.transform import CropLike, PadToMultiple, ReflectionPadding2D  # noqa: E402
+from .fast.transform import CropLike, PadToMultiple, ReflectionPadding2D, fast_call  # noqa: E402
 from .fast.buckets import DEFAULT_BUCKET, BucketSpec, Bucketed, check_bucket  # noqa: E402
 from .fast.xla import DEFAULT_CONV_BACKEND, check_conv_backend, jit  # noqa: E402
 from .images import load_image, resize  # noqa: E402
@@ -446,7 +446,7 @@ class ArbitraryStylizer:
             return self.predictor.stateless_call(params[0], params[1], images)[0]
 
         def transform(params, images, embeddings):
-            return self.transformer.stateless_call(params[0], params[1], [images, embeddings])[0]
+            return fast_call(self.transformer, params[0], params[1], [images, embeddings])  # rewrites: transform.py
 
         self._predict = jit(predict, conv_backend)
         self._transform = jit(transform, conv_backend)

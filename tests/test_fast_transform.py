@@ -196,3 +196,25 @@ def test_apply_with_space_to_depth_equals_keras_and_has_the_same_gradient():
 
     g_fast, g_keras = grads(fast), grads(keras_)
     assert np.linalg.norm(g_fast - g_keras) <= 1e-3 * np.linalg.norm(g_keras)
+
+
+def test_fast_call_of_the_arbitrary_transformer_equals_keras():
+    """The arbitrary-style transformer (two inputs, conditional instance norms) with the rewrites:
+    its last 9x9 convolution (8 -> 3) in space-to-depth form, both upsamplings sub-pixel."""
+    from conftest import randomize_weights
+
+    from neuralstyle.arbitrary import style_transformer
+    from neuralstyle.fast.transform import fast_call, glorot_uniform, runs_space_to_depth, subpixel_chains
+
+    model = style_transformer(weights=None)
+    glorot_uniform(model, 0)
+    randomize_weights(model)
+    assert sum(runs_space_to_depth(layer) for layer in model.layers) == 1
+    assert sum(role == "conv" for role in subpixel_chains(model).values()) == 2
+    rng = np.random.default_rng(6)
+    inputs = [rng.random((2, 37, 50, 3)).astype(np.float32), rng.normal(size=(2, 100)).astype(np.float32)]
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    got = jax.jit(lambda t, n, x: fast_call(model, t, n, x))(trainable, non_trainable, inputs)
+    want = jax.jit(lambda t, n, x: model.stateless_call(t, n, x)[0])(trainable, non_trainable, inputs)
+    assert np.abs(np.asarray(got) - np.asarray(want)).max() <= 1e-4

@@ -74,7 +74,7 @@ from ..backbones import BackboneParams
 from ..errors import ConfigError
 from ..objective import StyleObjective
 from .training import perceptual_loss, style_statistics
-from .transform import TransformParams, get_params, glorot_uniform, set_params
+from .transform import TransformParams, fast_call, get_params, glorot_uniform, set_params
 from .xla import jit
 
 #: ``init`` values: the ported Magenta weights (quarter width only), or fresh weights.
@@ -160,7 +160,7 @@ class ArbitraryNetwork:
     def transform(self, params: TransformParams, photos: jnp.ndarray, embeddings: jnp.ndarray) -> jnp.ndarray:
         """:math:`\\hat y = T(c, S)`: the photos stylized with the embeddings."""
         part = self._part(params, "transformer")
-        return self.transformer.stateless_call(part.trainable, part.non_trainable, [photos, embeddings])[0]
+        return fast_call(self.transformer, part.trainable, part.non_trainable, [photos, embeddings])
 
     def stylize(self, params: TransformParams, photos: jnp.ndarray, styles: jnp.ndarray) -> jnp.ndarray:
         """:math:`T(c_b, P(s_b))` for each pair of a photo and a style image."""

@@ -394,16 +394,23 @@ def apply_fn(model: keras.Model, rewrites: bool = True):
     equivalent space-to-depth form (:func:`space_to_depth_conv`) and upsampling + convolution as
     sub-pixel convolutions (:func:`subpixel_conv`), same outputs to float32 rounding
     (:func:`fast_operations`); off: every layer as Keras computes it (``model.stateless_call``)."""
-    operation = fast_operations(model)
 
     def apply(params: TransformParams, images: jnp.ndarray) -> jnp.ndarray:
         if not rewrites:
             outputs, _ = model.stateless_call(params.trainable, params.non_trainable, images)
             return outputs
-        mapping = list(zip(model.trainable_variables, params.trainable))
-        mapping += list(zip(model.non_trainable_variables, params.non_trainable))
-        with keras.StatelessScope(state_mapping=mapping):
-            outputs = model._run_through_graph([images], operation_fn=operation)  # Functional.call's walk
-        return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+        return fast_call(model, params.trainable, params.non_trainable, images)
 
     return apply
+
+
+def fast_call(model: keras.Model, trainable, non_trainable, inputs):
+    """``model.stateless_call(trainable, non_trainable, inputs)[0]`` with the rewrites of
+    :func:`fast_operations` (a functional model without state updates, such as the transform nets
+    here; ``inputs`` an array or a list of arrays)."""
+    mapping = list(zip(model.trainable_variables, trainable))
+    mapping += list(zip(model.non_trainable_variables, non_trainable))
+    flat = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    with keras.StatelessScope(state_mapping=mapping):
+        outputs = model._run_through_graph(flat, operation_fn=fast_operations(model))  # Functional.call's walk
+    return outputs[0] if isinstance(outputs, (list, tuple)) else outputs

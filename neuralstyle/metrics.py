@@ -104,7 +104,10 @@ def sorted_projections(features: Array, directions: Array) -> Array:
     """Projections of every position of ``(B, H, W, C)`` features on ``directions`` (C, K),
     sorted along positions: ``(B, H*W, K)``."""
     b, h, w, c = features.shape
-    return jnp.sort(features.reshape(b, h * w, c) @ directions, axis=1)
+    projected = jnp.swapaxes(features.reshape(b, h * w, c) @ directions, 1, 2)  # (B, K, H*W)
+    # sorted along the last axis and swapped back: the same values, but XLA's CPU sort is ~3x
+    # faster along the minor axis (measured at 512 px, block1: 8 s instead of 22 s on 2 cores)
+    return jnp.swapaxes(jnp.sort(projected, axis=-1), 1, 2)
 
 
 def relative_sliced_wasserstein(features: Array, style_sorted: Array, directions: Array) -> Array:

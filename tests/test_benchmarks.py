@@ -23,13 +23,14 @@ def run(args, tmp_path):
 
 def test_speed_quick(tmp_path):
     """The smallest size for 2 steps, with the PyTorch reference when torch is installed: every
-    reported field exists and the derived ones agree with the measured ones (no timing checks)."""
+    reported field exists and the derived ones agree with the measured ones (no timing checks);
+    the time to quality grades a snapshot of every update and finds the first one on target."""
     has_torch = importlib.util.find_spec("torch") is not None
     run(["benchmarks.speed", "--quick", "--weights", "random"] + ([] if has_torch else ["--no-torch"]),
         tmp_path)
     report = json.loads((tmp_path / "speed.json").read_text())
     md = (tmp_path / "speed.md").read_text()
-    assert md.count("|") > 10 and "## Time to target" in md
+    assert md.count("|") > 10 and "## Time to target" in md and "## Time to quality" in md
     blas = report["yardsticks"]["numpy_blas"]["best_gflops"]
     rows = {(r["implementation"].split(" ")[0], r["optimizer"]): r for r in report["rows"]}
     expected = {("JAX/XLA", "Adam"), ("JAX/XLA", "L-BFGS")}
@@ -59,6 +60,16 @@ def test_speed_quick(tmp_path):
                 assert r["losses"][r["steps"]] < ttt["target"] <= min(r["losses"][: r["steps"]], default=np.inf)
                 extra = r["compile_s"] if impl == "jax" else 0.0
                 assert r["seconds_with_compile"] == pytest.approx(r["seconds"] + extra, abs=2e-3)
+            q, target = r["quality"], ttt["quality_target"]
+            assert q["snapshot_steps"] == list(range(len(r["losses"])))  # quick: every update
+            assert len(q["snapshot_seconds"]) == len(q["swd"]) == len(q["lpips"]) == len(q["gram"]) == len(r["losses"])
+            assert q["snapshot_seconds"] == sorted(q["snapshot_seconds"])
+            assert q["lpips"][0] == pytest.approx(0.0, abs=1e-6)  # the start is the content photo
+            hits = [k for k, (sw, lp) in enumerate(zip(q["swd"], q["lpips"]))
+                    if sw <= target["swd"] and lp <= target["lpips"]]
+            assert q["reached"] == bool(hits)
+            if hits:
+                assert (q["steps"], q["seconds"]) == (q["snapshot_steps"][hits[0]], q["snapshot_seconds"][hits[0]])
     if has_torch:
         for opt in ("adam", "lbfgs"):
             j, t = ttt["jax"][opt], ttt["torch"][opt]

@@ -8,8 +8,9 @@ For VGG19 (ImageNet weights) and the TensorFlow-tutorial recipe (the
    :mod:`.jax_worker`;
 2. the same Adam step and ``torch.optim.LBFGS`` in PyTorch eager (:mod:`benchmarks.torch_reference`),
    with its objective checked against the JAX one, when torch is installed: :mod:`.torch_worker`;
-3. the seconds and updates until the loss falls below a fixed target, both frameworks, both
-   optimizers: :mod:`.ttt`;
+3. the seconds and updates until the loss falls below a fixed target and (``--ttt-quality``)
+   until snapshots graded by the quality benchmark's distances meet a fixed quality target, both
+   frameworks, both optimizers: :mod:`.ttt`;
 4. the yardsticks (BLAS matmul GFLOP/s) and the FLOPs of a step: :mod:`.flops`;
 5. how time and memory grow with the pixel count (least-squares fits): :mod:`.scaling`.
 

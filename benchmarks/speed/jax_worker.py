@@ -65,9 +65,11 @@ def time_adam(objective, params, targets, image, warmup: int, steps: int) -> dic
             "memory": mem.result(), "compile_memory": compile_mem.result()}
 
 
-def run_lbfgs(objective, params, targets, image, steps: int, stop_below=None):
+def run_lbfgs(objective, params, targets, image, steps: int, monitor=None):
     """neuralstyle's L-BFGS through the library's driver: the
-    :class:`~neuralstyle.optim.driver.LoopResult` of one run."""
+    :class:`~neuralstyle.optim.driver.LoopResult` of one run.  ``monitor``: the driver's
+    :class:`~neuralstyle.optim.driver.Monitor` (default: a silent one; the time to target passes
+    one that stops below the target or takes snapshots)."""
     import jax
     import jax.numpy as jnp
 
@@ -75,7 +77,7 @@ def run_lbfgs(objective, params, targets, image, steps: int, stop_below=None):
     from neuralstyle.optim.driver import Monitor, optimize, stack_runs
 
     return optimize(stack_runs([objective]), LBFGS(), image[None], jnp.stack([jax.random.key(0)]),
-                    params, targets, steps, Monitor(steps, show=False, stop_below=stop_below))
+                    params, targets, steps, monitor or Monitor(steps, show=False))
 
 
 def time_lbfgs(objective, params, targets, image, warmup: int, steps: int) -> dict:

@@ -134,32 +134,78 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+IMPLEMENTATIONS = (("jax", "neuralstyle (JAX/XLA)"), ("torch", "PyTorch eager"))
+
+
+def ttt_records(ttt: dict, key=None):
+    """``(optimizer name, implementation name, record, ratios vs PyTorch)`` of every
+    time-to-target run; ``key="quality"``: its time-to-quality record instead."""
+    for opt, name in (("adam", "Adam"), ("lbfgs", "L-BFGS")):
+        for impl, impl_name in IMPLEMENTATIONS:
+            r = (ttt.get(impl) or {}).get(opt)
+            if r is not None and key:
+                r = r.get(key)
+            if r is not None:
+                ratios = ttt.get("quality_ratios" if key else "ratios") or {}
+                yield name, impl_name, r, (ratios.get(opt, {}) if impl == "jax" else {})
+
+
 def markdown_ttt(ttt) -> list[str]:
     if not ttt or "jax" not in ttt:
         return []
     lines = ["", f"## Time to target (loss < {ttt['target']:g})", "",
              f"{ttt['pair']} at {ttt['size']} px ({ttt.get('images', '')}), weights "
-             f"{ttt.get('weights', '?')}, initialized with the content image; the target is fixed in "
-             "`benchmarks/speed/ttt.py` (TTT_TARGET), not chosen per run. Seconds run from the first "
-             "step until the implementation has evaluated an iterate below the target (compile "
-             "excluded, and included in the next column); steps = updates applied to that iterate; "
-             f"at most {ttt['max_steps']['adam']} Adam steps / {ttt['max_steps']['lbfgs']} L-BFGS "
-             "iterations.", "",
+             f"{ttt.get('weights', '?')}, initialized with the content image; the target is fixed per "
+             "size in `benchmarks/speed/ttt.py` (TTT_TARGETS), not chosen per run. Seconds run from "
+             "the first step until the implementation has evaluated an iterate below the target "
+             "(compile excluded, and included in the next column); steps = updates applied to that "
+             f"iterate; at most {ttt['max_steps']['adam']} Adam steps / {ttt['max_steps']['lbfgs']} "
+             "L-BFGS iterations.", "",
              "| optimizer | implementation | steps | evaluations | seconds | seconds incl. compile "
              "| final loss | vs PyTorch (s) | vs PyTorch (s incl. compile) | other load |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for opt, name in (("adam", "Adam"), ("lbfgs", "L-BFGS")):
-        for impl, impl_name in (("jax", "neuralstyle (JAX/XLA)"), ("torch", "PyTorch eager")):
-            r = (ttt.get(impl) or {}).get(opt)
-            if r is None:
-                continue
-            ratio = (ttt.get("ratios") or {}).get(opt, {}) if impl == "jax" else {}
-            lines.append(
-                f"| {name} | {impl_name} | {fmt(r['steps'])} | {fmt(r['evaluations'])} | "
-                f"{fmt(r['seconds'], '{:.1f}')} | {fmt(r['seconds_with_compile'], '{:.1f}')} | "
-                f"{r['final_loss']:.4g} | {fmt(ratio.get('seconds'), '{:.2f}')} | "
-                f"{fmt(ratio.get('seconds_with_compile'), '{:.2f}')} | "
-                f"{fmt(r['foreign_cpu_load'], '{:.0%}')} |")
+    for name, impl_name, r, ratio in ttt_records(ttt):
+        lines.append(
+            f"| {name} | {impl_name} | {fmt(r['steps'])} | {fmt(r['evaluations'])} | "
+            f"{fmt(r['seconds'], '{:.1f}')} | {fmt(r['seconds_with_compile'], '{:.1f}')} | "
+            f"{r['final_loss']:.4g} | {fmt(ratio.get('seconds'), '{:.2f}')} | "
+            f"{fmt(ratio.get('seconds_with_compile'), '{:.2f}')} | "
+            f"{fmt(r['foreign_cpu_load'], '{:.0%}')} |")
+    return lines + markdown_quality(ttt)
+
+
+def markdown_quality(ttt: dict) -> list[str]:
+    """The time-to-quality table (``--ttt-quality``)."""
+    q = ttt.get("quality_target")
+    if not q or not any(r for *_, r, _ in ttt_records(ttt, "quality")):
+        return []
+    c = ttt.get("quality_at_content") or {}
+    lines = ["", f"## Time to quality (SWD <= {q['swd']:g} with LPIPS <= {q['lpips']:g})", "",
+             "The same runs, which here take all their updates. Quality = the quality benchmark's "
+             "distances (`neuralstyle.metrics`, torchvision VGG16, weights "
+             f"{ttt.get('metric_weights', '?')}): style distance SWD (relative sliced Wasserstein "
+             "distance to the style image's features, 5 LPIPS layers) and content distance LPIPS "
+             "(to the content photo); lower is closer for both. The target (fixed per size in "
+             f"`benchmarks/speed/ttt.py`, QUALITY_TARGETS, calibrated at {q['calibrated_at']} px) is "
+             f"met by the first snapshot with SWD <= {q['swd']:g} while LPIPS <= {q['lpips']:g}. "
+             f"The content photo itself: SWD {fmt(c.get('swd'), '{:.3f}')}, Gram "
+             f"{fmt(c.get('gram'), '{:.3f}')}, LPIPS 0. Snapshots are taken every k updates (column "
+             "k), so a time is an upper bound with k updates' resolution; it is the run's clock when "
+             "that iterate's loss was known (as above), the snapshot copies (PyTorch only; JAX "
+             "keeps a reference) taken off. They are graded after the runs, in another process "
+             f"({fmt(ttt.get('grading_s'), '{:.0f}')} s). Other load: as in the table above (the "
+             "same runs).", "",
+             "| optimizer | implementation | k | steps | seconds | seconds incl. compile | SWD / LPIPS / "
+             "Gram there | SWD / LPIPS at the end | vs PyTorch (s) | vs PyTorch (s incl. compile) |",
+             "|---|---|---:|---:|---:|---:|---|---|---:|---:|"]
+    for name, impl_name, r, ratio in ttt_records(ttt, "quality"):
+        k = r["snapshot_steps"].index(r["steps"]) if r["reached"] else None
+        there = "–" if k is None else f"{r['swd'][k]:.3f} / {r['lpips'][k]:.3f} / {r['gram'][k]:.3f}"
+        lines.append(
+            f"| {name} | {impl_name} | {r['snapshot_every']} | {fmt(r['steps'])} | "
+            f"{fmt(r['seconds'], '{:.1f}')} | {fmt(r['seconds_with_compile'], '{:.1f}')} | {there} | "
+            f"{r['swd'][-1]:.3f} / {r['lpips'][-1]:.3f} (after {r['snapshot_steps'][-1]}) | "
+            f"{fmt(ratio.get('seconds'), '{:.2f}')} | {fmt(ratio.get('seconds_with_compile'), '{:.2f}')} |")
     return lines
 
 
@@ -206,14 +252,13 @@ def print_summary(report: dict) -> None:
     for line in [head] + rows:
         print("  ".join(x.ljust(w) for x, w in zip(line, widths)))
     ttt = report.get("time_to_target") or {}
-    for impl in ("jax", "torch"):
-        for opt in ("adam", "lbfgs"):
-            r = (ttt.get(impl) or {}).get(opt)
-            if r:
-                ratio = (ttt.get("ratios") or {}).get(opt, {}).get("seconds") if impl == "jax" else None
-                print(f"time to loss < {ttt['target']:g} at {ttt['size']} px, {impl} {opt}: "
-                      f"{fmt(r['steps'])} updates, {fmt(r['seconds'], '{:.1f}')} s "
-                      f"({fmt(r['seconds_with_compile'], '{:.1f}')} s with compile)"
-                      + (f", {ratio:.2f} x PyTorch's" if ratio else ""))
+    q = ttt.get("quality_target") or {}
+    for key, what in ((None, f"loss < {ttt.get('target', 0):g}"),
+                      ("quality", f"SWD <= {q.get('swd', 0):g} with LPIPS <= {q.get('lpips', 0):g}")):
+        for name, impl_name, r, ratio in ttt_records(ttt, key):
+            print(f"time to {what} at {ttt['size']} px, {impl_name} {name}: "
+                  f"{fmt(r['steps'])} updates, {fmt(r['seconds'], '{:.1f}')} s "
+                  f"({fmt(r['seconds_with_compile'], '{:.1f}')} s with compile)"
+                  + (f", {ratio['seconds']:.2f} x PyTorch's" if ratio.get("seconds") else ""))
     for w in report["warnings"]:
         print("WARNING:", w)

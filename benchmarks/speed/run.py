@@ -5,6 +5,8 @@ Examples::
 
     python -m benchmarks.speed                       # full run (about 8 minutes on 2 quiet cores)
     python -m benchmarks.speed --quick --out /tmp/b  # smoke test: 64 px, 2 steps, about a minute
+    python -m benchmarks.speed --sizes 512 --steps 2 --lbfgs-steps 1 --ttt-size 512 --ttt-quality \
+        --name ttt_512                               # time to loss and to quality at 512 px
     python -m benchmarks.speed --sizes 256 --xla-flags "--xla_cpu_experimental_ynn_fusion_type="
 """
 
@@ -13,7 +15,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 from benchmarks import harness
@@ -37,15 +41,23 @@ def parse_args(argv=None):
     p.add_argument("--lbfgs-steps", type=int, help="timed L-BFGS iterations after 1 warm-up (default: 3 up to 256 px, 2 up to 512, 1 above; 0: skip)")
     p.add_argument("--ttt-size", type=int, default=ttt.TTT_SIZE,
                    help=f"size of the time-to-target runs (default {ttt.TTT_SIZE}; 0: skip them)")
-    p.add_argument("--ttt-target", type=float, default=ttt.TTT_TARGET,
-                   help=f"the fixed target loss of the time-to-target runs (default {ttt.TTT_TARGET:g}, "
-                        f"for the default size, weights and images)")
+    p.add_argument("--ttt-target", type=float,
+                   help="the target loss of the time-to-target runs (default: the one fixed for the "
+                        f"size in benchmarks/speed/ttt.py, {ttt.TTT_TARGETS})")
     p.add_argument("--ttt-max-steps", type=int, nargs=2, metavar=("ADAM", "LBFGS"),
-                   default=list(ttt.TTT_MAX_STEPS), help="give up after this many updates "
-                   f"(default {ttt.TTT_MAX_STEPS[0]} Adam steps, {ttt.TTT_MAX_STEPS[1]} L-BFGS iterations)")
+                   help="give up after this many Adam steps and L-BFGS iterations (default: fixed per "
+                        f"size, {ttt.TTT_MAX_STEPS})")
+    p.add_argument("--ttt-quality", action="store_true",
+                   help="also the time to a fixed quality: every time-to-target run takes all its "
+                        "updates, with snapshots graded afterwards by the quality benchmark's "
+                        f"distances against the target fixed per size ({ttt.QUALITY_TARGETS})")
+    p.add_argument("--ttt-snapshot-every", type=int, nargs=2, metavar=("ADAM", "LBFGS"),
+                   default=list(ttt.SNAPSHOT_EVERY),
+                   help="with --ttt-quality: a snapshot every this many Adam steps and L-BFGS "
+                        f"iterations (default {ttt.SNAPSHOT_EVERY[0]} and {ttt.SNAPSHOT_EVERY[1]})")
     p.add_argument("--quick", action="store_true",
-                   help="smoke test: 64 px, 2 steps, time to target at 64 px with at most 2 updates "
-                        "(about a minute)")
+                   help="smoke test: 64 px, 2 steps, time to target and to quality at 64 px with at "
+                        "most 2 updates and a snapshot after each (about a minute and a half)")
     p.add_argument("--xla-flags", default="",
                    help="XLA_FLAGS of the JAX runs (appended to any XLA_FLAGS in the environment)")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
@@ -84,8 +96,10 @@ def apply_quick(args) -> tuple[list[int], list[int], int]:
     args.steps = 2 if args.steps is None else args.steps
     args.lbfgs_steps = 2 if args.lbfgs_steps is None else args.lbfgs_steps
     args.ttt_size = 64 if args.ttt_size == ttt.TTT_SIZE else args.ttt_size
-    if list(args.ttt_max_steps) == list(ttt.TTT_MAX_STEPS):
-        args.ttt_max_steps = [2, 2]
+    args.ttt_max_steps = args.ttt_max_steps or [2, 2]
+    args.ttt_quality = True
+    if list(args.ttt_snapshot_every) == list(ttt.SNAPSHOT_EVERY):
+        args.ttt_snapshot_every = [1, 1]
     return sorted(set(args.sizes or [64])), [1024], 2
 
 
@@ -167,7 +181,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
         return serve(args.worker, args.spec, args.result)
+    args.ttt_snapshot_dir = tempfile.mkdtemp(prefix="ns-ttt-snapshots-")  # --ttt-quality's images
+    try:
+        return measure(args, argv)
+    finally:
+        shutil.rmtree(args.ttt_snapshot_dir, ignore_errors=True)
 
+
+def measure(args, argv) -> int:
+    """Plan, measure in workers, assemble and write the report."""
     started = time.perf_counter()
     QUIET.update(wait_s=args.wait_quiet, retries=args.retries)
     sizes, matmul_sizes, matmul_repeats = apply_quick(args)
@@ -181,7 +203,7 @@ def main(argv=None) -> int:
                 "overrides": list(args.override),
                 "steps_desc": "; ".join(f"{s} px: {w} warm-up + {n} timed Adam steps, 1 + {lb} "
                                         f"L-BFGS iterations" for s, (w, n, lb) in plan.items()),
-                "time_to_target": ttt.spec_from_args(args)},
+                "time_to_target": ttt.spec_from_args(args, with_dir=False)},
         memory_method=MEMORY_METHOD, warnings=[])
     log(f"neuralstyle speed benchmark: sizes {sizes}, {report['machine'].get('nproc')} CPUs, "
         f"{report['machine'].get('cpu_model')}")

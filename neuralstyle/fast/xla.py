@@ -4,10 +4,11 @@ of this library, not of the papers).
 On the CPU, XLA (jaxlib 0.10) hands convolutions and the element-wise operations around them to
 YNNPACK fusions by default.  For the feed-forward networks (:mod:`neuralstyle.fast.transform`,
 :mod:`neuralstyle.arbitrary`: many small-channel convolutions on large images, 9x9 kernels from and
-to 3 channels) XLA's other path, its Eigen convolutions, is several times faster: the fast
-transform net at 512x512 on a 2-core Xeon (AVX-512) took 7.2 s per megapixel with YNNPACK and
-2.2 s with Eigen, and compiles in half the time (``benchmarks/results/fast_speed.md`` has the
-recorded figures, next to PyTorch eager).  The switch is XLA's debug option
+to 3 channels) XLA's other path, its Eigen convolutions, is about three times faster: the fast
+transform net (Keras's layers) on a 2-core Xeon (AVX-512) took 7.4 / 7.3 s per megapixel at 512 /
+1024 px with YNNPACK and 2.2 / 2.3 s with Eigen (PyTorch eager: 2.4 / 2.9), and its train step
+7.1 vs 3.3 s (with the rewrites of :func:`neuralstyle.fast.transform.fast_operations`;
+``benchmarks/results/fast_speed.md``).  The switch is XLA's debug option
 ``xla_cpu_experimental_ynn_fusion_type`` set to the empty string (no YNNPACK fusions), passed per
 program as a compiler option: no process-wide ``XLA_FLAGS`` is needed or changed, and the
 optimization programs of the VGG backbone are left as XLA chooses.

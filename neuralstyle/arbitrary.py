@@ -57,7 +57,7 @@ from .images.color import combine_luminance  # noqa: E402
 from .errors import ConfigError, ImageError, WeightsError  # noqa: E402
 from .fast.transform import CropLike, PadToMultiple, ReflectionPadding2D, fast_call  # noqa: E402
 from .fast.buckets import DEFAULT_BUCKET, BucketSpec, Bucketed, check_bucket  # noqa: E402
-from .fast.xla import DEFAULT_CONV_BACKEND, check_conv_backend, jit  # noqa: E402
+from .fast.xla import DEFAULT_CONV_BACKEND, apply_jit, check_conv_backend  # noqa: E402
 from .images import load_image, resize  # noqa: E402
 
 #: Size of the style embedding.
@@ -448,8 +448,8 @@ class ArbitraryStylizer:
         def transform(params, images, embeddings):
             return fast_call(self.transformer, params[0], params[1], [images, embeddings])  # rewrites: transform.py
 
-        self._predict = jit(predict, conv_backend)
-        self._transform = jit(transform, conv_backend)
+        self._predict = apply_jit(predict, conv_backend)
+        self._transform = apply_jit(transform, conv_backend)
         self.bucketed = Bucketed(self.transformer, sides, conv_backend) if sides else None
 
     def _run_transformer(self, images: np.ndarray, embeddings: np.ndarray) -> np.ndarray:

@@ -22,7 +22,8 @@ from neuralstyle.fast import (
     transform_net,
 )
 from neuralstyle.fast.transform import glorot_uniform
-from neuralstyle.fast.xla import YNN_OPTION, check_conv_backend, compiler_options
+from neuralstyle.fast import xla
+from neuralstyle.fast.xla import YNN_OPTION, apply_options, check_conv_backend, compiler_options
 
 #: On [0, 1] pixels; measured about 1e-6 (float32 convolutions summed in another order).  The bound
 #: leaves room for other SIMD widths (AVX2 vs AVX-512 change the summation order again).
@@ -52,6 +53,21 @@ def test_stylizer_eigen_equals_xla_default(bucket):
     default = Stylizer(net, bucket=bucket, conv_backend="xla")(image)
     assert eigen.shape == image.shape
     assert np.abs(eigen - default).max() <= TOL
+
+
+@pytest.mark.parametrize("bucket", [None, 64])
+def test_apply_options_keep_the_output(bucket, monkeypatch):
+    """The apply programs' cheaper-compile options (xla.APPLY_OPTIONS: LLVM level 1) give the
+    output of the same program compiled without them."""
+    if compiler_options("eigen"):
+        assert apply_options("eigen") == xla.APPLY_OPTIONS  # jaxlib 0.10 knows them
+    assert apply_options("xla") == {}
+    net = _randomize(transform_net(width=32, residual_blocks=5, seed=0))
+    image = np.random.default_rng(4).random((45, 58, 3)).astype(np.float32)
+    cheap = Stylizer(net, bucket=bucket)(image)
+    monkeypatch.setattr(xla, "APPLY_OPTIONS", {})
+    full = Stylizer(net, bucket=bucket)(image)
+    assert np.abs(cheap - full).max() <= TOL
 
 
 def test_arbitrary_eigen_equals_xla_default():

@@ -52,7 +52,7 @@ import numpy as np  # noqa: E402
 
 from ..errors import ConfigError  # noqa: E402
 from .transform import STRIDE, CropLike, PadToMultiple, ReflectionPadding2D, fast_operations  # noqa: E402
-from .xla import DEFAULT_CONV_BACKEND, jit  # noqa: E402
+from .xla import DEFAULT_CONV_BACKEND, apply_jit  # noqa: E402
 
 #: Default bucket step in pixels (see ``benchmarks/results/buckets.md`` for the measurement).
 DEFAULT_BUCKET = 128
@@ -312,7 +312,7 @@ class Bucketed:
             self.traces += 1
             return run(trainable, non_trainable, inputs, valid)
 
-        self._run = jit(counted, conv_backend)
+        self._run = apply_jit(counted, conv_backend)
 
     def shape_for(self, height: int, width: int) -> tuple[int, int]:
         """The bucket shape an ``height x width`` image runs in."""

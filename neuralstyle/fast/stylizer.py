@@ -51,7 +51,7 @@ from ..images.io import read_icc_profile  # noqa: E402
 from .buckets import DEFAULT_BUCKET, BucketSpec, Bucketed, check_bucket  # noqa: E402
 from .data import IMAGE_SUFFIXES  # noqa: E402
 from .transform import CUSTOM_OBJECTS, apply_fn, get_params  # noqa: E402
-from .xla import DEFAULT_CONV_BACKEND, check_conv_backend, jit  # noqa: E402
+from .xla import DEFAULT_CONV_BACKEND, apply_jit, check_conv_backend  # noqa: E402
 
 APPLY_COLORS = (None, "luminance")
 
@@ -93,7 +93,7 @@ class Stylizer:
         check_conv_backend(conv_backend)
         self.model = model if isinstance(model, keras.Model) else load_transform(model)
         self.params = get_params(self.model)
-        self._apply = jit(apply_fn(self.model), conv_backend)
+        self._apply = apply_jit(apply_fn(self.model), conv_backend)
         self.bucketed = Bucketed(self.model, sides, conv_backend) if sides else None
 
     def __call__(self, image: np.ndarray, preserve_colors: Optional[str] = None) -> np.ndarray:

@@ -3,6 +3,7 @@ images/s, a folder of photos of mixed sizes).
 
     python -m benchmarks.fast_speed [--apply-sizes 512,1024] [--runs 3] [--steps 5]
                                     [--wait-quiet 120] [--out benchmarks/results]
+                                    [--sections apply,train,folder] [--name fast_speed]
 
 One process measures, on the fast recipe's transform net (``conf/train/experiment/fast_wave.yaml``:
 width 32, 5 residual blocks, 1.68 M parameters):
@@ -30,7 +31,14 @@ width 32, 5 residual blocks, 1.68 M parameters):
 * **a folder** of 20 photos, 4 each of 5 sizes (:data:`benchmarks.buckets.SIZES`), through
   :func:`neuralstyle.fast.stylize_files` with and without size buckets, fast and arbitrary
   networks (:func:`benchmarks.buckets.run_setting`: total time, compile time from
-  ``jax.monitoring``, compile share; the goal is a compile share of at most 20%).
+  ``jax.monitoring``, compile share; the goal is a compile share of at most 20%).  Each setting
+  runs in a fresh process with JAX's persistent compilation cache on, as the CLI entries have it
+  (:func:`neuralstyle.entry.enable_compilation_cache`): once *cold* (an empty cache, which the run
+  fills) and once *warm* (another fresh process reading that cache: compile is then tracing,
+  lowering and loading).
+
+``--sections`` picks the phases (e.g. ``--sections folder --name fast_folder`` for the folder rows
+alone, without PyTorch).
 
 ``--wait-quiet S`` waits up to S seconds before each timed phase for the other processes to use
 less than 10% of the CPU (this machine is shared); each phase reports the other processes' share
@@ -40,6 +48,7 @@ VGG16, tiny folder, fast network only) is the smoke test's setting.
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import tempfile
@@ -266,25 +275,57 @@ def measure_training(net, image_dir: Path, size: int, batch_size: int, steps: in
             "speed_vs_torch": {k: round(torch_s / v["median_s"], 2) for k, v in impls.items()}}
 
 
+#: The folder runs' two states of JAX's persistent compilation cache (what the CLI entries turn on,
+#: neuralstyle/entry.py): a first run that fills it, and a later run (a fresh process) that reads it.
+CACHES = {"cold": "first run, empty persistent cache", "warm": "second run, a fresh process, cache filled"}
+
+
+def folder_worker(spec: dict) -> dict:
+    """One folder setting in this (fresh) process with the persistent compilation cache in
+    ``spec["cache_dir"]`` as the CLI sets it up (:func:`neuralstyle.entry.enable_compilation_cache`:
+    programs compiling in over 0.5 s are cached); returns run_setting's summary."""
+    from benchmarks.buckets import CompileClock, run_setting
+    from neuralstyle.entry import enable_compilation_cache
+
+    enable_compilation_cache(spec["cache_dir"])
+    summary, _ = run_setting(spec["kind"], spec["bucket"], Path(spec["folder"]), Path(spec["out"]),
+                             spec["width"], spec["blocks"], CompileClock())
+    summary.pop("calls")
+    return summary
+
+
 def measure_folder(image_dir: Path, sizes, models, bucket: int, width: int, blocks: int,
                    wait_quiet: float) -> dict:
-    """The folder case through :func:`benchmarks.buckets.run_setting` (with and without buckets)."""
-    from benchmarks.buckets import CompileClock, make_folder, run_setting
+    """The folder case through :func:`benchmarks.buckets.run_setting` (with and without buckets),
+    each setting in a fresh process, first with an empty persistent compilation cache (cold), then
+    again in another fresh process reading the cache the first one filled (warm)."""
+    import json
+    import subprocess
+    import sys
 
-    out, clock = {}, CompileClock()
+    from benchmarks.buckets import make_folder
+
+    out = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_folder(Path(tmp) / "photos", image_dir, sizes, 4)
-        for kind in models:
-            for b in (None, bucket):
-                label = "off" if b is None else f"{b} px"
-                if wait_quiet:
-                    wait_until_quiet(wait_quiet)
-                summary, _ = run_setting(kind, b, folder, Path(tmp) / f"{kind}_{label}", width, blocks, clock)
-                summary.pop("calls")
-                out[f"{kind}, bucket {label}"] = summary
-                log(f"folder {kind}, bucket {label}: {summary['stylize_s']} s, compile {summary['compile_s']} s "
-                    f"({100 * summary['compile_share']:.1f}%), {summary['programs']} programs, "
-                    f"other load {summary['other_load']}")
+        env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+        for cache in CACHES:
+            for kind in models:
+                for b in (None, bucket):
+                    label = "off" if b is None else f"{b} px"
+                    spec = {"kind": kind, "bucket": b, "folder": str(folder), "width": width, "blocks": blocks,
+                            "out": str(Path(tmp) / f"{kind}_{label}_{cache}"),
+                            "cache_dir": str(Path(tmp) / f"cache_{kind}_{label}")}
+                    if wait_quiet:
+                        wait_until_quiet(wait_quiet)
+                    done = subprocess.run([sys.executable, "-m", "benchmarks.fast_speed", "--folder-worker",
+                                           json.dumps(spec)], env=env, check=True, capture_output=True, text=True)
+                    summary = json.loads(done.stdout.strip().splitlines()[-1])
+                    summary["cache"] = cache
+                    out[f"{kind}, bucket {label}, {cache}"] = summary
+                    log(f"folder {kind}, bucket {label}, {cache} cache: {summary['stylize_s']} s, compile "
+                        f"{summary['compile_s']} s ({100 * summary['compile_share']:.1f}%), "
+                        f"{summary['programs']} programs, other load {summary['other_load']}")
     return out
 
 
@@ -302,8 +343,17 @@ def main(argv=None):
     p.add_argument("--folder-models", default="fast,arbitrary")
     p.add_argument("--wait-quiet", type=float, default=0.0,
                    help="wait up to S seconds for other processes to use < 10%% of the CPU before each phase")
+    p.add_argument("--sections", default="apply,train,folder",
+                   help="comma-separated: apply (with the arbitrary network's), train, folder")
+    p.add_argument("--folder-worker", metavar="JSON", help=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
     args = p.parse_args(argv)
+    if args.folder_worker:
+        import json
+
+        print(json.dumps(folder_worker(json.loads(args.folder_worker))))
+        return
+    sections = set(args.sections.split(","))
     from benchmarks.buckets import QUICK_SIZES, SIZES
 
     folder_sizes = SIZES
@@ -317,28 +367,38 @@ def main(argv=None):
     try:
         import torch
     except ImportError:
-        raise SystemExit("benchmarks.fast_speed compares against PyTorch eager, which is not installed "
+        if sections <= {"folder"}:
+            torch = None
+        else:
+            raise SystemExit("benchmarks.fast_speed compares against PyTorch eager, which is not installed "
                          "(pip install torch; it is never a dependency of neuralstyle)") from None
-    from benchmarks.torch_reference import set_threads
     from neuralstyle.fast import transform_net
 
-    threads = set_threads(os.cpu_count())
+    threads = None
+    if torch is not None:
+        from benchmarks.torch_reference import set_threads
+
+        threads = set_threads(os.cpu_count())
     report = harness.report("benchmarks.fast_speed", argv, backend=jax.default_backend(),
                             torch_threads=threads, width=args.width, residual_blocks=args.blocks)
     net = transform_net(args.width, args.blocks, seed=0)
     report["transform_parameters"] = int(net.count_params())
     image_dir = Path(args.image_dir)
     sides = [int(s) for s in args.apply_sizes.split(",")]
-    report["apply"] = measure_apply(net, image_dir, sides, args.runs, args.wait_quiet)
-    report["arbitrary_apply"] = measure_arbitrary(max(sides), image_dir, args.runs, args.wait_quiet,
-                                                  max(1, args.width // 4))
+    report["sections"] = sorted(sections)
+    if "apply" in sections:
+        report["apply"] = measure_apply(net, image_dir, sides, args.runs, args.wait_quiet)
+        report["arbitrary_apply"] = measure_arbitrary(max(sides), image_dir, args.runs, args.wait_quiet,
+                                                      max(1, args.width // 4))
     weights = None if args.weights in ("null", "none", "random") else args.weights
-    report["train"] = measure_training(net, image_dir, args.size, args.batch, args.steps, weights,
-                                       args.wait_quiet)
-    report["folder"] = measure_folder(image_dir, folder_sizes, args.folder_models.split(","), args.bucket,
-                                      args.width, args.blocks, args.wait_quiet)
-    report["folder_sizes"] = [list(s) for s in folder_sizes]
-    report["torch_version"] = torch.__version__
+    if "train" in sections:
+        report["train"] = measure_training(net, image_dir, args.size, args.batch, args.steps, weights,
+                                           args.wait_quiet)
+    if "folder" in sections:
+        report["folder"] = measure_folder(image_dir, folder_sizes, args.folder_models.split(","), args.bucket,
+                                          args.width, args.blocks, args.wait_quiet)
+        report["folder_sizes"] = [list(s) for s in folder_sizes]
+    report["torch_version"] = torch.__version__ if torch is not None else None
     harness.write_report(args.out, args.name, report, markdown(report))
 
 
@@ -351,8 +411,18 @@ def markdown(r: dict) -> str:
               "neuralstyle/fast/xla.py, the last 9x9 convolution in space-to-depth form and the "
               "upsampling convolutions in sub-pixel form, neuralstyle/fast/transform.py); 'before' is XLA's default CPU convolutions (YNNPACK "
               "fusions) with Keras's own layers, what the library ran until now.  Implementations take "
-              "turns run by run; 'other load' is the other processes' share of the CPU meanwhile.", "",
-              "## Apply (one square photo, warm)", "",
+              "turns run by run; 'other load' is the other processes' share of the CPU meanwhile."]
+    if "apply" in r:
+        lines += _apply_markdown(r)
+    if "train" in r:
+        lines += _train_markdown(r)
+    if "folder" in r:
+        lines += _folder_markdown(r)
+    return "\n".join(lines) + "\n"
+
+
+def _apply_markdown(r: dict) -> list[str]:
+    lines = ["", "## Apply (one square photo, warm)", "",
               "| side | implementation | s per megapixel | median s | x PyTorch speed | GFLOP/s | "
               "compile + first s | peak RSS above baseline MiB | max diff vs default | other load |",
               "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -371,8 +441,12 @@ def markdown(r: dict) -> str:
                   + "; ".join(f"{k} {v['s_per_megapixel']} s/MP (compile + first {v['first_call_s']} s, "
                               f"max diff vs default {v['max_abs_diff_vs_default']:.1e})"
                               for k, v in a["implementations"].items()) + "."]
+    return lines
+
+
+def _train_markdown(r: dict) -> list[str]:
     t = r["train"]
-    lines += ["", "## Training step", "",
+    lines = ["", "## Training step", "",
               f"Batch {t['batch']} of {t['size']} px crops, loss network {t['loss_network']} "
               f"(content conv3_3, style conv1_2/2_2/3_3/4_3), Adam; {t['gflop_per_step']} GFLOP per step "
               f"(XLA cost analysis); other load {t['other_load']}.", "",
@@ -384,18 +458,29 @@ def markdown(r: dict) -> str:
                      f"{v['gflops_per_s']} | {v['compile_s'] if v['compile_s'] is not None else '-'} | "
                      f"{v['first_call_memory']['above_baseline_mib']} | {v['first_loss']:.6g} | "
                      f"{v['first_loss_rel_diff_vs_default']:.1e} |")
+    return lines
+
+
+def _folder_markdown(r: dict) -> list[str]:
     sizes = r.get("folder_sizes", [])
-    lines += ["", f"## A folder of {4 * len(sizes)} photos of {len(sizes)} sizes", "",
-              f"Sizes (H x W, 4 each): {', '.join(f'{h}x{w}' for h, w in sizes)}; "
-              "`neuralstyle.fast.stylize_files` with a fresh stylizer per setting (benchmarks/buckets.py's "
-              f"run_setting); compile = JAX's trace + lower + compile durations.  Goal: compile share "
-              f"<= {COMPILE_SHARE_GOAL:.0%}.", "",
-              "| network, bucket | programs | total s | compile s | compile share | other load |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines = ["", f"## A folder of {4 * len(sizes)} photos of {len(sizes)} sizes", "",
+             f"Sizes (H x W, 4 each): {', '.join(f'{h}x{w}' for h, w in sizes)}; "
+             "`neuralstyle.fast.stylize_files` with a fresh stylizer, each setting in a fresh process with "
+             "JAX's persistent compilation cache on as the CLI sets it up (neuralstyle/entry.py; programs "
+             "compiling in over 0.5 s are cached): **cold** = "
+             f"{CACHES['cold']}; **warm** = {CACHES['warm']} (benchmarks/buckets.py's run_setting).  "
+             "Compile = JAX's trace + lower + compile (or cache load) durations.  Goal: compile share "
+             f"<= {COMPILE_SHARE_GOAL:.0%}.", "",
+             "| network, bucket | cache | programs | total s | compile s | compile s per program | "
+             "compile share | other load |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for k, s in r["folder"].items():
-        lines.append(f"| {k} | {s['programs']} | {s['stylize_s']} | {s['compile_s']} | "
+        cache = s.get("cache", "cold")
+        name = k.removesuffix(f", {cache}")
+        per = round(s["compile_s"] / s["programs"], 2) if s["programs"] else "-"
+        lines.append(f"| {name} | {cache} | {s['programs']} | {s['stylize_s']} | {s['compile_s']} | {per} | "
                      f"{100 * s['compile_share']:.1f}% | {s['other_load']} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

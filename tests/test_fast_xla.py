@@ -20,10 +20,15 @@ from neuralstyle.fast import (
     make_train_step,
     style_statistics,
     transform_net,
+    xla,
 )
 from neuralstyle.fast.transform import glorot_uniform
-from neuralstyle.fast import xla
-from neuralstyle.fast.xla import YNN_OPTION, apply_options, check_conv_backend, compiler_options
+from neuralstyle.fast.xla import (
+    YNN_OPTION,
+    apply_options,
+    check_conv_backend,
+    compiler_options,
+)
 
 #: On [0, 1] pixels; measured about 1e-6 (float32 convolutions summed in another order).  The bound
 #: leaves room for other SIMD widths (AVX2 vs AVX-512 change the summation order again).

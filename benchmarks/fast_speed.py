@@ -403,6 +403,13 @@ def main(argv=None):
 
 
 def markdown(r: dict) -> str:
+    if "apply" not in r and "train" not in r:  # --sections folder
+        lines = harness.markdown_header("Feed-forward networks: a folder of photos of mixed sizes", r)
+        lines += [f"Transform net width {r['width']}, {r['residual_blocks']} residual blocks "
+                  f"({r['transform_parameters']:,} parameters), float32, the library's defaults (XLA's Eigen "
+                  "convolutions, apply programs at LLVM level 1: neuralstyle/fast/xla.py); arbitrary-style "
+                  f"transformer width {max(1, r['width'] // 4)}, random weights."]
+        return "\n".join(lines + _folder_markdown(r)) + "\n"
     lines = harness.markdown_header("Feed-forward networks against PyTorch eager, in one run", r)
     lines += [f"Transform net width {r['width']}, {r['residual_blocks']} residual blocks "
               f"({r['transform_parameters']:,} parameters), float32; PyTorch {r['torch_version']} eager "

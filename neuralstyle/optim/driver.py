@@ -145,11 +145,10 @@ class LoopResult:
     opt_state: object = None
 
 
-def _compile(fn, *args, donate_argnums=()):
-    """``jax.jit(fn)`` compiled ahead of time for ``args``; a type error becomes a ConfigError.
-    ``donate_argnums``: arguments whose buffers the call may reuse (the caller drops them)."""
+def _compile(fn, *args):
+    """``jax.jit(fn)`` compiled ahead of time for ``args``; a type error becomes a ConfigError."""
     try:
-        return jax.jit(fn, donate_argnums=donate_argnums).lower(*args).compile()
+        return jax.jit(fn).lower(*args).compile()
     except (TypeError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0]
         raise ConfigError(

@@ -63,6 +63,40 @@ def small_objective(random_vgg19):
 
 
 @pytest.fixture(scope="session")
+def driver_problem(random_vgg19):
+    """``(objective, targets, content)``: the small objective's terms on a 24x28 content and a
+    24x24 style image, random but fixed (the driver and L-BFGS tests run it)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from neuralstyle import StyleObjective
+
+    rng = np.random.default_rng(5)
+    content = rng.uniform(size=(24, 28, 3)).astype(np.float32)
+    style = rng.uniform(size=(24, 24, 3)).astype(np.float32) ** 2
+    objective = StyleObjective.build(random_vgg19, content_weight=1.0, style_weight=1e-3,
+                                     tv_weight=1.0, **SMALL_LAYERS)
+    targets = objective.targets(objective.params, jnp.asarray(content)[None], jnp.asarray(style)[None])
+    return objective, targets, content
+
+
+@pytest.fixture
+def objective_traces(monkeypatch) -> list:
+    """The image shapes ``StyleObjective.terms`` is called with from now on in the test: one entry
+    per trace inside compiled code (a recompilation guard, as equinox's ``assert_max_traces``)."""
+    from neuralstyle.objective import StyleObjective
+
+    calls, original = [], StyleObjective.terms
+
+    def counting(self, params, image, targets):
+        calls.append(image.shape)
+        return original(self, params, image, targets)
+
+    monkeypatch.setattr(StyleObjective, "terms", counting)
+    return calls
+
+
+@pytest.fixture(scope="session")
 def small_pair():
     """A 32x40 content and a 36x36 style image, random but fixed."""
     import numpy as np

@@ -7,21 +7,12 @@ import numpy as np
 import optax
 import pytest
 
-from neuralstyle import LBFGS, StyleObjective
+from neuralstyle import LBFGS
 from neuralstyle.optim.driver import Monitor, optimize, stack_runs
 
-LAYERS = dict(content_layers=["conv2_2"], style_layers=["conv1_1", "conv2_1"])
-
-
 @pytest.fixture(scope="module")
-def setup(random_vgg19):
-    rng = np.random.default_rng(5)
-    content = rng.uniform(size=(24, 28, 3)).astype(np.float32)
-    style = rng.uniform(size=(24, 24, 3)).astype(np.float32) ** 2
-    objective = StyleObjective.build(random_vgg19, content_weight=1.0, style_weight=1e-3,
-                                     tv_weight=1.0, **LAYERS)
-    targets = objective.targets(objective.params, jnp.asarray(content)[None], jnp.asarray(style)[None])
-    return objective, targets, content
+def setup(driver_problem):
+    return driver_problem
 
 
 def _run(setup, weights, optimizer, steps, monitor, starts=None):

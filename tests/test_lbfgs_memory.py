@@ -8,12 +8,10 @@ import numpy as np
 import optax
 import pytest
 
-from neuralstyle import LBFGS, ConfigError, StyleObjective
-from neuralstyle.objective import StyleObjective as _StyleObjective
+from neuralstyle import LBFGS, ConfigError
 from neuralstyle.optim import lbfgs as lb
 from neuralstyle.optim.driver import Monitor, optimize, stack_runs
 
-from conftest import SMALL_LAYERS  # noqa: E402
 
 SHAPE = (2, 1, 6, 7, 3)  # N = 2 runs of (1, H, W, 3) images
 
@@ -132,14 +130,8 @@ def test_other_bad_settings_are_config_errors(field, bad):
 
 
 @pytest.fixture(scope="module")
-def setup(random_vgg19):
-    rng = np.random.default_rng(5)
-    content = rng.uniform(size=(24, 28, 3)).astype(np.float32)
-    style = rng.uniform(size=(24, 24, 3)).astype(np.float32) ** 2
-    objective = StyleObjective.build(random_vgg19, content_weight=1.0, style_weight=1e-3,
-                                     tv_weight=1.0, **SMALL_LAYERS)
-    targets = objective.targets(objective.params, jnp.asarray(content)[None], jnp.asarray(style)[None])
-    return objective, targets, content
+def setup(driver_problem):
+    return driver_problem
 
 
 def _optimize(setup, weights, memory_size, steps):
@@ -151,15 +143,8 @@ def _optimize(setup, weights, memory_size, steps):
                     steps, Monitor(steps, show=False))
 
 
-def test_the_objective_is_traced_once_while_the_history_grows_and_wraps(setup, monkeypatch):
-    calls = []
-    original = _StyleObjective.terms
-
-    def counting(self, params, image, targets):
-        calls.append(image.shape)
-        return original(self, params, image, targets)
-
-    monkeypatch.setattr(_StyleObjective, "terms", counting)
+def test_the_objective_is_traced_once_while_the_history_grows_and_wraps(setup, objective_traces):
+    calls = objective_traces
     result = _optimize(setup, [{}], memory_size=2, steps=6)  # 2 pairs, then 4 wraps
     assert result.histories[0][-1][0] < 0.7 * result.histories[0][0][0]
     assert len(calls) == 1  # the line-search trial, compiled once for every history length

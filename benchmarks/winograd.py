@@ -23,61 +23,20 @@ from benchmarks import harness
 CONVS = ("xla", "auto", "winograd")
 
 
-def vgg19_layer_shapes(size: int, deepest: str = "block5_conv2") -> list[tuple]:
-    """``[(layer names, side, C_in, C_out)]``: VGG19's distinct 3x3 convolutions up to ``deepest``
-    for a ``size`` x ``size`` image (the side halves after each pooling)."""
-    from neuralstyle.backbones.layer_names import CONVS_PER_BLOCK
-
-    widths, shapes, cin, side = (64, 128, 256, 512, 512), {}, 3, size
-    for block, (n, width) in enumerate(zip(CONVS_PER_BLOCK["vgg19"], widths), start=1):
-        for i in range(1, n + 1):
-            name = f"block{block}_conv{i}"
-            shapes.setdefault((side, cin, width), []).append(name)
-            cin = width
-            if name == deepest:
-                return [(names, *key) for key, names in shapes.items()]
-        side //= 2
-    return [(names, *key) for key, names in shapes.items()]
-
-
 def time_layers(size: int, repeats: int) -> list[dict]:
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from jax import lax
-
+    """Per distinct VGG19 convolution: :func:`neuralstyle.tuning.time_conv_layer` (the measurement
+    ``python -m neuralstyle.tune`` makes), with what the untuned ``auto`` rule picks."""
     from neuralstyle.backbones.vgg import AUTO_WINOGRAD_MIN_CHANNELS
-    from neuralstyle.backbones.winograd import winograd_conv2d, winograd_kernel
-
-    def direct(x, kernel):
-        return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-    def forward_and_input_gradient(conv):
-        def f(x, w, g):
-            y, vjp = jax.vjp(lambda v: conv(v, w), x)
-            return y, vjp(g)[0]
-        return jax.jit(f)
+    from neuralstyle.tuning import time_conv_layer, vgg_conv_shapes
 
     rows = []
-    for names, side, cin, cout in vgg19_layer_shapes(size):
-        rng = np.random.default_rng(side + cin + cout)
-        x = jnp.asarray(rng.standard_normal((1, side, side, cin), np.float32))
-        kernel = jnp.asarray(rng.standard_normal((3, 3, cin, cout), np.float32) / np.sqrt(9 * cin))
-        g = jnp.asarray(rng.standard_normal((1, side, side, cout), np.float32))
-        runs = {"xla": (forward_and_input_gradient(direct), kernel),
-                "winograd": (forward_and_input_gradient(winograd_conv2d), winograd_kernel(kernel))}
-        times = {k: [] for k in runs}
-        outputs = {k: harness.timed(f, x, w, g)[0] for k, (f, w) in runs.items()}  # compile, warm up
+    for names, side, cin, cout in vgg_conv_shapes(size):
         with harness.Load() as load:
-            for _ in range(repeats):
-                for k, (f, w) in runs.items():
-                    times[k].append(harness.timed(f, x, w, g)[1])
-        err = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
-                  for a, b in zip(outputs["winograd"], outputs["xla"]))
-        xla_ms, wino_ms = (1000 * float(np.median(times[k])) for k in ("xla", "winograd"))
+            measured = time_conv_layer(side, cin, cout, repeats)
+        xla_ms, wino_ms = measured["xla_ms"], measured["winograd_ms"]
         rows.append({"size": size, "layers": names, "side": side, "cin": cin, "cout": cout,
                      "xla_ms": round(xla_ms, 2), "winograd_ms": round(wino_ms, 2),
-                     "ratio": round(wino_ms / xla_ms, 3), "relative_error": err,
+                     "ratio": round(wino_ms / xla_ms, 3), "relative_error": measured["relative_error"],
                      "auto": "winograd" if min(cin, cout) >= AUTO_WINOGRAD_MIN_CHANNELS else "xla",
                      "other_load": load.foreign})
         harness.log(f"  {size} px {names[0]:>13} ({side}x{side}, {cin}->{cout}): xla {xla_ms:.1f} ms, "

@@ -15,6 +15,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="neuralstyle-xla-cache-")
     os.environ["NEURALSTYLE_TEST_OWNS_XLA_CACHE"] = "1"  # removed when the session ends
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# No test sees the per-machine tuning of whoever runs the suite (python -m neuralstyle.tune): the
+# tuning file is pointed at a path that does not exist, so "auto" choices follow the fixed rule.
+os.environ["NEURALSTYLE_TUNING_FILE"] = os.path.join(tempfile.gettempdir(), "neuralstyle-tests-no-tuning.json")
 
 import jax  # noqa: E402
 

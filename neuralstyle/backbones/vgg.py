@@ -27,8 +27,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..errors import ConfigError, WeightsError  # noqa: E402
+from ..tuning import tuned_winograd_channels  # noqa: E402
 from .layer_names import CONVS_PER_BLOCK, canonical_layer_name, keras_layer_names  # noqa: E402
-from .winograd import winograd_conv2d, winograd_kernel  # noqa: E402
 from .weights import (  # noqa: E402
     kernel_and_bias,
     load_lpips_vgg16,
@@ -37,6 +37,7 @@ from .weights import (  # noqa: E402
     resolve_imagenet,
     resolve_lpips_vgg16,
 )
+from .winograd import winograd_conv2d, winograd_kernel  # noqa: E402
 
 # Mean pixel of the ImageNet training set in BGR order, as subtracted by Caffe's VGG models and by
 # ``keras.applications.vgg19.preprocess_input`` (mode "caffe").
@@ -175,8 +176,10 @@ def winograd_layers(model: keras.Model, conv: str, precision: str = "float32",
     """Names of the 3x3 convolutions of ``model`` that run as Winograd convolutions.
 
     ``"xla"``: none (``lax.conv``, XLA's own convolution).  ``"winograd"``: every one.
-    ``"auto"``: on a CPU, those with at least :data:`AUTO_WINOGRAD_MIN_CHANNELS` input and output
-    channels; on a GPU or TPU none (cuDNN and the TPU compiler choose their own algorithms); with
+    ``"auto"``: on a CPU, the channel pairs this machine's tuning found faster as Winograd
+    (:mod:`neuralstyle.tuning`, ``python -m neuralstyle.tune``), and without a tuning those with at
+    least :data:`AUTO_WINOGRAD_MIN_CHANNELS` input and output channels; on a GPU or TPU none
+    (cuDNN and the TPU compiler choose their own algorithms); with
     reduced ``precision`` none (the transforms are checked in float32 only).
     """
     if conv not in CONV_CHOICES:
@@ -191,6 +194,9 @@ def winograd_layers(model: keras.Model, conv: str, precision: str = "float32",
         return {layer.name for layer in convs}
     if precision != "float32" or (platform or jax.default_backend()) != "cpu":
         return set()
+    tuned = tuned_winograd_channels()
+    if tuned is not None:  # this machine was measured (python -m neuralstyle.tune)
+        return {layer.name for layer in convs if tuple(layer.kernel.shape[2:]) in tuned}
     return {layer.name for layer in convs
             if min(layer.kernel.shape[2], layer.kernel.shape[3]) >= AUTO_WINOGRAD_MIN_CHANNELS}
 
@@ -400,11 +406,12 @@ class VGG:
     def layer_names(self) -> list[str]:
         return keras_layer_names(self.arch)
 
-    def extractor(self, layers: Sequence[str]) -> FeatureExtractor:
+    def extractor(self, layers: Sequence[str], winograd: Optional[Sequence[str]] = None) -> FeatureExtractor:
         """A :class:`FeatureExtractor` returning ``layers`` (Keras or paper names).
 
         The returned extractor shares this network's weights; its model ends at the deepest
-        requested layer.
+        requested layer.  ``winograd``: the names of the convolutions to run as Winograd
+        convolutions (default: :func:`winograd_layers` of :attr:`conv`; used by the tuner).
         """
         if not layers:
             raise ConfigError("at least one layer must be requested from the backbone")
@@ -413,7 +420,11 @@ class VGG:
         deepest = max(order.index(n) for n in names)
         inputs = keras.Input(shape=(None, None, 3), name="image")
         x, outputs = inputs, {}
-        winograd = winograd_layers(self.model, self.conv, self.precision)
+        if winograd is None:
+            winograd = winograd_layers(self.model, self.conv, self.precision)
+        elif self.precision != "float32" and winograd:
+            raise ConfigError(f"Winograd layers run in float32 only, not precision={self.precision!r}")
+        winograd = set(winograd)
         for layer in self.model.layers[1 : deepest + 2]:  # layers[0] is the InputLayer
             if layer.name in winograd:
                 layer = WinogradConv2D(layer)

@@ -15,7 +15,9 @@ optimization programs of the VGG backbone are left as XLA chooses.
 
 ``conv_backend``:
 
-* ``"eigen"`` (default): the option is set for the programs built with :func:`jit`, on the CPU
+* ``"auto"`` (default): what this machine's tuning measured faster (``python -m neuralstyle.tune``,
+  :func:`neuralstyle.tuning.fast_conv_backend`), and ``"eigen"`` without a tuning;
+* ``"eigen"``: the option is set for the programs built with :func:`jit`, on the CPU
   backend when the installed XLA knows the option (older jaxlib versions, which have no YNNPACK
   fusions, and GPUs get plain :func:`jax.jit`);
 * ``"xla"``: XLA's own default (YNNPACK fusions in jaxlib 0.10).
@@ -35,8 +37,10 @@ import jax.numpy as jnp
 
 from ..errors import ConfigError
 
-CONV_BACKENDS = ("eigen", "xla")
-DEFAULT_CONV_BACKEND = "eigen"
+CONV_BACKENDS = ("auto", "eigen", "xla")
+DEFAULT_CONV_BACKEND = "auto"
+#: ``"auto"`` without a tuning of this machine.
+UNTUNED_CONV_BACKEND = "eigen"
 
 #: The XLA debug option that selects YNNPACK fusions on the CPU; empty: none.
 YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
@@ -69,10 +73,21 @@ def _option_known(name: str = YNN_OPTION, value=""):
         return False
 
 
+def resolve_conv_backend(conv_backend: str = DEFAULT_CONV_BACKEND) -> str:
+    """``"eigen"`` or ``"xla"``: ``conv_backend`` with ``"auto"`` resolved by this machine's tuning
+    (:mod:`neuralstyle.tuning`), else :data:`UNTUNED_CONV_BACKEND`."""
+    check_conv_backend(conv_backend)
+    if conv_backend != "auto":
+        return conv_backend
+    from ..tuning import fast_conv_backend
+
+    return fast_conv_backend() or UNTUNED_CONV_BACKEND
+
+
 def compiler_options(conv_backend: str = DEFAULT_CONV_BACKEND) -> Optional[dict]:
     """The compiler options of a feed-forward program under ``conv_backend`` (``None``: XLA's
     defaults)."""
-    check_conv_backend(conv_backend)
+    conv_backend = resolve_conv_backend(conv_backend)
     if conv_backend == "xla" or jax.default_backend() != "cpu" or not _option_known():
         return None
     return {YNN_OPTION: ""}

@@ -60,7 +60,9 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, Interrupted
 from ..images.io import save_image
 from ..objective import StyleObjective, Targets
-from .lbfgs import LBFGS, Trial, init_state, make_lbfgs_functions, restart as restart_runs, warm_up
+from ..tuning import step_compiler_options
+from .lbfgs import LBFGS, Trial, init_state, make_lbfgs_functions, warm_up
+from .lbfgs import restart as restart_runs
 from .steps import evaluate, make_step, make_update, project
 
 
@@ -146,9 +148,12 @@ class LoopResult:
 
 
 def _compile(fn, *args):
-    """``jax.jit(fn)`` compiled ahead of time for ``args``; a type error becomes a ConfigError."""
+    """``jax.jit(fn)`` compiled ahead of time for ``args``, with the compiler options this
+    machine's tuning chose (:func:`neuralstyle.tuning.step_compiler_options`; none without a
+    tuning); a type error becomes a ConfigError."""
+    options = step_compiler_options()
     try:
-        return jax.jit(fn).lower(*args).compile()
+        return jax.jit(fn, **({"compiler_options": options} if options else {})).lower(*args).compile()
     except (TypeError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0]
         raise ConfigError(

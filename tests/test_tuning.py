@@ -148,10 +148,10 @@ def test_driver_compiles_with_the_tuned_options_and_the_same_result(tuning_file,
 
     options, real_jit = [], jax.jit
     monkeypatch.setattr(jax, "jit", lambda fn, **kw: options.append(kw.get("compiler_options")) or real_jit(fn, **kw))
-    default = driver._compile(value_and_grad, image)
+    default = driver.compile_ahead(value_and_grad, image)
     assert options == [None]
     tuning.save_tuning(record(step="eigen"))
-    tuned = driver._compile(value_and_grad, image)
+    tuned = driver.compile_ahead(value_and_grad, image)
     assert options[-1] == eigen
     (loss_a, grad_a), (loss_b, grad_b) = default(image), tuned(image)
     assert abs(float(loss_b) / float(loss_a) - 1) < 1e-5

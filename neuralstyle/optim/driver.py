@@ -147,7 +147,7 @@ class LoopResult:
     opt_state: object = None
 
 
-def _compile(fn, *args):
+def compile_ahead(fn, *args):
     """``jax.jit(fn)`` compiled ahead of time for ``args``, with the compiler options this
     machine's tuning chose (:func:`neuralstyle.tuning.step_compiler_options`; none without a
     tuning); a type error becomes a ConfigError."""
@@ -344,9 +344,9 @@ def _optax_loop(objective, tx, images, keys, params, targets, steps, monitor, av
         opt_states = jax.vmap(tx.init)(images)
     targets = targets._replace(key=_step_keys(keys, 0))
     if evaluator is None:
-        compiled = _compile(jax.vmap(make_step(tx), in_axes=(0, 0, 0, None, RUN_TARGETS)),
+        compiled = compile_ahead(jax.vmap(make_step(tx), in_axes=(0, 0, 0, None, RUN_TARGETS)),
                             objective, images, opt_states, params, targets)
-        value = _compile(jax.vmap(evaluate, in_axes=(0, None, 0, RUN_TARGETS)),
+        value = compile_ahead(jax.vmap(evaluate, in_axes=(0, None, 0, RUN_TARGETS)),
                          objective, params, images, targets)
     else:
         compiled, value = _evaluated_step(tx, evaluator)
@@ -434,7 +434,7 @@ def _lbfgs_loop(objective, opt, images, keys, params, targets, steps, monitor, a
     ts = jnp.zeros((n,), jnp.float32)
     t0 = time.perf_counter()
     if evaluator is None:
-        batched_trial = _compile(jax.vmap(trial_fn, in_axes=(0, 0, 0, 0, 0, None, RUN_TARGETS)),
+        batched_trial = compile_ahead(jax.vmap(trial_fn, in_axes=(0, 0, 0, 0, 0, None, RUN_TARGETS)),
                                  objective, images, zeros, zeros, ts, params, targets._replace(key=keys))
     else:
         batched_trial = _evaluated_trial(evaluator)

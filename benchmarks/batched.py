@@ -142,24 +142,23 @@ def markdown(report: dict) -> str:
         "all steps (targets included) of the whole sweep of N runs. Ratio = batched throughput / "
         "sequential throughput (above 1: batching is faster). Peak RSS: " + MEMORY_METHOD_HERE + ".",
         "",
-        "| size | N | batched ms/step | batched image-steps/s | sequential ms/step | sequential "
-        "image-steps/s | ratio (steady) | batched compile s | sequential compile s (sum) | batched "
-        "wall s | sequential wall s | ratio (end to end) | batched peak RSS MiB | max pixel diff | "
-        "other load (batched / sequential) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for size, res in report["sizes"].items():
-        for r in res["rows"]:
-            b, s = r["batched"], r["sequential"]
-            lines.append(
-                f"| {size} | {r['n']} | {b['ms_per_step']:.0f} | {b['image_steps_per_s']:.3g} | "
-                f"{s['ms_per_step']:.0f} | {s['image_steps_per_s']:.3g} | **{r['ratio_steady']:.2f}** | "
-                f"{b['compile_s']:.1f} | {s['compile_s']:.1f} | {b['wall_s']:.1f} | {s['wall_s']:.1f} | "
-                f"{r['ratio_end_to_end']:.2f} | {b['memory']['peak_rss_mib']:.0f} | "
-                f"{r['max_abs_pixel_difference']:.1e} | {b['foreign_cpu_load'] or 0:.0%} / "
-                f"{s['foreign_cpu_load']:.0%} |")
-    if report.get("warnings"):
-        lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
+
+    def cells(size, r):
+        b, s = r["batched"], r["sequential"]
+        return [size, r["n"], f"{b['ms_per_step']:.0f}", f"{b['image_steps_per_s']:.3g}", f"{s['ms_per_step']:.0f}",
+                f"{s['image_steps_per_s']:.3g}", f"**{r['ratio_steady']:.2f}**", f"{b['compile_s']:.1f}",
+                f"{s['compile_s']:.1f}", f"{b['wall_s']:.1f}", f"{s['wall_s']:.1f}", f"{r['ratio_end_to_end']:.2f}",
+                f"{b['memory']['peak_rss_mib']:.0f}", f"{r['max_abs_pixel_difference']:.1e}",
+                f"{b['foreign_cpu_load'] or 0:.0%} / {s['foreign_cpu_load']:.0%}"]
+
+    lines += harness.markdown_table(
+        ["size", "N", "batched ms/step", "batched image-steps/s", "sequential ms/step", "sequential image-steps/s",
+         "ratio (steady)", "batched compile s", "sequential compile s (sum)", "batched wall s",
+         "sequential wall s", "ratio (end to end)", "batched peak RSS MiB", "max pixel diff",
+         "other load (batched / sequential)"],
+        (cells(size, r) for size, res in report["sizes"].items() for r in res["rows"]), align="r" * 15)
+    lines += harness.warnings_section(report)
     return "\n".join(lines) + "\n"
 
 

@@ -250,12 +250,11 @@ def markdown(r: dict) -> str:
         "",
         "## Apply (one image, one forward pass)",
         "",
-        "| size | megapixels | compile + first call | median s | s per megapixel | other load |",
-        "|---|---:|---:|---:|---:|---:|",
     ]
-    for a in r["apply"]:
-        lines.append(f"| {a['width']}x{a['height']} | {a['megapixels']} | {a['first_call_s']} s | "
-                     f"{a['median_s']} | {a['s_per_megapixel']} | {a['other_load']} |")
+    lines += harness.markdown_table(
+        ["size", "megapixels", "compile + first call", "median s", "s per megapixel", "other load"],
+        ([f"{a['width']}x{a['height']}", a["megapixels"], f"{a['first_call_s']} s", a["median_s"],
+          a["s_per_megapixel"], a["other_load"]] for a in r["apply"]))
     e = r.get("gpu_estimate")
     if e:
         lines += [
@@ -268,12 +267,11 @@ def markdown(r: dict) -> str:
             f"{e['this_machine_hours']} hours.  No GPU was available to measure; assuming a sustained "
             "fraction of the GPU's dense TF32 peak:",
             "",
-            "| GPU (assumption) | sustained fraction of peak (assumed) | minutes of compute |",
-            "|---|---:|---:|",
         ]
-        for row in e["rows"]:
-            lo, hi = row["sustained_fraction"]
-            lines.append(f"| {row['gpu']} | {lo:.0%}-{hi:.0%} | {row['minutes'][0]}-{row['minutes'][1]} |")
+        lines += harness.markdown_table(
+            ["GPU (assumption)", "sustained fraction of peak (assumed)", "minutes of compute"],
+            ([row["gpu"], f"{row['sustained_fraction'][0]:.0%}-{row['sustained_fraction'][1]:.0%}",
+              f"{row['minutes'][0]}-{row['minutes'][1]}"] for row in e["rows"]))
         lines += [
             "",
             f"Decoding is then the likelier limit: {e['images']:,} JPEG decodes + crops at the "

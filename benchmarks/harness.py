@@ -27,7 +27,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -252,6 +252,30 @@ def markdown_header(title: str, rep: dict) -> list[str]:
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
         "",
     ]
+
+
+def markdown_table(columns: Sequence[str], rows: Iterable[Sequence], align: Optional[str] = None) -> list[str]:
+    """The lines of a Markdown table: ``columns`` as the header, then one line per row of cells
+    (already formatted: every cell is passed through ``str``).  ``align``: one letter per column,
+    ``l`` (text) or ``r`` (numbers); default: the first column left, the others right."""
+    align = align or "l" + "r" * (len(columns) - 1)
+    if len(align) != len(columns) or set(align) - {"l", "r"}:
+        raise ValueError(f"align needs one of 'l'/'r' per column ({len(columns)}), got {align!r}")
+    lines = ["| " + " | ".join(columns) + " |",
+             "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+    for row in rows:
+        cells = [str(c) for c in row]
+        if len(cells) != len(columns):
+            raise ValueError(f"a row has {len(cells)} cells for {len(columns)} columns: {cells}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def warnings_section(rep: dict) -> list[str]:
+    """A ``## Warnings`` section listing ``rep["warnings"]``, or no lines when there are none."""
+    if not rep.get("warnings"):
+        return []
+    return ["", "## Warnings", ""] + [f"- {w}" for w in rep["warnings"]]
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

@@ -84,13 +84,12 @@ def markdown(rep: dict) -> str:
         "median over the steps after the first (compile excluded) and over the rounds.  The final loss "
         "is re-evaluated with the float32 network; quality on torchvision VGG16 (lower is better).",
         "",
-        "| precision | ms/step | vs float32 | final loss (float32 objective) | LPIPS | SWD | Gram | max other load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rep["rows"]:
-        lines.append(f"| {r['precision']} | {r['median_step_s'] * 1000:.0f} | {r['vs_float32']:.2f}x "
-                     f"| {r['loss_float32']:.4g} | {r['lpips']:.3f} | {r['swd']:.3f} | {r['gram']:.3f} "
-                     f"| {r['other_load']:.2f} |")
+    lines += harness.markdown_table(
+        ["precision", "ms/step", "vs float32", "final loss (float32 objective)", "LPIPS", "SWD", "Gram",
+         "max other load"],
+        ([r["precision"], f"{r['median_step_s'] * 1000:.0f}", f"{r['vs_float32']:.2f}x", f"{r['loss_float32']:.4g}",
+          f"{r['lpips']:.3f}", f"{r['swd']:.3f}", f"{r['gram']:.3f}", f"{r['other_load']:.2f}"] for r in rep["rows"]))
     return "\n".join(lines) + "\n"
 
 

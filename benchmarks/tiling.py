@@ -85,17 +85,19 @@ def markdown(rep: dict) -> str:
         f"`{rep['args']['content']}` and the style `{rep['args']['style']}` (style_scale 0.5), each "
         "run in its own process; peak memory is that process's peak resident set.",
         "",
-        "| size (H x W) | tile | windows | largest window | s/step | peak RSS GiB | other load |",
-        "|---|---:|---:|---|---:|---:|---:|",
     ]
-    for r in rep["rows"]:
+
+    def cells(r):
         h, w = r["image_size"]
         info = r["tile_info"] or {}
         step = f"{r['time_per_step_s']:.1f}" + (" (incl. compile)" if r["step_includes_compile"] else "")
         window = "x".join(map(str, info["largest_window"])) if info else "whole image"
         load = "n/a" if r["other_load"] is None else f"{r['other_load']:.2f}"
-        lines.append(f"| {h} x {w} | {r['tile'] or 'untiled'} | {info.get('tiles', 1)} | {window} | "
-                     f"{step} | {r['peak_rss_mib'] / 1024:.2f} | {load} |")
+        return [f"{h} x {w}", r["tile"] or "untiled", info.get("tiles", 1), window, step,
+                f"{r['peak_rss_mib'] / 1024:.2f}", load]
+
+    lines += harness.markdown_table(["size (H x W)", "tile", "windows", "largest window", "s/step",
+                                     "peak RSS GiB", "other load"], map(cells, rep["rows"]), align="lrrlrrr")
     pairs = {}
     for r in rep["rows"]:
         pairs.setdefault(tuple(r["image_size"]), {})[bool(r["tiled"])] = r

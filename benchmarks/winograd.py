@@ -98,25 +98,25 @@ def markdown(rep: dict) -> str:
         f"{rep['step_rows'][0]['weights'] if rep['step_rows'] else '?'}, astronaut / Great Wave), "
         f"{a['rounds']} interleaved rounds of 1 warm-up + {a['steps']} timed steps per setting; "
         "median ms per step. `auto` is the default (`backbone.conv=auto`).", "",
-        "| size | backbone.conv | Winograd layers | compile s | ms/step | vs xla | objective at the content image (relative difference to xla) | max other load |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rep["step_rows"]:
-        lines.append(f"| {r['size']} | {r['conv']} | {len(r['winograd_layers'])} | {r['compile_s']} | "
-                     f"{r['median_ms']:.0f} | {r['vs_xla']:.2f}x | {r['loss_relative_difference']:.1e} | "
-                     f"{r['other_load']:.2f} |")
+    lines += harness.markdown_table(
+        ["size", "backbone.conv", "Winograd layers", "compile s", "ms/step", "vs xla",
+         "objective at the content image (relative difference to xla)", "max other load"],
+        ([r["size"], r["conv"], len(r["winograd_layers"]), r["compile_s"], f"{r['median_ms']:.0f}",
+          f"{r['vs_xla']:.2f}x", f"{r['loss_relative_difference']:.1e}", f"{r['other_load']:.2f}"]
+         for r in rep["step_rows"]), align="rlrrrrrr")
     lines += [
         "", "## Per layer", "",
         f"Forward + gradient with respect to the input of one convolution (random data), median of "
         f"{a['repeats']} interleaved calls; relative error = largest difference / largest XLA value "
         "over the output and the input gradient.", "",
-        "| image px | layers | feature map | C_in -> C_out | xla ms | winograd ms | winograd / xla | relative error | auto picks | other load |",
-        "|---:|---|---:|---|---:|---:|---:|---:|---|---:|",
     ]
-    for r in rep["layer_rows"]:
-        lines.append(f"| {r['size']} | {', '.join(r['layers'])} | {r['side']}x{r['side']} | {r['cin']} -> {r['cout']} | "
-                     f"{r['xla_ms']:.1f} | {r['winograd_ms']:.1f} | {r['ratio']:.2f} | {r['relative_error']:.1e} | "
-                     f"{r['auto']} | {(r['other_load'] or 0):.2f} |")
+    lines += harness.markdown_table(
+        ["image px", "layers", "feature map", "C_in -> C_out", "xla ms", "winograd ms", "winograd / xla",
+         "relative error", "auto picks", "other load"],
+        ([r["size"], ", ".join(r["layers"]), f"{r['side']}x{r['side']}", f"{r['cin']} -> {r['cout']}",
+          f"{r['xla_ms']:.1f}", f"{r['winograd_ms']:.1f}", f"{r['ratio']:.2f}", f"{r['relative_error']:.1e}",
+          r["auto"], f"{(r['other_load'] or 0):.2f}"] for r in rep["layer_rows"]), align="rlrlrrrrlr")
     return "\n".join(lines) + "\n"
 
 

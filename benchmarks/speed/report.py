@@ -130,8 +130,7 @@ def markdown(report: dict) -> str:
                          f"{c['relative_difference']:.1e} ({'OK' if c['ok'] else 'MISMATCH'}); "
                          f"loss after {c['trajectory_steps']} Adam steps: JAX {c['jax_last_loss']:.6g}, "
                          f"PyTorch {c['torch_last_loss']:.6g}")
-    if report.get("warnings"):
-        lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
+    lines += harness.warnings_section(report)
     return "\n".join(lines) + "\n"
 
 

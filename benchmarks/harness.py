@@ -231,12 +231,26 @@ class PeakMemory:
 # --------------------------------------------------------------------------- report
 
 
+def tuning_state() -> str:
+    """Which per-machine tuning (``python -m neuralstyle.tune``) the library's ``auto`` choices
+    follow in this process: its choices, or that none is cached (the fixed rule)."""
+    try:
+        from neuralstyle.tune import describe
+        from neuralstyle.tuning import load_tuning, tuning_file
+
+        record = load_tuning()
+        return f"{describe(record)} ({tuning_file()})" if record else "none (the fixed rule of neuralstyle/tuning.py)"
+    except Exception as err:  # noqa: BLE001 - a report never fails for its header
+        return f"unknown ({type(err).__name__}: {err})"
+
+
 def report(prog: str, argv: Optional[Sequence[str]] = None, **fields) -> dict:
-    """The head of a report: date (UTC), the command that reproduces it, machine, versions."""
+    """The head of a report: date (UTC), the command that reproduces it, machine, versions, and
+    the per-machine tuning in effect."""
     args = list(sys.argv[1:] if argv is None else argv)
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": " ".join([f"python -m {prog}", *args]),
-            "machine": machine_info(), "versions": versions(), **fields}
+            "machine": machine_info(), "versions": versions(), "tuning": tuning_state(), **fields}
 
 
 def markdown_header(title: str, rep: dict) -> list[str]:
@@ -250,6 +264,7 @@ def markdown_header(title: str, rep: dict) -> list[str]:
         f"- machine: {m.get('cpu_model', '?')} ({simd}), {m.get('nproc', '?')} cores, "
         f"{m.get('ram_gib', '?')} GiB; load average at start {' '.join(m.get('loadavg_at_start', []))}",
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
+        *([f"- per-machine tuning: {rep['tuning']}"] if rep.get("tuning") else []),
         "",
     ]
 

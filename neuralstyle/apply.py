@@ -15,6 +15,9 @@ For print: ``bit_depth=16`` writes 16-bit results, ``format=tiff`` names generat
 ``<stem>.tiff`` (an ``output=`` file keeps its own suffix), and every result carries the ICC profile
 of its input photo.  ``bucket`` (default 128 px; null: off) runs photos of different sizes through one
 compiled program per size bucket, with the same result (:mod:`neuralstyle.fast.buckets`).
+``overlap`` (default true) compiles the programs for the photos' sizes in a background thread
+while earlier photos are stylized, and decodes and writes photos in another
+(:func:`neuralstyle.fast.stylize_files`); ``overlap=false`` does one thing after the other.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ def apply_from_config(cfg: DictConfig, output_dir: Path) -> list[Path]:
     if cfg.preserve_colors not in APPLY_COLORS:
         raise ConfigError(f"preserve_colors must be one of {APPLY_COLORS}, got {cfg.preserve_colors!r}")
     ext, bit_depth = output_format(cfg)
+    overlap = cfg.get("overlap", True)
+    if not isinstance(overlap, bool):
+        raise ConfigError(f"overlap must be true or false, got {overlap!r}")
     bucket_option(cfg)  # a bad bucket fails before any network is loaded
     if str(cfg.model) == "arbitrary":
         input_files(cfg.input)  # a missing or empty input fails before the network is built
@@ -57,7 +63,8 @@ def apply_from_config(cfg: DictConfig, output_dir: Path) -> list[Path]:
         stylizer = Stylizer(cfg.model, bucket=bucket_option(cfg))
     written = stylize_files(stylizer, cfg.input, cfg.output, Path(output_dir),
                             size=cfg.size, preserve_colors=cfg.preserve_colors,
-                            progress=bool(cfg.progress), bit_depth=bit_depth, ext=ext)
+                            progress=bool(cfg.progress), bit_depth=bit_depth, ext=ext,
+                            overlap=overlap)
     for path in written:
         print(Path(path).resolve())
     return written
@@ -126,6 +133,10 @@ def arbitrary_stylizer(cfg: DictConfig):
         return network.stylize(image, embedding, strength=float(strength),
                                preserve_colors=preserve_colors)
 
+    def precompile(shape):  # what stylize will run for an image of this shape (stylize_files)
+        network.precompile(shape, strength=float(strength))
+
+    stylize.precompile = precompile
     return stylize
 
 

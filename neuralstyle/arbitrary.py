@@ -57,6 +57,7 @@ from .images.color import combine_luminance  # noqa: E402
 from .errors import ConfigError, ImageError, WeightsError  # noqa: E402
 from .fast.transform import CropLike, PadToMultiple, ReflectionPadding2D, fast_call  # noqa: E402
 from .fast.buckets import DEFAULT_BUCKET, BucketSpec, Bucketed, check_bucket  # noqa: E402
+from .fast.ahead import Programs  # noqa: E402
 from .fast.xla import DEFAULT_CONV_BACKEND, apply_jit, check_conv_backend  # noqa: E402
 from .images import load_image, resize  # noqa: E402
 
@@ -400,9 +401,14 @@ def _as_batch(images, what: str) -> list[np.ndarray]:
 def style_input(image: np.ndarray, style_size: int = STYLE_SIZE) -> np.ndarray:
     """A style image resized so that its short side is ``style_size``, keeping the aspect ratio
     (what the predictor sees; Magenta's default for this model: 256)."""
-    h, w = image.shape[:2]
+    return resize(image, style_input_shape(image.shape, style_size))
+
+
+def style_input_shape(shape, style_size: int = STYLE_SIZE) -> tuple[int, int]:
+    """``(height, width)`` of :func:`style_input` for an image of ``shape`` ``(H, W, ...)``."""
+    h, w = shape[:2]
     scale = style_size / min(h, w)
-    return resize(image, (max(1, round(h * scale)), max(1, round(w * scale))))
+    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 class ArbitraryStylizer:
@@ -410,7 +416,9 @@ class ArbitraryStylizer:
 
     ``embed(styles)`` maps style images to ``(N, 100)`` embeddings; ``stylize(photos, embedding)``
     returns the photos (one ``(H, W, 3)`` image, or a batch) in that style, same size as given.
-    The predictor is compiled once per input shape, the transformer once per size bucket (``bucket``).
+    The predictor is compiled once per input shape, the transformer once per size bucket (``bucket``);
+    :meth:`precompile` compiles them ahead of use (:func:`neuralstyle.fast.stylize_files` does, in
+    a background thread).
 
     Args:
       predictor, transformer: the Keras models (default: :func:`style_predictor` and
@@ -448,9 +456,27 @@ class ArbitraryStylizer:
         def transform(params, images, embeddings):
             return fast_call(self.transformer, params[0], params[1], [images, embeddings])  # rewrites: transform.py
 
-        self._predict = apply_jit(predict, conv_backend)
-        self._transform = apply_jit(transform, conv_backend)
+        self._predict = Programs(apply_jit(predict, conv_backend))
+        self._transform = Programs(apply_jit(transform, conv_backend))
         self.bucketed = Bucketed(self.transformer, sides, conv_backend) if sides else None
+
+    def precompile(self, shape, batch: int = 1, strength: float = 1.0) -> None:
+        """Compile ahead the transformer's program for ``batch`` photos of ``shape`` ``(H, W,
+        ...)`` (its size bucket's, or its size's) and, for ``strength < 1``, the predictor's for
+        the photos' own embedding, so that :meth:`stylize` does not compile them on first use;
+        thread-safe (:mod:`neuralstyle.fast.ahead`).  Shapes :meth:`stylize` refuses are ignored."""
+        height, width = int(shape[0]), int(shape[1])
+        if min(height, width) < MIN_SIDE:
+            return
+        embeddings = jax.ShapeDtypeStruct((batch, EMBEDDING_DIM), jnp.float32)
+        if self.bucketed is not None:
+            self.bucketed.precompile(*self._transformer_params, height, width, embeddings, batch=batch)
+        else:
+            self._transform.compile(self._transformer_params,
+                                    jax.ShapeDtypeStruct((batch, height, width, 3), jnp.float32), embeddings)
+        if strength < 1.0:
+            style = style_input_shape((height, width), self.style_size)
+            self._predict.compile(self._predictor_params, jax.ShapeDtypeStruct((1, *style, 3), jnp.float32))
 
     def _run_transformer(self, images: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
         """The transformer on ``images`` (B, H, W, 3) of one size with ``embeddings`` (B, 100)."""

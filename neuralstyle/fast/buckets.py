@@ -52,6 +52,7 @@ import numpy as np  # noqa: E402
 
 from ..errors import ConfigError  # noqa: E402
 from .transform import STRIDE, CropLike, PadToMultiple, ReflectionPadding2D, fast_operations  # noqa: E402
+from .ahead import Programs  # noqa: E402
 from .xla import DEFAULT_CONV_BACKEND, apply_jit  # noqa: E402
 
 #: Default bucket step in pixels (see ``benchmarks/results/buckets.md`` for the measurement).
@@ -300,7 +301,8 @@ class Bucketed:
     style embedding (1, 100)), through one compiled program per bucket shape.
 
     ``traces`` counts the programs traced (one per bucket shape and batch size), for tests;
-    ``conv_backend`` selects the CPU convolution kernels (:mod:`neuralstyle.fast.xla`)."""
+    ``conv_backend`` selects the CPU convolution kernels (:mod:`neuralstyle.fast.xla`);
+    :meth:`precompile` compiles a bucket's program ahead of use (:mod:`neuralstyle.fast.ahead`)."""
 
     def __init__(self, model: keras.Model, sides: tuple[int, ...], conv_backend: str = DEFAULT_CONV_BACKEND):
         self.multiple = check_model(model)
@@ -312,7 +314,16 @@ class Bucketed:
             self.traces += 1
             return run(trainable, non_trainable, inputs, valid)
 
-        self._run = apply_jit(counted, conv_backend)
+        self._run = Programs(apply_jit(counted, conv_backend))
+
+    def precompile(self, trainable, non_trainable, height: int, width: int, *extra, batch: int = 1) -> None:
+        """Compile ahead the program that ``batch`` images of ``height x width`` run in (their
+        bucket's; :mod:`neuralstyle.fast.ahead`); ``extra`` as for a call (arrays or
+        ``jax.ShapeDtypeStruct``).  A no-op when that program is compiled already."""
+        bh, bw = self.shape_for(height, width)
+        images = jax.ShapeDtypeStruct((batch, bh, bw, 3), jnp.float32)
+        self._run.compile(trainable, non_trainable, [images, *extra] if extra else images,
+                          jax.ShapeDtypeStruct((2,), jnp.int32))
 
     def shape_for(self, height: int, width: int) -> tuple[int, int]:
         """The bucket shape an ``height x width`` image runs in."""

@@ -75,20 +75,24 @@ def make_folder(folder: Path, image_dir: Path, sizes, per_size: int = 4) -> Path
 
 
 class Timed:
-    """Wraps a stylizer callable: the time of every call and whether it traced a new program."""
+    """Wraps a stylizer callable: the time of every call and whether it was the first of its
+    program (``key``: the program's input shape); forwards ``precompile`` (compiling ahead)."""
 
-    def __init__(self, fn, programs, key):
-        self.fn, self.programs, self.key, self.calls = fn, programs, key, []
+    def __init__(self, fn, key, precompile=None):
+        self.fn, self.key, self.calls, self.seen = fn, key, [], set()
+        if precompile is not None:
+            self.precompile = precompile
 
     def __call__(self, image, preserve_colors=None):
         import jax
 
-        before = self.programs()
+        key = tuple(self.key(image.shape[:2]))
         t = time.perf_counter()
         out = jax.block_until_ready(self.fn(image, preserve_colors))
         dt = time.perf_counter() - t
-        self.calls.append({"shape": list(image.shape[:2]), "key": list(self.key(image.shape[:2])),
-                           "s": dt, "new_program": self.programs() > before})
+        self.calls.append({"shape": list(image.shape[:2]), "key": list(key), "s": dt,
+                           "new_program": key not in self.seen})
+        self.seen.add(key)
         return out
 
 
@@ -135,8 +139,20 @@ def summarize(calls: list[dict], wall_s: float) -> dict:
 
 
 def run_setting(model_kind: str, bucket, folder: Path, out: Path, width: int, blocks: int,
-                clock: CompileClock) -> tuple[dict, dict]:
-    """Stylize ``folder`` with a fresh stylizer; returns (summary, {file: result})."""
+                clock: CompileClock, overlap: bool = False, steady: bool = False) -> tuple[dict, dict]:
+    """Stylize ``folder`` with a fresh stylizer (``overlap``: compiling ahead and decoding / writing
+    in background threads, :func:`neuralstyle.fast.stylize_files`); returns (summary, {file:
+    result}).
+
+    The summary's ``wall_s`` and ``cpu_s`` are the wall time and the process's CPU time of that
+    first pass (decode, stylize, encode and write included), ``compile_s`` JAX's trace + lower +
+    compile durations meanwhile (in any thread; a background compile's duration is its wall time,
+    longer when it shares the cores).  ``steady=True`` stylizes the folder twice more with the
+    same stylizer, every program compiled by then: once in the same mode (``steady_wall_s``,
+    ``steady_cpu_s``) and once one image after the other (``steady_sequential_wall_s``).  Then
+    ``exposed_compile_s = wall_s - steady_wall_s`` is the time compiling added to the run (on
+    its critical path), ``exposed_share`` its share of ``wall_s``, and ``compile_cpu_s = cpu_s -
+    steady_cpu_s`` the CPU time compiling cost, wherever it ran."""
     import numpy as np
 
     from neuralstyle.fast import Stylizer, stylize_files, transform_net
@@ -145,8 +161,7 @@ def run_setting(model_kind: str, bucket, folder: Path, out: Path, width: int, bl
 
     if model_kind == "fast":
         st = Stylizer(transform_net(width, blocks, seed=0), bucket=bucket)
-        fn = st
-        programs = (lambda: st.bucketed.traces) if st.bucketed else st._apply._cache_size
+        fn, precompile = st, st.precompile
         key = (lambda hw: st.bucketed.shape_for(*hw)) if st.bucketed else (lambda hw: hw)
     else:
         from neuralstyle.arbitrary import ArbitraryStylizer, style_predictor, style_transformer
@@ -159,19 +174,36 @@ def run_setting(model_kind: str, bucket, folder: Path, out: Path, width: int, bl
         def fn(image, preserve_colors=None):  # what neuralstyle.apply.arbitrary_stylizer returns
             return net.stylize(image, embedding, strength=1.0, preserve_colors=preserve_colors)
 
-        programs = (lambda: net.bucketed.traces) if net.bucketed else net._transform._cache_size
+        def precompile(shape):  # and its precompile
+            net.precompile(shape, strength=1.0)
+
         key = (lambda hw: net.bucketed.shape_for(*hw)) if net.bucketed else (lambda hw: hw)
-    timed = Timed(fn, programs, key)
-    t = time.perf_counter()
+    timed = Timed(fn, key, precompile)
+
+    def run(mode: bool) -> tuple[list, float, float]:
+        t, c = time.perf_counter(), time.process_time()
+        written = stylize_files(timed, folder, out, out, say=lambda m: None, overlap=mode)
+        return written, time.perf_counter() - t, time.process_time() - c
+
     clock.active, clock.seconds = True, 0.0
     with Load() as load:
-        written = stylize_files(timed, folder, out, out, say=lambda m: None)
+        written, wall, cpu = run(overlap)
     clock.active = False
-    wall = time.perf_counter() - t
     summary = summarize(timed.calls, wall)
-    summary.update(compile_s=round(clock.seconds, 2), compile_share=round(clock.seconds / summary["stylize_s"], 3),
+    summary.update(overlap=overlap, wall_s=round(wall, 2), cpu_s=round(cpu, 2),
+                   compile_s=round(clock.seconds, 2), compile_share=round(clock.seconds / summary["stylize_s"], 3),
                    other_load=load.foreign)
-    return summary, {p.name: load_image(p) for p in written}
+    results = {p.name: load_image(p) for p in written}
+    if steady:
+        with Load() as later:
+            _, steady_wall, steady_cpu = run(overlap)
+            _, sequential_wall, _ = run(False) if overlap else (None, steady_wall, None)
+        exposed = wall - steady_wall
+        summary.update(steady_wall_s=round(steady_wall, 2), steady_cpu_s=round(steady_cpu, 2),
+                       steady_sequential_wall_s=round(sequential_wall, 2),
+                       exposed_compile_s=round(exposed, 2), exposed_share=round(exposed / wall, 3),
+                       compile_cpu_s=round(cpu - steady_cpu, 2), other_load_steady=later.foreign)
+    return summary, results
 
 
 def profile_layers(width: int, blocks: int, size: int) -> dict:

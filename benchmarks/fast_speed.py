@@ -29,13 +29,18 @@ width 32, 5 residual blocks, 1.68 M parameters):
   :mod:`neuralstyle.arbitrary`, random weights, one fixed embedding) at the largest apply size, both
   backends (no torch version);
 * **a folder** of 20 photos, 4 each of 5 sizes (:data:`benchmarks.buckets.SIZES`), through
-  :func:`neuralstyle.fast.stylize_files` with and without size buckets, fast and arbitrary
-  networks (:func:`benchmarks.buckets.run_setting`: total time, compile time from
-  ``jax.monitoring``, compile share; the goal is a compile share of at most 20%).  Each setting
-  runs in a fresh process with JAX's persistent compilation cache on, as the CLI entries have it
-  (:func:`neuralstyle.entry.enable_compilation_cache`): once *cold* (an empty cache, which the run
-  fills) and once *warm* (another fresh process reading that cache: compile is then tracing,
-  lowering and loading).
+  :func:`neuralstyle.fast.stylize_files` without and with size buckets (``--folder-buckets``),
+  fast and arbitrary networks, each both *in turn* (``overlap=False``: one image after the other,
+  each program compiled on first use) and *overlapped* (``overlap=True``, the default: programs
+  compiled ahead in a background thread, decode and write in another).
+  :func:`benchmarks.buckets.run_setting` times the first pass (wall and CPU time, compile
+  durations from ``jax.monitoring``), then the same stylizer over the folder again, every program
+  compiled: the *exposed* compile time is the difference of the two wall times (what compiling
+  added to the run; the goal is at most 20% of the total), the compile CPU time the difference of
+  the CPU times.  Each setting runs in a fresh process with JAX's persistent compilation cache on,
+  as the CLI entries have it (:func:`neuralstyle.entry.enable_compilation_cache`): once *cold* (an
+  empty cache, which the run fills) and once *warm* (another fresh process reading that cache:
+  compile is then tracing, lowering and loading).
 
 ``--sections`` picks the phases (e.g. ``--sections folder --name fast_folder`` for the folder rows
 alone, without PyTorch).
@@ -289,16 +294,22 @@ def folder_worker(spec: dict) -> dict:
 
     enable_compilation_cache(spec["cache_dir"])
     summary, _ = run_setting(spec["kind"], spec["bucket"], Path(spec["folder"]), Path(spec["out"]),
-                             spec["width"], spec["blocks"], CompileClock())
+                             spec["width"], spec["blocks"], CompileClock(), overlap=spec["overlap"],
+                             steady=True)
     summary.pop("calls")
     return summary
 
 
-def measure_folder(image_dir: Path, sizes, models, bucket: int, width: int, blocks: int,
+#: The folder runs' two ways of running stylize_files (``overlap=False`` / ``True``).
+MODES = {"in turn": False, "overlapped": True}
+
+
+def measure_folder(image_dir: Path, sizes, models, buckets, width: int, blocks: int,
                    wait_quiet: float) -> dict:
-    """The folder case through :func:`benchmarks.buckets.run_setting` (with and without buckets),
-    each setting in a fresh process, first with an empty persistent compilation cache (cold), then
-    again in another fresh process reading the cache the first one filled (warm)."""
+    """The folder case through :func:`benchmarks.buckets.run_setting` (for each of ``buckets``,
+    ``None``: off), each setting in a fresh process, in turn and overlapped (:data:`MODES`), first
+    with an empty persistent compilation cache (cold), then again in another fresh process reading
+    the cache the first one filled (warm)."""
     import json
     import subprocess
     import sys
@@ -311,21 +322,26 @@ def measure_folder(image_dir: Path, sizes, models, bucket: int, width: int, bloc
         env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
         for cache in CACHES:
             for kind in models:
-                for b in (None, bucket):
+                for b in buckets:
                     label = "off" if b is None else f"{b} px"
-                    spec = {"kind": kind, "bucket": b, "folder": str(folder), "width": width, "blocks": blocks,
-                            "out": str(Path(tmp) / f"{kind}_{label}_{cache}"),
-                            "cache_dir": str(Path(tmp) / f"cache_{kind}_{label}")}
-                    if wait_quiet:
-                        wait_until_quiet(wait_quiet)
-                    done = subprocess.run([sys.executable, "-m", "benchmarks.fast_speed", "--folder-worker",
-                                           json.dumps(spec)], env=env, check=True, capture_output=True, text=True)
-                    summary = json.loads(done.stdout.strip().splitlines()[-1])
-                    summary["cache"] = cache
-                    out[f"{kind}, bucket {label}, {cache}"] = summary
-                    log(f"folder {kind}, bucket {label}, {cache} cache: {summary['stylize_s']} s, compile "
-                        f"{summary['compile_s']} s ({100 * summary['compile_share']:.1f}%), "
-                        f"{summary['programs']} programs, other load {summary['other_load']}")
+                    for mode, overlap in MODES.items():  # before and after next to each other
+                        spec = {"kind": kind, "bucket": b, "folder": str(folder), "width": width,
+                                "blocks": blocks, "overlap": overlap,
+                                "out": str(Path(tmp) / f"{kind}_{label}_{mode}_{cache}"),
+                                "cache_dir": str(Path(tmp) / f"cache_{kind}_{label}_{mode}")}
+                        if wait_quiet:
+                            wait_until_quiet(wait_quiet)
+                        done = subprocess.run([sys.executable, "-m", "benchmarks.fast_speed", "--folder-worker",
+                                               json.dumps(spec)], env=env, check=True, capture_output=True,
+                                              text=True)
+                        summary = json.loads(done.stdout.strip().splitlines()[-1])
+                        summary.update(cache=cache, mode=mode)
+                        out[f"{kind}, bucket {label}, {mode}, {cache}"] = summary
+                        log(f"folder {kind}, bucket {label}, {mode}, {cache} cache: {summary['wall_s']} s, "
+                            f"exposed compile {summary['exposed_compile_s']} s "
+                            f"({100 * summary['exposed_share']:.1f}%), compile CPU {summary['compile_cpu_s']} s, "
+                            f"{summary['programs']} programs, other load {summary['other_load']} / "
+                            f"{summary['other_load_steady']}")
     return out
 
 
@@ -341,6 +357,9 @@ def main(argv=None):
     p.add_argument("--weights", default="torchvision", help="VGG16 weights of the loss network: torchvision | null")
     p.add_argument("--bucket", type=int, default=128)
     p.add_argument("--folder-models", default="fast,arbitrary")
+    p.add_argument("--folder-buckets", default=None,
+                   help="comma-separated bucket settings of the folder rows, off or a step in px "
+                        "(default: off,<--bucket>)")
     p.add_argument("--wait-quiet", type=float, default=0.0,
                    help="wait up to S seconds for other processes to use < 10%% of the CPU before each phase")
     p.add_argument("--sections", default="apply,train,folder",
@@ -361,6 +380,8 @@ def main(argv=None):
         args.apply_sizes, args.runs, args.steps, args.size, args.batch = "64", 1, 1, 64, 2
         args.width, args.blocks, args.weights, args.bucket = 8, 1, "null", 32
         args.folder_models, folder_sizes = "fast", QUICK_SIZES
+    if args.folder_buckets is None:
+        args.folder_buckets = f"off,{args.bucket}"
 
     import jax
 
@@ -395,7 +416,8 @@ def main(argv=None):
         report["train"] = measure_training(net, image_dir, args.size, args.batch, args.steps, weights,
                                            args.wait_quiet)
     if "folder" in sections:
-        report["folder"] = measure_folder(image_dir, folder_sizes, args.folder_models.split(","), args.bucket,
+        buckets = [None if b in ("off", "null", "none") else int(b) for b in args.folder_buckets.split(",")]
+        report["folder"] = measure_folder(image_dir, folder_sizes, args.folder_models.split(","), buckets,
                                           args.width, args.blocks, args.wait_quiet)
         report["folder_sizes"] = [list(s) for s in folder_sizes]
     report["torch_version"] = torch.__version__ if torch is not None else None
@@ -471,22 +493,38 @@ def _train_markdown(r: dict) -> list[str]:
 def _folder_markdown(r: dict) -> list[str]:
     sizes = r.get("folder_sizes", [])
     lines = ["", f"## A folder of {4 * len(sizes)} photos of {len(sizes)} sizes", "",
-             f"Sizes (H x W, 4 each): {', '.join(f'{h}x{w}' for h, w in sizes)}; "
+             f"Sizes (H x W, 4 each, interleaved in file order): {', '.join(f'{h}x{w}' for h, w in sizes)}; "
              "`neuralstyle.fast.stylize_files` with a fresh stylizer, each setting in a fresh process with "
              "JAX's persistent compilation cache on as the CLI sets it up (neuralstyle/entry.py; programs "
              "compiling in over 0.5 s are cached): **cold** = "
              f"{CACHES['cold']}; **warm** = {CACHES['warm']} (benchmarks/buckets.py's run_setting).  "
-             "Compile = JAX's trace + lower + compile (or cache load) durations.  Goal: compile share "
-             f"<= {COMPILE_SHARE_GOAL:.0%}.", "",
-             "| network, bucket | cache | programs | total s | compile s | compile s per program | "
-             "compile share | other load |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "Mode **in turn** = `overlap=False` (one image after the other, each program compiled on "
+             "first use: the library before); **overlapped** = `overlap=True` (the default: programs "
+             "for the planned sizes compiled ahead in a background thread, decode and write in "
+             "another; neuralstyle/fast/ahead.py).  Before and after ran next to each other in this run.", "",
+             "Columns: **total s** = wall time of the first `stylize_files` pass (decode, stylize, encode "
+             "and write included); **no-compile s** = the same stylizer over the folder again in the same "
+             "mode, every program compiled by then; **exposed compile s** = total - no-compile: what "
+             "compiling added to the run's wall time (its share of total is the figure the <= "
+             f"{COMPILE_SHARE_GOAL:.0%} goal is about); **compile CPU-s** = process CPU time of the first "
+             "pass minus the no-compile pass: the work compiling cost, wherever it ran (2 cores: "
+             "compiling ahead can hide about half of it at best while the network keeps both cores "
+             "busy); **JAX compile s** = JAX's trace + lower + compile (or cache load) durations "
+             "(jax.monitoring; a background compile's duration is its wall time while it shares the "
+             "cores); **in turn, no compile s** = the folder once more with `overlap=False`, every "
+             "program compiled (what decode/write overlap saves apart from compiling: compare with "
+             "no-compile s); **other load** = other processes' share of the CPU during the first / the "
+             "no-compile passes (this machine is shared).", "",
+             "| network, bucket | cache | mode | programs | total s | no-compile s | exposed compile s | "
+             "exposed share | compile CPU-s | JAX compile s | in turn, no compile s | other load |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for k, s in r["folder"].items():
-        cache = s.get("cache", "cold")
-        name = k.removesuffix(f", {cache}")
-        per = round(s["compile_s"] / s["programs"], 2) if s["programs"] else "-"
-        lines.append(f"| {name} | {cache} | {s['programs']} | {s['stylize_s']} | {s['compile_s']} | {per} | "
-                     f"{100 * s['compile_share']:.1f}% | {s['other_load']} |")
+        cache, mode = s.get("cache", "cold"), s.get("mode", "in turn")
+        name = k.removesuffix(f", {cache}").removesuffix(f", {mode}")
+        lines.append(f"| {name} | {cache} | {mode} | {s['programs']} | {s['wall_s']} | {s['steady_wall_s']} | "
+                     f"{s['exposed_compile_s']} | {100 * s['exposed_share']:.1f}% | {s['compile_cpu_s']} | "
+                     f"{s['compile_s']} | {s['steady_sequential_wall_s']} | "
+                     f"{s['other_load']:.2f} / {s['other_load_steady']:.2f} |")
     return lines
 
 

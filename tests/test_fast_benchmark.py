@@ -29,6 +29,8 @@ def test_fast_speed_benchmark_quick(tmp_path, image_dir):
     assert all(v["max_abs_diff_vs_default"] <= 1e-4 for v in apply["implementations"].values())
     train = report["train"]["implementations"]
     assert all(v["images_per_s"] > 0 and v["first_loss_rel_diff_vs_default"] <= 1e-3 for v in train.values())
-    assert set(report["folder"]) == {f"fast, bucket {b}, {c}" for b in ("off", "32 px") for c in ("cold", "warm")}
-    assert all(s["compile_s"] >= 0 for s in report["folder"].values())
+    assert set(report["folder"]) == {f"fast, bucket {b}, {m}, {c}" for b in ("off", "32 px")
+                                     for m in ("in turn", "overlapped") for c in ("cold", "warm")}
+    assert all(s["compile_s"] >= 0 and s["compile_cpu_s"] is not None and s["exposed_compile_s"] is not None
+               for s in report["folder"].values())
     assert "s per megapixel" in (tmp_path / "fast_speed.md").read_text()

@@ -98,6 +98,10 @@ class Programs:
         return getattr(self._jitted, name)
 
 
+#: Threads compiling ahead.
+WORKERS = 1
+
+
 class CompileAhead:
     """``with CompileAhead(precompile, shapes) as ahead: ... ahead.wait(shape) ...``: runs
     ``precompile(shape)`` for each distinct entry of ``shapes`` (``None`` entries skipped) in
@@ -112,7 +116,7 @@ class CompileAhead:
 
     def __enter__(self) -> "CompileAhead":
         if self._shapes:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="neuralstyle-compile")
+            self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="neuralstyle-compile")
             try:
                 for shape in self._shapes:
                     self._futures[shape] = self._pool.submit(self._precompile, shape)

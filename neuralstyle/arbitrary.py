@@ -480,10 +480,10 @@ class ArbitraryStylizer:
 
     def _run_transformer(self, images: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
         """The transformer on ``images`` (B, H, W, 3) of one size with ``embeddings`` (B, 100)."""
-        emb = jnp.asarray(embeddings, jnp.float32)
+        emb = np.asarray(embeddings, np.float32)  # NumPy: no small programs compiled per size
         if self.bucketed is not None:
             return self.bucketed(*self._transformer_params, images, emb)
-        return np.asarray(self._transform(self._transformer_params, jnp.asarray(images), emb))
+        return np.asarray(self._transform(self._transformer_params, np.asarray(images, np.float32), emb))
 
     # -- embeddings ---------------------------------------------------------------------------
 
@@ -500,7 +500,7 @@ class ArbitraryStylizer:
             if min(image.shape[:2]) < 1:
                 raise ImageError(f"style: empty image of shape {image.shape}")
             x = self._style_input(image) if resize_style else image
-            out.append(np.asarray(self._predict(self._predictor_params, jnp.asarray(x)[None]))[0])
+            out.append(np.asarray(self._predict(self._predictor_params, np.asarray(x, np.float32)[None]))[0])
         return np.stack(out)
 
     @staticmethod

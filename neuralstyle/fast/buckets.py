@@ -336,8 +336,9 @@ class Bucketed:
         h, w = images.shape[1:3]
         shape = self.shape_for(h, w)
         placed = [to_bucket(im, shape, self.multiple) for im in images]
-        batch = jnp.asarray(np.stack([p[0] for p in placed]))
-        valid = jnp.asarray(placed[0][1], jnp.int32)
+        # NumPy in and out (crop included): no small programs compiled per size on this path
+        batch = np.stack([p[0] for p in placed])
+        valid = np.asarray(placed[0][1], np.int32)
         inputs = [batch, *extra] if extra else batch
         out = self._run(trainable, non_trainable, inputs, valid)
-        return np.asarray(out[:, :h, :w])
+        return np.asarray(out)[:, :h, :w]

@@ -122,7 +122,9 @@ class Stylizer:
         if self.bucketed is not None:
             out = self.bucketed(self.params.trainable, self.params.non_trainable, image[None])[0]
         else:
-            out = np.asarray(self._apply(self.params, jnp.asarray(image)[None])[0])
+            # NumPy in and out: indexing or converting jax arrays would compile small programs
+            # per image size on the caller's path (the network's program is compiled ahead)
+            out = np.asarray(self._apply(self.params, image[None]))[0]
         if preserve_colors == "luminance":
             out = combine_luminance(out, image)
         return out

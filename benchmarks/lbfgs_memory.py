@@ -19,7 +19,8 @@ line_search_fn="strong_wolfe")`` with a clamp after every iteration, as ``benchm
 runs it (:class:`benchmarks.torch_reference.LBFGSRun`), on the same objective (the speed
 benchmark's: ``+experiment=vgg19_wave``, astronaut / Great Wave, content initialization).  With
 ``--before REV`` the library's ``neuralstyle`` package at git revision ``REV`` runs the first case
-too (the same worker code, an older optimizer).  The library measured is a commit (``--at``, default ``HEAD``)
+too (the same worker code, an older optimizer; with ``--before-all-cases`` every case, for a
+change that is not the optimizer's, e.g. the backbone's working memory).  The library measured is a commit (``--at``, default ``HEAD``)
 extracted with ``git archive``, so that uncommitted work in the checkout stays out of the figures
 (``--at worktree``: the checkout as it is).
 
@@ -220,6 +221,8 @@ def main(argv=None) -> dict:
                    help="git revision of the neuralstyle measured (default HEAD: committed code only); "
                         "'worktree': the checkout as it is")
     p.add_argument("--before", metavar="REV", help="also run the library's neuralstyle at git REV")
+    p.add_argument("--before-all-cases", action="store_true",
+                   help="run --before in every case (default: the first only)")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                    help="before each worker, wait up to S seconds for other processes to go quiet")
     p.add_argument("--quick", action="store_true", help="smoke run: 64 px, random weights, 2/4 iterations")
@@ -262,7 +265,7 @@ def main(argv=None) -> dict:
             spec = {"weights": args.weights, "images": "photo", "image_dir": str(args.image_dir),
                     "size": args.size, "history": case["history"], "iterations": case["iterations"]}
             for kind in kinds:
-                if kind == "before" and case is not cases_[0]:
+                if kind == "before" and case is not cases_[0] and not args.before_all_cases:
                     continue  # a preallocated history differs from a grown one only while it is not full
                 if args.wait_quiet > 0:
                     harness.wait_until_quiet(args.wait_quiet)

@@ -16,7 +16,8 @@ from jax import lax
 
 from neuralstyle import VGG
 from neuralstyle.backbones.vgg import AUTO_WINOGRAD_MIN_CHANNELS, WinogradConv2D, winograd_layers
-from neuralstyle.backbones.winograd import AT, BT, FLIP, G, winograd_conv2d, winograd_kernel
+from neuralstyle.backbones import winograd
+from neuralstyle.backbones.winograd import AT, BT, FLIP, G, tile_bands, winograd_conv2d, winograd_kernel
 from neuralstyle.errors import ConfigError
 
 RNG = np.random.default_rng(11)
@@ -70,6 +71,91 @@ def test_equals_lax_conv_forward_and_input_gradient(shape):
     got, u_cotangent = jax.vjp(winograd_conv2d, x, u)[1](cotangent)
     assert relative(got, want) < 1e-5
     assert not np.any(np.asarray(u_cotangent))  # frozen weights: documented as zero
+
+
+def forward_and_input_gradient(x, u, cotangent):
+    y, vjp = jax.vjp(lambda v: winograd_conv2d(v, u), x)
+    return y, vjp(cotangent)[0]
+
+
+def band_bytes_for_rows(rows: int, n: int, tw: int, c_in: int, c_out: int) -> int:
+    """A :data:`winograd.BAND_BYTES` that fits ``rows`` tile rows per band and no more."""
+    return 16 * n * rows * tw * (c_in + c_out) * 4
+
+
+@pytest.fixture
+def band_bytes(monkeypatch):
+    """``band_bytes(b)`` sets :data:`winograd.BAND_BYTES` (read when a function is traced) and
+    drops JAX's caches, so that the next trace uses it; the caches are dropped again after the
+    test, so that no banded trace outlives it."""
+
+    def set_to(value):
+        monkeypatch.setattr(winograd, "BAND_BYTES", value)
+        jax.clear_caches()
+
+    yield set_to
+    monkeypatch.undo()
+    jax.clear_caches()
+
+
+def test_tile_bands_cover_the_rows_within_the_budget(monkeypatch):
+    assert tile_bands(1, 32, 32, 256, 256) == [(0, 32)]  # a 256 px block3 layer: one piece
+    monkeypatch.setattr(winograd, "BAND_BYTES", band_bytes_for_rows(3, 2, 5, 8, 4))
+    for th in (1, 2, 3, 4, 7, 10, 31):
+        bands = tile_bands(2, th, 5, 8, 4)
+        assert bands[0][0] == 0 and bands[-1][1] == th
+        assert all(a[1] == b[0] for a, b in zip(bands, bands[1:]))
+        assert all(1 <= stop - start <= 3 for start, stop in bands)
+        assert len(bands) == -(-th // 3)
+    monkeypatch.setattr(winograd, "BAND_BYTES", 1)  # smaller than one tile row: one row per band
+    assert tile_bands(1, 4, 5, 8, 4) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+
+
+def test_vgg19_layers_at_256_px_are_one_band():
+    """backbone.conv=auto's Winograd layers at 256 px are computed in one piece: their programs
+    are those of the convolution without bands."""
+    for side, c_in, c_out in ((64, 256, 256), (32, 256, 512), (32, 512, 512), (16, 512, 512)):
+        assert len(tile_bands(1, side // 2, side // 2, c_in, c_out)) == 1
+
+
+@pytest.mark.parametrize("shape", [(1, 17, 23, 8), (2, 12, 9, 5), (1, 32, 30, 16)])
+def test_bands_give_the_same_values_bit_for_bit(shape, band_bytes):
+    """Every tile is computed as without bands: forward and input gradient are equal, not close,
+    also under vmap (the driver's run axis)."""
+    x = jnp.asarray(RNG.standard_normal(shape).astype(np.float32))
+    kernel = RNG.standard_normal((3, 3, shape[-1], 6)).astype(np.float32) / 3
+    u = winograd_kernel(kernel)
+    cotangent = jnp.asarray(RNG.standard_normal(shape[:-1] + (6,)).astype(np.float32))
+    whole = jax.jit(forward_and_input_gradient)(x, u, cotangent)
+    batched_whole = jax.jit(jax.vmap(forward_and_input_gradient, in_axes=(0, None, 0)))(
+        x[None], u, cotangent[None])
+    tw = (shape[2] + 1) // 2
+    band_bytes(band_bytes_for_rows(2, shape[0], tw, shape[-1], 6))
+    assert len(tile_bands(shape[0], (shape[1] + 1) // 2, tw, shape[-1], 6)) > 2
+    banded = jax.jit(forward_and_input_gradient)(x, u, cotangent)
+    batched = jax.jit(jax.vmap(forward_and_input_gradient, in_axes=(0, None, 0)))(x[None], u, cotangent[None])
+    for got, want in zip(banded + batched, whole + batched_whole):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert relative(banded[0], direct_conv(x, kernel)) < 1e-5
+
+
+def test_bands_are_computed_one_after_the_other(band_bytes):
+    """Only one band's transformed tiles and products are live at a time: the compiled program's
+    temporary memory falls by most of what V and M take in one piece (if the compiler ran the
+    bands side by side, it would not fall)."""
+    n, side, c = 1, 96, 32
+    x = jnp.zeros((n, side, side, c), jnp.float32)
+    u = jnp.zeros((16, c, c), jnp.float32)
+
+    def temp_bytes():
+        compiled = jax.jit(forward_and_input_gradient).lower(x, u, x).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    whole = temp_bytes()
+    tiles_and_products = 16 * n * (side // 2) ** 2 * 2 * c * 4  # V and M in one piece
+    band_bytes(tiles_and_products // 8)
+    assert len(tile_bands(n, side // 2, side // 2, c, c)) == 8
+    assert temp_bytes() < whole - 3 * tiles_and_products / 4
 
 
 def test_kernel_of_the_wrong_shape_is_refused():

@@ -26,6 +26,12 @@ What this module does with it:
   is the contraction over ``U``'s last axis.  So one ``U`` serves both directions: no second
   kernel is stored and nothing is re-laid out per step.
 
+* The transformed tiles ``V`` (4x the layer's input) and the products ``M`` (4x its output) are
+  the convolution's working memory; :func:`winograd_conv2d` computes them in bands of tile rows of
+  at most :data:`BAND_BYTES`, one band after the other (:func:`tile_bands`), so that a layer's
+  working memory stays small next to the activations a step keeps for its backward pass.  The
+  values are those of the convolution in one piece, bit for bit.
+
 Departure from a general convolution: the gradient with respect to the kernel is not computed
 (it is returned as zero).  This is meant for frozen backbones, whose weights are constants of the
 optimization; do not train weights through it.
@@ -81,45 +87,98 @@ def _four_taps(x, axis: int, tiles: int):
     return [take(0, tiles, 0), take(0, tiles, 1), take(1, tiles + 1, 0), take(1, tiles + 1, 1)]
 
 
-def _input_tiles(x, flip: bool):
-    """``V = B^T d B`` for every 4x4 tile of ``x`` (N, H, W, C), padded for "same" output:
-    ``(16, N * tiles_h * tiles_w, C)`` and the tile counts.  ``flip`` permutes the 16 positions
-    by :data:`FLIP` (for the input gradient)."""
-    n, h, w, c = x.shape
-    th, tw = (h + 1) // 2, (w + 1) // 2
-    xp = jnp.pad(x, ((0, 0), (1, 1 + 2 * th - h), (1, 1 + 2 * tw - w), (0, 0)))
+def _input_tiles(xp, th: int, tw: int, flip: bool):
+    """``V = B^T d B`` for the ``th`` x ``tw`` 4x4 tiles (stride 2) of the padded ``xp`` (N, 2 th + 2,
+    2 tw + 2, C): ``(16, N * th * tw, C)``.  ``flip`` permutes the 16 positions by :data:`FLIP`
+    (for the input gradient)."""
+    n, c = xp.shape[0], xp.shape[-1]
     order = FLIP if flip else (0, 1, 2, 3)
     rows = _transform_1d(_four_taps(xp, 1, th), BT)
-    rows = jnp.stack([rows[i] for i in order])                     # (4, N, th, W+2, C)
+    rows = jnp.stack([rows[i] for i in order])                     # (4, N, th, 2 tw + 2, C)
     cols = _transform_1d(_four_taps(rows, 3, tw), BT)
     v = jnp.stack([cols[i] for i in order], axis=1)                # (4, 4, N, th, tw, C)
-    return v.reshape(16, n * th * tw, c), th, tw
+    return v.reshape(16, n * th * tw, c)
 
 
-def _output_tiles(m, n: int, th: int, tw: int, h: int, w: int, flip: bool):
-    """``Y = A^T M A`` of the products ``m`` (16, N * th * tw, K): the (N, H, W, K) output."""
+def _output_tiles(m, n: int, th: int, tw: int, flip: bool):
+    """``Y = A^T M A`` of the products ``m`` (16, N * th * tw, K): the (N, 2 th, 2 tw, K) output."""
     k = m.shape[-1]
     m = m.reshape(4, 4, n, th, tw, k)
     order = FLIP if flip else (0, 1, 2, 3)
     rows = _transform_1d([m[i] for i in order], AT)                # 2 x (4, N, th, tw, K)
     out = [_transform_1d([r[j] for j in order], AT) for r in rows]  # out[y][x]: (N, th, tw, K)
     y = jnp.stack([jnp.stack(pair, axis=3) for pair in out], axis=2)  # (N, th, 2, tw, 2, K)
-    return y.reshape(n, 2 * th, 2 * tw, k)[:, :h, :w]
+    return y.reshape(n, 2 * th, 2 * tw, k)
+
+
+#: The most bytes the transformed tiles ``V`` and their products ``M`` of one band of tile rows
+#: may take (:func:`tile_bands`).  Together they are 4 times the layer's input plus 4 times its
+#: output (16 positions per 2x2 output tile): in one piece 512 MiB for each block3 layer of VGG19
+#: at 1024 px, live on top of the activations kept for the backward pass, which made them the
+#: peak of the whole L-BFGS trial there (2554 MiB of temporaries against 2347 with XLA's
+#: convolution; in bands of 64 MiB, 2355).  ``backbone.conv=auto``'s layers (block3_conv2 onward)
+#: are one band up to 256 px (the same program as in one piece); at 512 px block3 takes 2 bands,
+#: at 1024 px block3 8, block4 3-4.  Smaller bands cost compile time (more, smaller fusions), not
+#: step time (``benchmarks/results/lbfgs_memory.md``).
+BAND_BYTES = 64 * 2**20
+
+
+def tile_bands(n: int, th: int, tw: int, c_in: int, c_out: int, itemsize: int = 4) -> list[tuple[int, int]]:
+    """The bands ``[(first tile row, end tile row)]``, of nearly equal height, in which a Winograd
+    convolution of ``n`` images of ``th`` x ``tw`` tiles, ``c_in`` -> ``c_out`` channels, is
+    computed, so that one band's ``V`` and ``M`` take at most :data:`BAND_BYTES` (one tile row
+    per band at least)."""
+    total = 16 * n * th * tw * (c_in + c_out) * itemsize
+    count = max(1, min(th, -(-total // BAND_BYTES)))
+    edges = [i * th // count for i in range(count + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _after(out, row: int):
+    """``False``, computed from ``out[:, row]``: a data dependency on what has been written into
+    ``out``.  (``x > inf`` is false for every float, NaN included; XLA does not fold it.  The CPU
+    compiler drops ``optimization_barrier`` before scheduling, so it cannot order the bands.)"""
+    return out[:1, row : row + 1, :1, :1] > jnp.inf
+
+
+def _winograd(x, u, flip: bool):
+    """The "same" 3x3 convolution of ``x`` (N, H, W, C) with the transformed kernel ``u``
+    (``flip``: with the flipped, channel-transposed kernel, for the input gradient).
+
+    It runs in bands of tile rows (:func:`tile_bands`) written one after the other into the
+    output; each band's input is selected through :func:`_after` of the previous band's output,
+    so a band's input transform, products and output transform are done before the next band's
+    start and only one band's ``V`` and ``M`` are ever live.  Every tile is computed as without
+    bands (bit for bit the same output)."""
+    n, h, w, c = x.shape
+    k = u.shape[1] if flip else u.shape[2]
+    th, tw = (h + 1) // 2, (w + 1) // 2
+    xp = jnp.pad(x, ((0, 0), (1, 1 + 2 * th - h), (1, 1 + 2 * tw - w), (0, 0)))
+    spec = "pnk,pck->pnc" if flip else "pnc,pck->pnk"
+    bands = tile_bands(n, th, tw, c, k, jnp.dtype(x.dtype).itemsize)
+
+    def band(rows, start, stop):
+        v = _input_tiles(rows, stop - start, tw, flip)
+        return _output_tiles(jnp.einsum(spec, v, u.astype(v.dtype)), n, stop - start, tw, flip)
+
+    if len(bands) == 1:
+        return band(xp, 0, th)[:, :h, :w]
+    out = jnp.zeros((n, 2 * th, 2 * tw, k), x.dtype)
+    for i, (start, stop) in enumerate(bands):
+        rows = xp[:, 2 * start : 2 * stop + 2]
+        if i > 0:  # never taken (see _after): orders this band after the previous one
+            rows = jnp.where(_after(out, 2 * bands[i - 1][0]), jnp.zeros_like(rows), rows)
+        out = jax.lax.dynamic_update_slice_in_dim(out, band(rows, start, stop), 2 * start, axis=1)
+    return out[:, :h, :w]
 
 
 def _winograd_forward(x, u):
-    n, h, w, _ = x.shape
-    v, th, tw = _input_tiles(x, flip=False)
-    m = jnp.einsum("pnc,pck->pnk", v, u.astype(v.dtype))
-    return _output_tiles(m, n, th, tw, h, w, flip=False)
+    return _winograd(x, u, flip=False)
 
 
 def _winograd_input_gradient(g, u):
     """The "same" convolution of ``g`` with the flipped, channel-transposed kernel."""
-    n, h, w, _ = g.shape
-    v, th, tw = _input_tiles(g, flip=True)
-    m = jnp.einsum("pnk,pck->pnc", v, u.astype(v.dtype))
-    return _output_tiles(m, n, th, tw, h, w, flip=True)
+    return _winograd(g, u, flip=True)
 
 
 @jax.custom_vjp

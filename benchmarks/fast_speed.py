@@ -47,7 +47,8 @@ alone, without PyTorch).
 
 ``--wait-quiet S`` waits up to S seconds before each timed phase for the other processes to use
 less than 10% of the CPU (this machine is shared); each phase reports the other processes' share
-during it.  Writes ``<name>.json`` and ``<name>.md``; ``--quick`` (64 px, width 8, 1 block, random
+during it; a folder run under more than ``--max-load`` (5%) other load is repeated, up to
+``--retries`` (2) times.  Writes ``<name>.json`` and ``<name>.md``; ``--quick`` (64 px, width 8, 1 block, random
 VGG16, tiny folder, fast network only) is the smoke test's setting.
 """
 
@@ -305,11 +306,14 @@ MODES = {"in turn": False, "overlapped": True}
 
 
 def measure_folder(image_dir: Path, sizes, models, buckets, width: int, blocks: int,
-                   wait_quiet: float) -> dict:
+                   wait_quiet: float, max_load: float = 0.05, retries: int = 2) -> dict:
     """The folder case through :func:`benchmarks.buckets.run_setting` (for each of ``buckets``,
-    ``None``: off), each setting in a fresh process, in turn and overlapped (:data:`MODES`), first
-    with an empty persistent compilation cache (cold), then again in another fresh process reading
-    the cache the first one filled (warm)."""
+    ``None``: off), each setting in turn and overlapped (:data:`MODES`, next to each other), each
+    in a fresh process, first with an empty persistent compilation cache (cold), then again in
+    another fresh process reading the cache the first one filled (warm).  A run during which other
+    processes used more than ``max_load`` of the CPU (first or no-compile pass) is repeated, up
+    to ``retries`` times (a cold one with a new empty cache), after waiting for quiet; the row
+    keeps the last run and says how many it took."""
     import json
     import subprocess
     import sys
@@ -320,28 +324,36 @@ def measure_folder(image_dir: Path, sizes, models, buckets, width: int, blocks: 
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_folder(Path(tmp) / "photos", image_dir, sizes, 4)
         env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-        for cache in CACHES:
-            for kind in models:
-                for b in buckets:
-                    label = "off" if b is None else f"{b} px"
-                    for mode, overlap in MODES.items():  # before and after next to each other
-                        spec = {"kind": kind, "bucket": b, "folder": str(folder), "width": width,
-                                "blocks": blocks, "overlap": overlap,
-                                "out": str(Path(tmp) / f"{kind}_{label}_{mode}_{cache}"),
-                                "cache_dir": str(Path(tmp) / f"cache_{kind}_{label}_{mode}")}
-                        if wait_quiet:
-                            wait_until_quiet(wait_quiet)
-                        done = subprocess.run([sys.executable, "-m", "benchmarks.fast_speed", "--folder-worker",
-                                               json.dumps(spec)], env=env, check=True, capture_output=True,
-                                              text=True)
-                        summary = json.loads(done.stdout.strip().splitlines()[-1])
-                        summary.update(cache=cache, mode=mode)
+
+        def worker(spec: dict) -> dict:
+            if wait_quiet:
+                wait_until_quiet(wait_quiet)
+            done = subprocess.run([sys.executable, "-m", "benchmarks.fast_speed", "--folder-worker",
+                                   json.dumps(spec)], env=env, check=True, capture_output=True, text=True)
+            return json.loads(done.stdout.strip().splitlines()[-1])
+
+        for kind in models:
+            for b in buckets:
+                label = "off" if b is None else f"{b} px"
+                for mode, overlap in MODES.items():  # before and after next to each other
+                    cache_dir = None
+                    for cache in CACHES:
+                        for attempt in range(1, retries + 2):
+                            if cache == "cold":  # an empty cache for every cold attempt
+                                cache_dir = str(Path(tmp) / f"cache_{kind}_{label}_{mode}_{attempt}")
+                            summary = worker({"kind": kind, "bucket": b, "folder": str(folder), "width": width,
+                                              "blocks": blocks, "overlap": overlap, "cache_dir": cache_dir,
+                                              "out": str(Path(tmp) / f"{kind}_{label}_{mode}_{cache}")})
+                            loaded = max(summary["other_load"] or 0.0, summary["other_load_steady"] or 0.0)
+                            log(f"folder {kind}, bucket {label}, {mode}, {cache} cache (run {attempt}): "
+                                f"{summary['wall_s']} s, exposed compile {summary['exposed_compile_s']} s "
+                                f"({100 * summary['exposed_share']:.1f}%), compile CPU {summary['compile_cpu_s']} s, "
+                                f"{summary['programs']} programs, other load {summary['other_load']} / "
+                                f"{summary['other_load_steady']}")
+                            if loaded <= max_load:
+                                break
+                        summary.update(cache=cache, mode=mode, runs=attempt)
                         out[f"{kind}, bucket {label}, {mode}, {cache}"] = summary
-                        log(f"folder {kind}, bucket {label}, {mode}, {cache} cache: {summary['wall_s']} s, "
-                            f"exposed compile {summary['exposed_compile_s']} s "
-                            f"({100 * summary['exposed_share']:.1f}%), compile CPU {summary['compile_cpu_s']} s, "
-                            f"{summary['programs']} programs, other load {summary['other_load']} / "
-                            f"{summary['other_load_steady']}")
     return out
 
 
@@ -364,6 +376,9 @@ def main(argv=None):
                    help="wait up to S seconds for other processes to use < 10%% of the CPU before each phase")
     p.add_argument("--sections", default="apply,train,folder",
                    help="comma-separated: apply (with the arbitrary network's), train, folder")
+    p.add_argument("--max-load", type=float, default=0.05,
+                   help="folder rows: repeat a run during which other processes used more of the CPU")
+    p.add_argument("--retries", type=int, default=2, help="folder rows: repeats of a loaded run at most")
     p.add_argument("--folder-worker", metavar="JSON", help=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
     args = p.parse_args(argv)
@@ -379,7 +394,7 @@ def main(argv=None):
     if args.quick:
         args.apply_sizes, args.runs, args.steps, args.size, args.batch = "64", 1, 1, 64, 2
         args.width, args.blocks, args.weights, args.bucket = 8, 1, "null", 32
-        args.folder_models, folder_sizes = "fast", QUICK_SIZES
+        args.folder_models, folder_sizes, args.retries = "fast", QUICK_SIZES, 0
     if args.folder_buckets is None:
         args.folder_buckets = f"off,{args.bucket}"
 
@@ -418,7 +433,8 @@ def main(argv=None):
     if "folder" in sections:
         buckets = [None if b in ("off", "null", "none") else int(b) for b in args.folder_buckets.split(",")]
         report["folder"] = measure_folder(image_dir, folder_sizes, args.folder_models.split(","), buckets,
-                                          args.width, args.blocks, args.wait_quiet)
+                                          args.width, args.blocks, args.wait_quiet, args.max_load,
+                                          args.retries)
         report["folder_sizes"] = [list(s) for s in folder_sizes]
     report["torch_version"] = torch.__version__ if torch is not None else None
     harness.write_report(args.out, args.name, report, markdown(report))
@@ -514,17 +530,18 @@ def _folder_markdown(r: dict) -> list[str]:
              "cores); **in turn, no compile s** = the folder once more with `overlap=False`, every "
              "program compiled (what decode/write overlap saves apart from compiling: compare with "
              "no-compile s); **other load** = other processes' share of the CPU during the first / the "
-             "no-compile passes (this machine is shared).", "",
+             "no-compile passes (this machine is shared); **runs** = how many runs the row took (a run under "
+             "more than 5% other load is repeated after waiting for quiet, the last one kept).", "",
              "| network, bucket | cache | mode | programs | total s | no-compile s | exposed compile s | "
-             "exposed share | compile CPU-s | JAX compile s | in turn, no compile s | other load |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "exposed share | compile CPU-s | JAX compile s | in turn, no compile s | other load | runs |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for k, s in r["folder"].items():
         cache, mode = s.get("cache", "cold"), s.get("mode", "in turn")
         name = k.removesuffix(f", {cache}").removesuffix(f", {mode}")
         lines.append(f"| {name} | {cache} | {mode} | {s['programs']} | {s['wall_s']} | {s['steady_wall_s']} | "
                      f"{s['exposed_compile_s']} | {100 * s['exposed_share']:.1f}% | {s['compile_cpu_s']} | "
                      f"{s['compile_s']} | {s['steady_sequential_wall_s']} | "
-                     f"{s['other_load']:.2f} / {s['other_load_steady']:.2f} |")
+                     f"{s['other_load']:.2f} / {s['other_load_steady']:.2f} | {s.get('runs', 1)} |")
     return lines
 
 

@@ -23,6 +23,11 @@ Where results go (:func:`plan_outputs`; every rename and skip is printed on stde
   its input be skipped.  A file named explicitly (``output=result.jpg`` for a single input) is
   written as asked, unless it is the input itself.
 
+A folder (:func:`stylize_files`) is stylized in input order with the programs for its photos'
+sizes compiled ahead in a background thread while earlier photos are stylized, and photos decoded
+and written in another thread (:mod:`neuralstyle.fast.ahead`); ``overlap=False`` does one thing
+after the other, with the same results.
+
 For print, results can be 16-bit PNG or TIFF (``bit_depth=16``), and each result carries the ICC
 profile of its input photo (none, i.e. sRGB by assumption, when the photo has none); see
 :func:`neuralstyle.images.io.save_image`.

@@ -23,15 +23,21 @@ def objectives():
             for p in ("float32", "bfloat16", "mixed")}
 
 
+@pytest.fixture(scope="module")
+def float32_features(objectives):
+    want = objectives["float32"].extractor
+    return jax.jit(want.apply)(want.params, CONTENT)
+
+
 @pytest.mark.parametrize("precision", ["bfloat16", "mixed"])
-def test_reduced_precision_features_are_float32_and_within_bfloat16_rounding(objectives, precision):
+def test_reduced_precision_features_are_float32_and_within_bfloat16_rounding(objectives, float32_features,
+                                                                           precision):
     """bfloat16 keeps 8 significant bits (relative rounding 2**-9 per operation); through up to 10
     convolutions the features stay within a few percent of the float32 ones."""
-    want = objectives["float32"].extractor
     got = objectives[precision].extractor
     weights_dtype = got.params.trainable[0].dtype
     assert weights_dtype == (jnp.bfloat16 if precision == "bfloat16" else jnp.float32)
-    f32, low = want.apply(want.params, CONTENT), got.apply(got.params, CONTENT)
+    f32, low = float32_features, jax.jit(got.apply)(got.params, CONTENT)
     for layer in f32:
         assert low[layer].dtype == jnp.float32  # the losses never see bfloat16
         error = float(jnp.linalg.norm(low[layer] - f32[layer]) / jnp.linalg.norm(f32[layer]))

@@ -40,6 +40,20 @@ def images():
     return jnp.asarray(content), jnp.asarray(style), jnp.asarray(image)
 
 
+@pytest.fixture(scope="module")
+def exact(objective, images):
+    """The untiled objective's value and gradient (eager) and the exactly tiled ones (tiles of 32
+    px, the default halo), on the same targets: computed once for the tests that compare them."""
+    content, style, image = images
+    params = objective.params
+    tiled = TiledObjective(objective, tile=32)
+    targets = objective.targets(params, content, style)
+    tiled_targets = tiled.targets(objective, params, content, style)
+    untiled = jax.value_and_grad(objective, argnums=1, has_aux=True)(params, image, targets)
+    return dict(tiled=tiled, targets=targets, tiled_targets=tiled_targets, untiled=untiled,
+                got=tiled.value_and_grad(objective, params, image, tiled_targets))
+
+
 def test_receptive_extent_of_vgg19():
     # conv1_1: one 3x3 convolution; pool1 widens the right side by 1 and doubles the stride
     assert receptive_extent("vgg19", ["block1_conv1"]) == (1, 1, 1)
@@ -75,21 +89,17 @@ def test_tiled_features_equal_untiled(objective, images):
         np.testing.assert_allclose(got[layer], want[layer], atol=1e-5 * scale, rtol=0)
 
 
-def test_tiled_loss_and_gradient_equal_untiled(objective, images):
+def test_tiled_loss_and_gradient_equal_untiled(objective, images, exact):
     """The whole point: the same optimization, not a mosaic.  Tolerance: float32 sums taken in a
     different order (relative 1e-5 of the largest gradient entry)."""
-    content, style, image = images
-    params = objective.params
-    tiled = TiledObjective(objective, tile=32)
+    content = images[0]
+    tiled, targets, tiled_targets = exact["tiled"], exact["targets"], exact["tiled_targets"]
     assert len(tiled.tiles(content.shape[1:3])) == 12
-    targets = objective.targets(params, content, style)
-    tiled_targets = tiled.targets(objective, params, content, style)
     for layer in objective.style_layers:
         np.testing.assert_allclose(tiled_targets.style[0][layer], targets.style[0][layer], rtol=1e-5,
                                    atol=1e-6 * float(jnp.abs(targets.style[0][layer]).max()))
-    (want, want_terms), want_grad = jax.value_and_grad(objective, argnums=1, has_aux=True)(
-        params, image, targets)
-    (got, got_terms), got_grad = tiled.value_and_grad(objective, params, image, tiled_targets)
+    (want, want_terms), want_grad = exact["untiled"]
+    (got, got_terms), got_grad = exact["got"]
     assert float(got) == pytest.approx(float(want), rel=1e-5)
     for k in ("content", "style", "tv"):
         assert float(got_terms[k]) == pytest.approx(float(want_terms[k]), rel=1e-5)
@@ -127,16 +137,14 @@ def test_moment_families_tile_exactly(family, vgg19_avg, images):
     np.testing.assert_allclose(got_grad, want_grad, atol=1e-4 * scale, rtol=0)
 
 
-def test_a_halo_smaller_than_the_receptive_field_is_where_the_error_comes_from(objective, images):
+def test_a_halo_smaller_than_the_receptive_field_is_where_the_error_comes_from(objective, images, exact):
     """Halo 0: features near tile edges see zero padding instead of their neighbours, so the
     gradient differs from the untiled one, by far more than rounding."""
     content, style, image = images
     params = objective.params
-    targets = objective.targets(params, content, style)
-    _, want_grad = jax.value_and_grad(objective, argnums=1, has_aux=True)(params, image, targets)
-    exact = TiledObjective(objective, tile=32)
+    _, want_grad = exact["untiled"]
+    _, exact_grad = exact["got"]  # the default halo
     cut = TiledObjective(objective, tile=32, halo=0)
-    _, exact_grad = exact.value_and_grad(objective, params, image, exact.targets(objective, params, content, style))
     _, cut_grad = cut.value_and_grad(objective, params, image, cut.targets(objective, params, content, style))
     scale = float(jnp.abs(want_grad).max())
     exact_error = float(jnp.abs(exact_grad - want_grad).max()) / scale
@@ -166,14 +174,12 @@ def test_max_pooling_near_ties_are_the_only_difference(random_vgg19, images):
     assert (error.max(axis=-1) > 1e-5).mean() < 0.05  # patches, not the image
 
 
-def test_the_weights_are_arguments(objective, images):
-    content, style, image = images
-    params = objective.params
-    tiled = TiledObjective(objective, tile=32)
-    targets = tiled.targets(objective, params, content, style)
+def test_the_weights_are_arguments(objective, images, exact):
+    image = images[2]
+    tiled, targets = exact["tiled"], exact["tiled_targets"]
     heavier = objective.with_weights(style_weight=1.0)
-    (got, terms), _ = tiled.value_and_grad(heavier, params, image, targets)
-    (want, want_terms), _ = tiled.value_and_grad(objective, params, image, targets)
+    (got, terms), _ = tiled.value_and_grad(heavier, objective.params, image, targets)
+    (want, want_terms), _ = exact["got"]  # the same tiled objective at style weight 1e-2
     assert float(terms["style"]) == pytest.approx(100 * float(want_terms["style"]), rel=1e-5)
 
 

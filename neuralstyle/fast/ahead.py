@@ -98,7 +98,9 @@ class Programs:
         return getattr(self._jitted, name)
 
 
-#: Threads compiling ahead.
+#: Threads compiling ahead: one.  XLA's CPU compiler is itself parallel (on the 2-core Xeon a
+#: compile took 1.5-1.75 CPU-seconds per second, benchmarks/results/fast_folder.md), so a second
+#: compile thread would find no idle core there; elsewhere it would only compile further ahead.
 WORKERS = 1
 
 

@@ -89,10 +89,18 @@ def machine_fingerprint() -> dict:
 
 
 def machine_key(fingerprint: Optional[dict] = None) -> str:
-    """A short stable key of :func:`machine_fingerprint`."""
-    fingerprint = machine_fingerprint() if fingerprint is None else fingerprint
+    """A short stable key of ``fingerprint`` (default: this machine's, :func:`this_machine_key`)."""
+    if fingerprint is None:
+        return this_machine_key()
     text = json.dumps(fingerprint, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def this_machine_key() -> str:
+    """:func:`machine_key` of this machine, computed once per process (the tuning is looked up
+    for every extractor and every compile; the machine does not change under a process)."""
+    return machine_key(machine_fingerprint())
 
 
 # --------------------------------------------------------------------------- reading and writing
@@ -115,12 +123,11 @@ def _read_file(path: Path) -> dict:
 
 
 def _write_file(path: Path, data: dict) -> None:
-    """Write the tuning file atomically: a temporary file renamed over the old one, so a reader
-    never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """Write the tuning file atomically (:func:`neuralstyle.images.io.atomic_write`: a temporary
+    file renamed over the old one, so a reader never sees half a file)."""
+    from .images.io import atomic_write
+
+    atomic_write(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
 
 def _valid(record) -> bool:

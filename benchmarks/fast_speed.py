@@ -543,25 +543,27 @@ def _folder_markdown(r: dict) -> list[str]:
             for k, s in r["folder"].items() if "mode" in s}
     pairs = [(name, cache) for name, cache, mode in rows if mode == "in turn" and (name, cache, "overlapped") in rows]
     if pairs:
-        lines += ["Before (in turn) -> after (overlapped), from the rows below:", "",
-                  "| network, bucket | cache | total s | exposed compile s | exposed share | compile CPU-s |",
-                  "|---|---|---:|---:|---:|---:|"]
-        for name, cache in pairs:
+        def before_after(name, cache):
             a, b = rows[(name, cache, "in turn")], rows[(name, cache, "overlapped")]
-            lines.append(f"| {name} | {cache} | {a['wall_s']} -> {b['wall_s']} | {a['exposed_compile_s']} -> "
-                         f"{b['exposed_compile_s']} | {100 * a['exposed_share']:.1f}% -> "
-                         f"{100 * b['exposed_share']:.1f}% | {a['compile_cpu_s']} -> {b['compile_cpu_s']} |")
+            return [name, cache, f"{a['wall_s']} -> {b['wall_s']}", f"{a['exposed_compile_s']} -> {b['exposed_compile_s']}",
+                    f"{100 * a['exposed_share']:.1f}% -> {100 * b['exposed_share']:.1f}%",
+                    f"{a['compile_cpu_s']} -> {b['compile_cpu_s']}"]
+
+        lines += ["Before (in turn) -> after (overlapped), from the rows below:", ""]
+        lines += harness.markdown_table(["network, bucket", "cache", "total s", "exposed compile s", "exposed share",
+                                         "compile CPU-s"], (before_after(*pair) for pair in pairs), align="llrrrr")
         lines += ["", "All rows:", ""]
-    lines += ["| network, bucket | cache | mode | programs | total s | no-compile s | exposed compile s | "
-              "exposed share | compile CPU-s | JAX compile s | in turn, no compile s | other load | runs |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for k, s in r["folder"].items():
+    def row(k, s):
         cache, mode = s.get("cache", "cold"), s.get("mode", "in turn")
         name = k.removesuffix(f", {cache}").removesuffix(f", {mode}")
-        lines.append(f"| {name} | {cache} | {mode} | {s['programs']} | {s['wall_s']} | {s['steady_wall_s']} | "
-                     f"{s['exposed_compile_s']} | {100 * s['exposed_share']:.1f}% | {s['compile_cpu_s']} | "
-                     f"{s['compile_s']} | {s['steady_sequential_wall_s']} | "
-                     f"{s['other_load']:.2f} / {s['other_load_steady']:.2f} | {s.get('runs', 1)} |")
+        return [name, cache, mode, s["programs"], s["wall_s"], s["steady_wall_s"], s["exposed_compile_s"],
+                f"{100 * s['exposed_share']:.1f}%", s["compile_cpu_s"], s["compile_s"], s["steady_sequential_wall_s"],
+                f"{s['other_load']:.2f} / {s['other_load_steady']:.2f}", s.get("runs", 1)]
+
+    lines += harness.markdown_table(
+        ["network, bucket", "cache", "mode", "programs", "total s", "no-compile s", "exposed compile s",
+         "exposed share", "compile CPU-s", "JAX compile s", "in turn, no compile s", "other load", "runs"],
+        (row(k, s) for k, s in r["folder"].items()), align="lll" + "r" * 10)
     return lines
 
 

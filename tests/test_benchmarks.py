@@ -141,3 +141,22 @@ def test_lbfgs_tiny(tmp_path, image_dir):
     assert all(r["iterations"] <= 2 for r in report["rows"])
     md = (tmp_path / "lbfgs.md").read_text()
     assert md.startswith("# L-BFGS vs Adam, 2 iterations") and "| neuralstyle lbfgs() |" in md
+
+
+def test_tuning_report_shows_the_rule_and_the_tuned_choice():
+    """benchmarks.tuning's table (a fabricated record: the measurement itself is tested in
+    test_tuning.py): each layer shows the fixed rule's pick and the tuned one from the record."""
+    from benchmarks import tuning as tuning_bench
+
+    layer = {"layers": ["block3_conv1"], "side": 64, "cin": 128, "cout": 256, "xla_ms": 20.0, "winograd_ms": 10.0}
+    deep = {"layers": ["block5_conv1", "block5_conv2"], "side": 16, "cin": 512, "cout": 512,
+            "xla_ms": 10.0, "winograd_ms": 20.0}
+    record = {"size": 256, "fast_size": 512, "margin": 0.03, "winograd_channels": [[128, 256]],
+              "step_conv_backend": "xla", "fast_conv_backend": "eigen",
+              "measured": {"layers": [layer, deep], "step": {"xla_ms": 291.0, "eigen_ms": 287.0},
+                           "fast": {"xla_ms": 1123.0, "eigen_ms": 353.0}}}
+    md = tuning_bench.markdown({"args": {"repeats": 5}, "record": record, "other_load": 0.01})
+    assert "| block3_conv1 | 64x64 | 128 -> 256 | 20.0 | 10.0 | 0.50 | xla | winograd |" in md
+    assert "| block5_conv1, block5_conv2 | 16x16 | 512 -> 512 | 10.0 | 20.0 | 2.00 | winograd | xla |" in md
+    assert "| 291.0 | 287.0 | 0.99 | xla | xla |" in md and "| 1123.0 | 353.0 | 0.31 | eigen | eigen |" in md
+    assert "more than 3% faster" in md

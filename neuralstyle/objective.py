@@ -191,10 +191,11 @@ class StyleObjective:
             style_blend_weights(weights, len(styles))  # validate; masks keep absolute weights
         else:
             weights = style_blend_weights(blend, len(styles))
-        content_features = self.extractor.apply(params, content)
+        # one forward pass each: XLA's convolutions compile faster than Winograd (same features)
+        content_features = self.extractor.apply(params, content, winograd=False)
         statistics = []
         for image in styles:
-            features = self.extractor.apply(params, image)
+            features = self.extractor.apply(params, image, winograd=False)
             statistics.append({n: self.style_loss.target(features[n]) for n in self.style_layers})
         if masks is None:
             statistics, weights = mix_style_statistics(self.style_loss, statistics, weights)

@@ -216,6 +216,51 @@ def test_extractor_features_and_gradients_equal_xla(extractors):
         assert relative(grad, reference_grad) < 1e-5, conv
 
 
+def test_direct_forward_pass_uses_xla_convolutions_and_equals_winograd(extractors):
+    """``apply(..., winograd=False)`` (the targets' one-off forward pass) runs every layer as
+    XLA's convolution with the original kernel: the same features as the XLA extractor bit for
+    bit, as the Winograd ones to float32 rounding, and no Winograd product in its program; the
+    flag holds for that call only."""
+    extractor = extractors["winograd"]
+    x = jnp.asarray(RNG.uniform(size=(1, 40, 36, 3)).astype(np.float32))
+    direct = jax.jit(lambda p, im: extractor.apply(p, im, winograd=False))(extractor.params, x)
+    xla = jax.jit(extractors["xla"].apply)(extractors["xla"].params, x)
+    winograd = jax.jit(extractor.apply)(extractor.params, x)
+    for name, ref in xla.items():
+        np.testing.assert_array_equal(np.asarray(direct[name]), np.asarray(ref))
+        assert relative(winograd[name], ref) < 1e-5, name
+
+    hlo_direct = jax.jit(lambda p, im: extractor.apply(p, im, winograd=False)).lower(extractor.params, x).as_text()
+    hlo_winograd = jax.jit(extractor.apply).lower(extractor.params, x).as_text()
+    convs = len(extractor.winograd)
+    assert hlo_direct.count("stablehlo.convolution") == convs and "stablehlo.dot_general" not in hlo_direct
+    assert hlo_winograd.count("stablehlo.convolution") == 0 and "stablehlo.dot_general" in hlo_winograd
+    with pytest.raises(TypeError):  # 4 channels: the call fails, and the flag is reset all the same
+        extractor.apply(extractor.params, jnp.zeros((1, 8, 8, 4)), winograd=False)
+    again = jax.jit(extractor.apply).lower(extractor.params, x).as_text()  # a fresh trace: Winograd
+    assert again.count("stablehlo.convolution") == 0
+
+
+def test_targets_are_computed_without_winograd(extractors):
+    """The objective's targets (content features, Gram matrices) come from the direct forward
+    pass: equal to those of the XLA backbone, and the loss at the content image is that of the
+    XLA objective to float32 rounding."""
+    from neuralstyle import StyleObjective
+
+    content = jnp.asarray(RNG.uniform(size=(1, 32, 32, 3)).astype(np.float32))
+    style = jnp.asarray(RNG.uniform(size=(1, 32, 40, 3)).astype(np.float32))
+    objectives = {conv: StyleObjective.build(VGG("vgg19", weights=None, seed=0, conv=conv), ["conv4_2"],
+                                             ["conv1_1", "conv3_1", "conv4_1"]) for conv in ("xla", "winograd")}
+    targets = {conv: jax.jit(o.targets)(o.params, content, style) for conv, o in objectives.items()}
+    for name, ref in targets["xla"].content.items():
+        np.testing.assert_array_equal(np.asarray(targets["winograd"].content[name]), np.asarray(ref))
+    for name, ref in targets["xla"].style[0].items():
+        np.testing.assert_array_equal(np.asarray(targets["winograd"].style[0][name]), np.asarray(ref))
+    losses = {conv: float(jax.jit(lambda p, x, t, o=o: o(p, x, t)[0])(o.params, content, targets[conv]))
+              for conv, o in objectives.items()}
+    assert losses["xla"] > 0 and abs(losses["winograd"] - losses["xla"]) <= 1e-4 * losses["xla"]
+
+
 def test_winograd_layers_share_the_backbone_weights(extractors):
     extractor = extractors["auto"]
     wrapped = [l for l in extractor.model.layers if isinstance(l, WinogradConv2D)]

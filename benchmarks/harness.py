@@ -193,6 +193,12 @@ def _read_status_kib(key: str) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
+def rss_mib() -> Optional[float]:
+    """This process's resident set size now, MiB (``None`` where ``/proc`` has no status)."""
+    kib = _read_status_kib("VmRSS")
+    return None if kib is None else kib / 1024
+
+
 class PeakMemory:
     """Peak RSS of this process during a phase: ``with PeakMemory() as mem: ...; mem.result()``.
 

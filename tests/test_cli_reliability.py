@@ -160,9 +160,16 @@ def test_ctrl_c_saves_the_current_image(image_dir, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_cli_ctrl_c_exits_130_with_one_line_and_the_image(image_dir, tmp_path):
     env = {**os.environ, "NEURALSTYLE_IMAGE_DIR": str(image_dir), "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "neuralstyle.run", *TINY, "steps=100000", "snapshot_every=1"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A process started with SIGINT ignored (a suite launched in the background by a shell without
+    # job control; xdist workers pass that on) would start the CLI with it ignored too, and Python
+    # then installs no KeyboardInterrupt handler.  A handler here is reset to the default on exec.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "neuralstyle.run", *TINY, "steps=100000", "snapshot_every=1"],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 600
     while not list(tmp_path.rglob("step_00002.png")) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()

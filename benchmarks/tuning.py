@@ -15,17 +15,15 @@ from pathlib import Path
 from benchmarks import harness
 
 
-def fixed_rule(cin: int, cout: int) -> str:
-    from neuralstyle.backbones.vgg import AUTO_WINOGRAD_MIN_CHANNELS
-
-    return "winograd" if min(cin, cout) >= AUTO_WINOGRAD_MIN_CHANNELS else "xla"
-
-
 def ms(value) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
 def markdown(rep: dict) -> str:
+    from neuralstyle.backbones.vgg import winograd_by_rule
+    from neuralstyle.fast.xla import UNTUNED_CONV_BACKEND
+    from neuralstyle.tuning import UNTUNED_STEP_BACKEND
+
     rec, a = rep["record"], rep["args"]
     chosen = {tuple(p) for p in rec["winograd_channels"]}
     measured = rec["measured"]
@@ -41,7 +39,8 @@ def markdown(rep: dict) -> str:
         ["layers", "feature map", "C_in -> C_out", "xla ms", "winograd ms", "winograd / xla", "fixed rule",
          "tuned"],
         ([", ".join(r["layers"]), f"{r['side']}x{r['side']}", f"{r['cin']} -> {r['cout']}", f"{r['xla_ms']:.1f}",
-          f"{r['winograd_ms']:.1f}", f"{r['winograd_ms'] / r['xla_ms']:.2f}", fixed_rule(r["cin"], r["cout"]),
+          f"{r['winograd_ms']:.1f}", f"{r['winograd_ms'] / r['xla_ms']:.2f}",
+          "winograd" if winograd_by_rule(r["cin"], r["cout"]) else "xla",
           "winograd" if (r["cin"], r["cout"]) in chosen else "xla"] for r in measured["layers"]),
         align="llrrrrll")
     step, fast = measured["step"], measured["fast"]
@@ -49,10 +48,10 @@ def markdown(rep: dict) -> str:
     lines += harness.markdown_table(
         ["program", "XLA default ms", "Eigen ms", "Eigen / default", "fixed rule", "tuned"],
         [[f"VGG19 gradient at {rec['size']} px (tuned Winograd layers)", ms(step["xla_ms"]), ms(step["eigen_ms"]),
-          f"{step['eigen_ms'] / step['xla_ms']:.2f}" if step["eigen_ms"] else "-", "xla",
+          f"{step['eigen_ms'] / step['xla_ms']:.2f}" if step["eigen_ms"] else "-", UNTUNED_STEP_BACKEND,
           rec["step_conv_backend"]],
          [f"transform net apply at {rec['fast_size']} px", ms(fast["xla_ms"]), ms(fast["eigen_ms"]),
-          f"{fast['eigen_ms'] / fast['xla_ms']:.2f}" if fast["eigen_ms"] else "-", "eigen",
+          f"{fast['eigen_ms'] / fast['xla_ms']:.2f}" if fast["eigen_ms"] else "-", UNTUNED_CONV_BACKEND,
           rec["fast_conv_backend"]]], align="lrrrll")
     return "\n".join(lines) + "\n"
 

@@ -26,7 +26,7 @@ CONVS = ("xla", "auto", "winograd")
 def time_layers(size: int, repeats: int) -> list[dict]:
     """Per distinct VGG19 convolution: :func:`neuralstyle.tuning.time_conv_layer` (the measurement
     ``python -m neuralstyle.tune`` makes), with what the untuned ``auto`` rule picks."""
-    from neuralstyle.backbones.vgg import AUTO_WINOGRAD_MIN_CHANNELS
+    from neuralstyle.backbones.vgg import winograd_by_rule
     from neuralstyle.tuning import time_conv_layer, vgg_conv_shapes
 
     rows = []
@@ -37,7 +37,7 @@ def time_layers(size: int, repeats: int) -> list[dict]:
         rows.append({"size": size, "layers": names, "side": side, "cin": cin, "cout": cout,
                      "xla_ms": round(xla_ms, 2), "winograd_ms": round(wino_ms, 2),
                      "ratio": round(wino_ms / xla_ms, 3), "relative_error": measured["relative_error"],
-                     "auto": "winograd" if min(cin, cout) >= AUTO_WINOGRAD_MIN_CHANNELS else "xla",
+                     "auto": "winograd" if winograd_by_rule(cin, cout) else "xla",
                      "other_load": load.foreign})
         harness.log(f"  {size} px {names[0]:>13} ({side}x{side}, {cin}->{cout}): xla {xla_ms:.1f} ms, "
                     f"winograd {wino_ms:.1f} ms ({wino_ms / xla_ms:.2f}x)")

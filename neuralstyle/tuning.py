@@ -62,6 +62,8 @@ BACKENDS = ("xla", "eigen")
 #: what a repeated timing on a shared machine moves by (the Xeon's VGG19 gradient measured 291 ms
 #: with XLA's default and 287 ms with Eigen: not a reason to leave the default).
 MARGIN = 0.03
+#: The optimization programs' convolutions without a tuning: XLA's default.
+UNTUNED_STEP_BACKEND = "xla"
 
 
 # --------------------------------------------------------------------------- where, which machine
@@ -208,9 +210,9 @@ def tuned_winograd_channels() -> Optional[frozenset]:
 
 def step_conv_backend() -> str:
     """``"eigen"`` or ``"xla"``: the convolutions of the optimization programs on this machine
-    (tuned; ``"xla"``, XLA's default, without a tuning)."""
+    (tuned; :data:`UNTUNED_STEP_BACKEND`, XLA's default, without a tuning)."""
     record = load_tuning() if _cpu() else None
-    return record["step_conv_backend"] if record else "xla"
+    return record["step_conv_backend"] if record else UNTUNED_STEP_BACKEND
 
 
 def step_compiler_options() -> Optional[dict]:
@@ -371,9 +373,9 @@ def winograd_pairs(layers: list[dict], margin: float = MARGIN) -> list[tuple[int
     (``{"layers", "cin", "cout", "xla_ms", "winograd_ms"}``): a pair that occurs at several
     spatial sizes (VGG19's 512 -> 512 in blocks 4 and 5) is decided by its total time over all the
     layers that have it, each shape counted once per layer.  The fixed rule's choice for a pair
-    (Winograd from ``AUTO_WINOGRAD_MIN_CHANNELS`` channels on) stands unless the other path was
+    (:func:`~neuralstyle.backbones.vgg.winograd_by_rule`) stands unless the other path was
     faster by more than ``margin``."""
-    from .backbones.vgg import AUTO_WINOGRAD_MIN_CHANNELS
+    from .backbones.vgg import winograd_by_rule
 
     totals = {}
     for r in layers:
@@ -382,7 +384,7 @@ def winograd_pairs(layers: list[dict], margin: float = MARGIN) -> list[tuple[int
                                          wino + len(r["layers"]) * r["winograd_ms"])
     chosen = []
     for pair, (xla, wino) in totals.items():
-        by_rule = min(pair) >= AUTO_WINOGRAD_MIN_CHANNELS
+        by_rule = winograd_by_rule(*pair)
         if clearly_faster(wino, xla, margin) if not by_rule else not clearly_faster(xla, wino, margin):
             chosen.append(pair)
     return sorted(chosen)
@@ -405,6 +407,8 @@ def tune(size: int = 256, fast_size: int = 512, repeats: int = 5,
     """Measure this machine (see the module docstring) and return its tuning record (not saved;
     :func:`save_tuning` stores it).  ``size``: the optimization image side the VGG layers are
     timed at; ``fast_size``: the feed-forward apply's side."""
+    from .fast.xla import UNTUNED_CONV_BACKEND
+
     if not _cpu():
         raise ConfigError("tuning measures CPU convolution paths; this JAX runs on "
                           f"{__import__('jax').default_backend()}, where the compiler chooses")
@@ -428,5 +432,7 @@ def tune(size: int = 256, fast_size: int = 512, repeats: int = 5,
     return {"format": FORMAT, "machine": machine_fingerprint(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "size": size, "fast_size": fast_size, "repeats": repeats,
-            "winograd_channels": [list(p) for p in winograd], "step_conv_backend": faster(step, "xla"),
-            "fast_conv_backend": faster(fast, "eigen"), "margin": MARGIN, "measured": {"layers": layers, "step": step, "fast": fast}}
+            "winograd_channels": [list(p) for p in winograd],
+            "step_conv_backend": faster(step, UNTUNED_STEP_BACKEND),
+            "fast_conv_backend": faster(fast, UNTUNED_CONV_BACKEND), "margin": MARGIN,
+            "measured": {"layers": layers, "step": step, "fast": fast}}

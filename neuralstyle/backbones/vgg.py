@@ -180,6 +180,12 @@ CONV_CHOICES = ("auto", "xla", "winograd")
 AUTO_WINOGRAD_MIN_CHANNELS = 256
 
 
+def winograd_by_rule(c_in: int, c_out: int) -> bool:
+    """The fixed rule of ``conv="auto"`` without a tuning: Winograd for a 3x3 convolution with at
+    least :data:`AUTO_WINOGRAD_MIN_CHANNELS` input and output channels."""
+    return min(c_in, c_out) >= AUTO_WINOGRAD_MIN_CHANNELS
+
+
 def winograd_layers(model: keras.Model, conv: str, precision: str = "float32",
                     platform: Optional[str] = None) -> set[str]:
     """Names of the 3x3 convolutions of ``model`` that run as Winograd convolutions.
@@ -206,8 +212,7 @@ def winograd_layers(model: keras.Model, conv: str, precision: str = "float32",
     tuned = tuned_winograd_channels()
     if tuned is not None:  # this machine was measured (python -m neuralstyle.tune)
         return {layer.name for layer in convs if tuple(layer.kernel.shape[2:]) in tuned}
-    return {layer.name for layer in convs
-            if min(layer.kernel.shape[2], layer.kernel.shape[3]) >= AUTO_WINOGRAD_MIN_CHANNELS}
+    return {layer.name for layer in convs if winograd_by_rule(*layer.kernel.shape[2:])}
 
 
 #: ``precision`` -> the Keras dtype policy of the backbone's layers.

@@ -19,13 +19,17 @@ from benchmarks.speed.flops import analytic_flops, jnp_matmul_yardstick, xla_flo
 
 
 def prepare(objective, params, spec: dict, size: int):
-    """``(targets, content image (1, H, W, 3), description)`` at ``size``."""
+    """``(targets, content image (1, H, W, 3), description, seconds)`` at ``size``; seconds: the
+    targets' compile and computation, as ``neuralstyle.stylize`` does them (the images' loading
+    left out)."""
     import jax
     import jax.numpy as jnp
 
     content, style, desc = load_images(spec, size)
-    targets = jax.jit(objective.targets)(params, jnp.asarray(content)[None], jnp.asarray(style)[None])
-    return targets, jnp.asarray(content, jnp.float32)[None], desc
+    t = time.perf_counter()
+    targets = jax.block_until_ready(
+        jax.jit(objective.targets)(params, jnp.asarray(content)[None], jnp.asarray(style)[None]))
+    return targets, jnp.asarray(content, jnp.float32)[None], desc, time.perf_counter() - t
 
 
 def adam():
@@ -141,7 +145,7 @@ def worker(spec: dict) -> dict:
     params = objective.params
 
     for size in spec["sizes"]:
-        targets, image, desc = prepare(objective, params, spec, size)
+        targets, image, desc, _ = prepare(objective, params, spec, size)
         out = result["sizes"][str(size)] = {"images": desc, "shape": list(image.shape[1:]),
                                             "analytic_flops": analytic_flops(image.shape[1:], objective)}
         a = out["adam"] = time_adam(objective, params, targets, image, spec["warmup"], spec["steps"])

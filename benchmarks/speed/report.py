@@ -5,6 +5,7 @@ The head (date, command, machine, versions) and the writing come from :mod:`benc
 from __future__ import annotations
 
 from benchmarks import harness
+from benchmarks.speed.ttt import setup_seconds
 
 
 def fmt(v, spec="{:.0f}", dash="–"):
@@ -166,7 +167,7 @@ def markdown_ttt(ttt) -> list[str]:
              "| final loss | vs PyTorch (s) | vs PyTorch (s incl. setup) | other load |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, impl_name, r, ratio in ttt_records(ttt):
-        setup = (r.get("compile_s") or 0.0) + (r.get("setup_s") or 0.0)
+        setup = setup_seconds(r.get("compile_s"), r.get("setup_s"))
         lines.append(
             f"| {name} | {impl_name} | {fmt(r['steps'])} | {fmt(r['evaluations'])} | "
             f"{fmt(r['seconds'], '{:.1f}')} | {setup:.1f} | {fmt(r['seconds_with_setup'], '{:.1f}')} | "

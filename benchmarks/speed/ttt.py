@@ -161,18 +161,13 @@ def jax_run(spec: dict, built=None) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from benchmarks.speed.jax_worker import compile_adam, run_lbfgs
+    from benchmarks.speed.jax_worker import compile_adam, prepare, run_lbfgs
     from neuralstyle.optim.driver import Monitor
 
     objective, weights_source, warnings = built or build_objective(spec)
     objective = jax.tree.map(jnp.asarray, objective)
     params, target, size = objective.params, spec["target"], spec["size"]
-    content, style, desc = load_images(spec, size)
-    t = time.perf_counter()  # the targets, as neuralstyle.stylize computes them: compile + run
-    targets = jax.block_until_ready(jax.jit(objective.targets)(params, jnp.asarray(content)[None],
-                                                               jnp.asarray(style)[None]))
-    setup_s = time.perf_counter() - t
-    image = jnp.asarray(content, jnp.float32)[None]
+    targets, image, desc, setup_s = prepare(objective, params, spec, size)
     result = {"weights": weights_source, "warnings": warnings, "images": desc}
 
     compiled, state, compile_s = compile_adam(objective, params, targets, image)

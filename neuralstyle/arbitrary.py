@@ -55,7 +55,7 @@ import numpy as np  # noqa: E402
 
 from .images.color import combine_luminance  # noqa: E402
 from .errors import ConfigError, ImageError, WeightsError  # noqa: E402
-from .fast.transform import CropLike, PadToMultiple, ReflectionPadding2D, fast_call  # noqa: E402
+from .fast.transform import CropLike, PadToMultiple, ReflectionPadding2D, fast_call, prepared_kernels  # noqa: E402
 from .fast.buckets import DEFAULT_BUCKET, BucketSpec, Bucketed, check_bucket  # noqa: E402
 from .fast.ahead import Programs  # noqa: E402
 from .fast.xla import DEFAULT_CONV_BACKEND, apply_jit, check_conv_backend  # noqa: E402
@@ -453,8 +453,11 @@ class ArbitraryStylizer:
         def predict(params, images):
             return self.predictor.stateless_call(params[0], params[1], images)[0]
 
-        def transform(params, images, embeddings):
-            return fast_call(self.transformer, params[0], params[1], [images, embeddings])  # rewrites: transform.py
+        # the weights are frozen: the rewritten kernels are computed once, not in every program
+        self._kernels = prepared_kernels(self.transformer, self._transformer_params[0])
+
+        def transform(params, images, embeddings, kernels):
+            return fast_call(self.transformer, params[0], params[1], [images, embeddings], kernels)
 
         self._predict = Programs(apply_jit(predict, conv_backend))
         self._transform = Programs(apply_jit(transform, conv_backend))
@@ -470,10 +473,12 @@ class ArbitraryStylizer:
             return
         embeddings = jax.ShapeDtypeStruct((batch, EMBEDDING_DIM), jnp.float32)
         if self.bucketed is not None:
-            self.bucketed.precompile(*self._transformer_params, height, width, embeddings, batch=batch)
+            self.bucketed.precompile(*self._transformer_params, height, width, embeddings, batch=batch,
+                                     kernels=self._kernels)
         else:
             self._transform.compile(self._transformer_params,
-                                    jax.ShapeDtypeStruct((batch, height, width, 3), jnp.float32), embeddings)
+                                    jax.ShapeDtypeStruct((batch, height, width, 3), jnp.float32), embeddings,
+                                    self._kernels)
         if strength < 1.0:
             style = style_input_shape((height, width), self.style_size)
             self._predict.compile(self._predictor_params, jax.ShapeDtypeStruct((1, *style, 3), jnp.float32))
@@ -482,8 +487,9 @@ class ArbitraryStylizer:
         """The transformer on ``images`` (B, H, W, 3) of one size with ``embeddings`` (B, 100)."""
         emb = np.asarray(embeddings, np.float32)  # NumPy: no small programs compiled per size
         if self.bucketed is not None:
-            return self.bucketed(*self._transformer_params, images, emb)
-        return np.asarray(self._transform(self._transformer_params, np.asarray(images, np.float32), emb))
+            return self.bucketed(*self._transformer_params, images, emb, kernels=self._kernels)
+        return np.asarray(self._transform(self._transformer_params, np.asarray(images, np.float32), emb,
+                                          self._kernels))
 
     # -- embeddings ---------------------------------------------------------------------------
 

@@ -222,3 +222,48 @@ def test_fast_call_of_the_arbitrary_transformer_equals_keras():
     got = jax.jit(lambda t, n, x: fast_call(model, t, n, x))(trainable, non_trainable, inputs)
     want = jax.jit(lambda t, n, x: model.stateless_call(t, n, x)[0])(trainable, non_trainable, inputs)
     assert np.abs(np.asarray(got) - np.asarray(want)).max() <= 1e-4
+
+
+def test_prepared_kernels_give_the_same_outputs_and_leave_the_rewriting_out_of_the_program():
+    """Frozen weights: the sub-pixel and space-to-depth kernels computed once
+    (``prepared_kernels``) and passed in give the outputs of the program that rewrites them itself
+    (same arithmetic; bound 1e-6 on [0, 1] pixels), and that program holds no kernel rewriting: no
+    ``dot_general`` (the sub-pixel tap sums) and no ``gather`` (the space-to-depth kernel), which
+    the self-rewriting program has."""
+    from conftest import randomize_weights
+
+    from neuralstyle.fast.transform import prepared_kernels, subpixel_kernels
+
+    model = randomize_weights(transform_net(width=8, residual_blocks=1, seed=0))
+    params = get_params(model)
+    kernels = prepared_kernels(model, params.trainable)
+    assert sorted(kernels) == ["out_conv", "up1_conv", "up2_conv"]
+    assert kernels["up1_conv"].shape == (2, 2, 2, 2, 32, 16)  # phase (a, b) -> a 2x2 kernel
+    assert kernels["out_conv"].shape == (3, 3, 16 * 8, 16 * 3)  # block 4: 9x9 -> 3x3, 16x channels
+    images = np.random.default_rng(2).random((1, 29, 42, 3)).astype(np.float32)
+    fn = jax.jit(apply_fn(model))
+    inline, prepared = np.asarray(fn(params, images)), np.asarray(fn(params, images, kernels))
+    assert np.abs(prepared - inline).max() <= 1e-6
+    text_inline = fn.lower(params, images).as_text()
+    text_prepared = fn.lower(params, images, kernels).as_text()
+    assert "dot_general" in text_inline and "gather" in text_inline
+    assert "dot_general" not in text_prepared and "gather" not in text_prepared
+    # the phase kernels are the tap sums: phase (0, 0) of a kernel of ones sums 1, 2, 2 and 4 taps
+    ones = subpixel_kernels(np.ones((3, 3, 1, 1), np.float32))
+    np.testing.assert_array_equal(np.asarray(ones[0, 0, :, :, 0, 0]), [[1, 2], [2, 4]])
+
+
+def test_stylizer_rewrites_its_kernels_again_when_its_params_are_replaced():
+    """``Stylizer.kernels`` follows ``Stylizer.params``: a stylizer given other weights runs with
+    their kernels, like a stylizer built with them (bucketed and unbucketed alike)."""
+    from conftest import randomize_weights
+
+    a = randomize_weights(transform_net(width=4, residual_blocks=1, seed=0))
+    b = randomize_weights(transform_net(width=4, residual_blocks=1, seed=5))
+    image = np.random.default_rng(3).random((23, 30, 3)).astype(np.float32)
+    for bucket in (None, 16):
+        stylizer, reference = Stylizer(a, bucket=bucket), Stylizer(b, bucket=bucket)
+        first = stylizer(image)
+        stylizer.params = get_params(b)
+        assert np.abs(stylizer(image) - reference(image)).max() <= 1e-6
+        assert np.abs(first - reference(image)).max() > 1e-3  # the two networks differ

@@ -250,23 +250,24 @@ def check_model(model: keras.Model) -> int:
 
 
 def bucketed_fn(model: keras.Model) -> Callable:
-    """The pure function ``(trainable, non_trainable, inputs, valid) -> outputs`` of ``model`` run
-    in a size bucket (see the module docstring; jit it: one program per bucket shape).
+    """The pure function ``(trainable, non_trainable, inputs, valid, kernels=None) -> outputs`` of
+    ``model`` run in a size bucket (see the module docstring; jit it: one program per bucket shape).
 
     ``inputs`` is what ``model`` takes (an image batch (B, Hb, Wb, 3), or ``[images, embeddings]``),
     the images already placed in the bucket by :func:`to_bucket`; ``valid`` is the int32 pair
-    ``(valid height, valid width)`` returned by it.  The output has the bucket's shape; its
-    top-left ``H x W`` window is the network's result for the ``H x W`` image."""
+    ``(valid height, valid width)`` returned by it; ``kernels``: the rewritten kernels of frozen
+    weights (:func:`~neuralstyle.fast.transform.prepared_kernels`).  The output has the bucket's
+    shape; its top-left ``H x W`` window is the network's result for the ``H x W`` image."""
     check_model(model)
 
-    def run(trainable, non_trainable, inputs, valid):
+    def run(trainable, non_trainable, inputs, valid, kernels=None):
         images = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
         bh, bw = images.shape[1], images.shape[2]
 
         def extent(x):
             return valid_extent(x.shape[1], valid[0], bh), valid_extent(x.shape[2], valid[1], bw)
 
-        fast = fast_operations(model, edge_pad=lambda x: edge_pad_valid(x, *extent(x)))
+        fast = fast_operations(model, edge_pad=lambda x: edge_pad_valid(x, *extent(x)), kernels=kernels)
 
         def operation(layer):
             if fast(layer) is not layer:  # space-to-depth, sub-pixel (its padding: of the valid region)
@@ -310,28 +311,32 @@ class Bucketed:
         self.traces = 0
         run = bucketed_fn(model)
 
-        def counted(trainable, non_trainable, inputs, valid):
+        def counted(trainable, non_trainable, inputs, valid, kernels):
             self.traces += 1
-            return run(trainable, non_trainable, inputs, valid)
+            return run(trainable, non_trainable, inputs, valid, kernels)
 
         self._run = Programs(apply_jit(counted, conv_backend))
 
-    def precompile(self, trainable, non_trainable, height: int, width: int, *extra, batch: int = 1) -> None:
+    def precompile(self, trainable, non_trainable, height: int, width: int, *extra, batch: int = 1,
+                   kernels: Optional[dict] = None) -> None:
         """Compile ahead the program that ``batch`` images of ``height x width`` run in (their
-        bucket's; :mod:`neuralstyle.fast.ahead`); ``extra`` as for a call (arrays or
-        ``jax.ShapeDtypeStruct``).  A no-op when that program is compiled already."""
+        bucket's; :mod:`neuralstyle.fast.ahead`); ``extra`` and ``kernels`` as for a call (arrays
+        or ``jax.ShapeDtypeStruct``).  A no-op when that program is compiled already."""
         bh, bw = self.shape_for(height, width)
         images = jax.ShapeDtypeStruct((batch, bh, bw, 3), jnp.float32)
         self._run.compile(trainable, non_trainable, [images, *extra] if extra else images,
-                          jax.ShapeDtypeStruct((2,), jnp.int32))
+                          jax.ShapeDtypeStruct((2,), jnp.int32), kernels)
 
     def shape_for(self, height: int, width: int) -> tuple[int, int]:
         """The bucket shape an ``height x width`` image runs in."""
         return bucket_shape(-(-height // self.multiple) * self.multiple,
                             -(-width // self.multiple) * self.multiple, self.sides)
 
-    def __call__(self, trainable, non_trainable, images: np.ndarray, *extra) -> np.ndarray:
-        """``images`` (B, H, W, 3) of one size -> results (B, H, W, C)."""
+    def __call__(self, trainable, non_trainable, images: np.ndarray, *extra,
+                 kernels: Optional[dict] = None) -> np.ndarray:
+        """``images`` (B, H, W, 3) of one size -> results (B, H, W, C); ``kernels``: the rewritten
+        kernels of frozen weights (:func:`~neuralstyle.fast.transform.prepared_kernels`), else
+        the program rewrites them itself."""
         images = np.asarray(images, np.float32)
         h, w = images.shape[1:3]
         shape = self.shape_for(h, w)
@@ -340,5 +345,5 @@ class Bucketed:
         batch = np.stack([p[0] for p in placed])
         valid = np.asarray(placed[0][1], np.int32)
         inputs = [batch, *extra] if extra else batch
-        out = self._run(trainable, non_trainable, inputs, valid)
+        out = self._run(trainable, non_trainable, inputs, valid, kernels)
         return np.asarray(out)[:, :h, :w]

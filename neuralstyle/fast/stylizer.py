@@ -58,7 +58,7 @@ from ..images.io import read_icc_profile  # noqa: E402
 from .ahead import CompileAhead, Programs  # noqa: E402
 from .buckets import DEFAULT_BUCKET, BucketSpec, Bucketed, check_bucket  # noqa: E402
 from .data import IMAGE_SUFFIXES  # noqa: E402
-from .transform import CUSTOM_OBJECTS, apply_fn, get_params  # noqa: E402
+from .transform import CUSTOM_OBJECTS, apply_fn, get_params, prepared_kernels  # noqa: E402
 from .xla import DEFAULT_CONV_BACKEND, apply_jit, check_conv_backend  # noqa: E402
 
 APPLY_COLORS = (None, "luminance")
@@ -101,8 +101,19 @@ class Stylizer:
         check_conv_backend(conv_backend)
         self.model = model if isinstance(model, keras.Model) else load_transform(model)
         self.params = get_params(self.model)
+        # computed now, here, rather than by the first (perhaps background) compile
+        self._kernels, self._kernels_of = prepared_kernels(self.model, self.params.trainable), self.params
         self._apply = Programs(apply_jit(apply_fn(self.model), conv_backend))
         self.bucketed = Bucketed(self.model, sides, conv_backend) if sides else None
+
+    @property
+    def kernels(self) -> dict:
+        """The rewritten kernels of :attr:`params` (:func:`~neuralstyle.fast.transform.prepared_kernels`):
+        the weights are frozen, so they are computed once (again if ``params`` is replaced), not
+        in every compiled program."""
+        if self._kernels_of is not self.params:
+            self._kernels, self._kernels_of = prepared_kernels(self.model, self.params.trainable), self.params
+        return self._kernels
 
     def precompile(self, shape) -> None:
         """Compile ahead the program that an ``(H, W, ...)`` image of ``shape`` will run in (its
@@ -113,9 +124,11 @@ class Stylizer:
         if min(height, width) < MIN_SIDE:
             return
         if self.bucketed is not None:
-            self.bucketed.precompile(self.params.trainable, self.params.non_trainable, height, width)
+            self.bucketed.precompile(self.params.trainable, self.params.non_trainable, height, width,
+                                     kernels=self.kernels)
         else:
-            self._apply.compile(self.params, jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32))
+            self._apply.compile(self.params, jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32),
+                                self.kernels)
 
     def __call__(self, image: np.ndarray, preserve_colors: Optional[str] = None) -> np.ndarray:
         if preserve_colors not in APPLY_COLORS:
@@ -125,11 +138,12 @@ class Stylizer:
             raise ImageError(f"expected an (H, W, 3) image with sides of at least {MIN_SIDE} px, "
                              f"got shape {image.shape}")
         if self.bucketed is not None:
-            out = self.bucketed(self.params.trainable, self.params.non_trainable, image[None])[0]
+            out = self.bucketed(self.params.trainable, self.params.non_trainable, image[None],
+                                kernels=self.kernels)[0]
         else:
             # NumPy in and out: indexing or converting jax arrays would compile small programs
             # per image size on the caller's path (the network's program is compiled ahead)
-            out = np.asarray(self._apply(self.params, image[None]))[0]
+            out = np.asarray(self._apply(self.params, image[None], self.kernels))[0]
         if preserve_colors == "luminance":
             out = combine_luminance(out, image)
         return out

@@ -256,7 +256,7 @@ def space_to_depth_kernel(kernel: jnp.ndarray, block: int) -> jnp.ndarray:
 
 
 def space_to_depth_conv(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarray] = None,
-                        block: int = SPACE_TO_DEPTH_BLOCK) -> jnp.ndarray:
+                        block: int = SPACE_TO_DEPTH_BLOCK, folded: Optional[jnp.ndarray] = None) -> jnp.ndarray:
     """A "valid" stride-1 convolution of ``x`` (B, H, W, C) with ``kernel`` (k, k, C, O), computed on
     ``block x block`` pixel blocks: input and output are folded into channels (space to depth), the
     kernel rewritten by :func:`space_to_depth_kernel`, and the result unfolded.
@@ -267,7 +267,9 @@ def space_to_depth_conv(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.
     rate): at 1024 px on a 2-core Xeon (AVX-512) 1.13 -> 0.59 s.  The sum is the same but in
     another order: outputs agree with ``lax.conv`` to float32 rounding (``tests/test_fast_transform.py``).
     Any size: ``x`` is zero-extended at the bottom and right to whole blocks (those zeros meet only
-    outputs beyond ``H - k + 1``, which are cropped)."""
+    outputs beyond ``H - k + 1``, which are cropped).  ``folded``: ``space_to_depth_kernel(kernel,
+    block)`` computed once beforehand (:func:`rewritten_kernels`), so that the program does not
+    rewrite a frozen kernel on every call."""
     k, _, c, o = kernel.shape
     b, h, w, _ = x.shape
     oh, ow = h - k + 1, w - k + 1
@@ -276,7 +278,9 @@ def space_to_depth_conv(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.
     x = jnp.pad(x, ((0, 0), (0, block * (bh + taps - 1) - h), (0, block * (bw + taps - 1) - w), (0, 0)))
     x = x.reshape(b, bh + taps - 1, block, bw + taps - 1, block, c).transpose(0, 1, 3, 2, 4, 5)
     x = x.reshape(b, bh + taps - 1, bw + taps - 1, block * block * c)
-    y = jax.lax.conv_general_dilated(x, space_to_depth_kernel(kernel, block).astype(x.dtype), (1, 1), "VALID",
+    if folded is None:
+        folded = space_to_depth_kernel(kernel, block)
+    y = jax.lax.conv_general_dilated(x, folded.astype(x.dtype), (1, 1), "VALID",
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     y = y.reshape(b, bh, bw, block, block, o).transpose(0, 1, 3, 2, 4, 5).reshape(b, bh * block, bw * block, o)
     y = y[:, :oh, :ow]
@@ -304,7 +308,18 @@ _SUBPIXEL_TAPS = np.array([[[1, 0, 0], [0, 1, 1], [0, 0, 0]],
                            [[0, 0, 0], [1, 1, 0], [0, 0, 1]]], np.float32)
 
 
-def subpixel_conv(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+def subpixel_kernels(kernel: jnp.ndarray) -> jnp.ndarray:
+    """The four 2x2 kernels ``(2 [a], 2 [b], 2, 2, C, O)`` of :func:`subpixel_conv` for the 3x3
+    ``kernel`` (3, 3, C, O): for output phase ``(a, b)``, the sums of the taps that meet the same
+    low-resolution pixel (:data:`_SUBPIXEL_TAPS`)."""
+    taps = jnp.asarray(_SUBPIXEL_TAPS, kernel.dtype)
+    k = jnp.einsum("apk,bql,klco->abpqco", taps, taps, kernel)  # per phase, a 3x3 window ...
+    # ... of which phase (a, b) uses rows a, a + 1 and columns b, b + 1
+    return jnp.stack([jnp.stack([k[a, b, a:a + 2, b:b + 2] for b in (0, 1)]) for a in (0, 1)])
+
+
+def subpixel_conv(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarray] = None,
+                  phases: Optional[jnp.ndarray] = None) -> jnp.ndarray:
     """``Conv2D(3x3, valid)(ReflectionPadding2D(1)(UpSampling2D(2, nearest)(x0)))`` computed from
     ``x``, which is ``x0`` (B, H, W, C) *edge*-padded by one pixel (B, H + 2, W + 2, C): four 2x2
     convolutions on the low-resolution image, one per output phase, interleaved (B, 2H, 2W, O).
@@ -317,17 +332,18 @@ def subpixel_conv(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarra
     1024 px on a 2-core Xeon the two upsampling convolutions took 0.63 + 0.46 s, sub-pixel
     0.37 + 0.23 s.  Same idea as the sub-pixel convolution of Shi et al. 2016 ("Real-Time Single
     Image and Video Super-Resolution Using an Efficient Sub-Pixel CNN"), here an exact rewrite of
-    Odena et al.'s resize-convolution rather than a learned layer."""
+    Odena et al.'s resize-convolution rather than a learned layer.  ``phases``:
+    ``subpixel_kernels(kernel)`` computed once beforehand (:func:`rewritten_kernels`)."""
     b, hp, wp, c = x.shape
     h, w, o = hp - 2, wp - 2, kernel.shape[-1]
-    taps = jnp.asarray(_SUBPIXEL_TAPS, kernel.dtype)
-    k = jnp.einsum("apk,bql,klco->abpqco", taps, taps, kernel)  # per phase, a 3x3 window ...
+    if phases is None:
+        phases = subpixel_kernels(kernel)
     rows = []
     for a in (0, 1):
         cols = []
-        for bb in (0, 1):  # ... of which phase (a, b) uses rows a, a + 1 and columns b, b + 1
+        for bb in (0, 1):  # phase (a, b) sees rows a, a + 1 and columns b, b + 1 of the window
             window = jax.lax.slice(x, (0, a, bb, 0), (b, a + h + 1, bb + w + 1, c))
-            cols.append(jax.lax.conv_general_dilated(window, k[a, bb, a:a + 2, bb:bb + 2].astype(x.dtype),
+            cols.append(jax.lax.conv_general_dilated(window, phases[a, bb].astype(x.dtype),
                                                      (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))
         rows.append(jnp.stack(cols, axis=3))  # (B, H, W, 2 [b], O)
     y = jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, o)  # (B, H, 2 [a], W, 2 [b], O)
@@ -360,16 +376,23 @@ def subpixel_chains(model: keras.Model) -> dict[str, str]:
     return roles
 
 
-def fast_operations(model: keras.Model, edge_pad=None):
+def fast_operations(model: keras.Model, edge_pad=None, kernels: Optional[dict] = None):
     """``operation_fn(layer)`` for ``model._run_through_graph`` (:func:`apply_fn`, size buckets):
     each chain of :func:`subpixel_chains` as :func:`subpixel_conv` (the upsampling passes the small
     image on, the padding becomes ``edge_pad(x)``, default one pixel of edge padding, and the
     convolution computes the upsampled result), each layer of :func:`runs_space_to_depth` as
     :func:`space_to_depth_conv`, every other layer as itself.  Call the operations inside a
-    ``keras.StatelessScope`` that maps the weights."""
+    ``keras.StatelessScope`` that maps the weights.
+
+    ``kernels``: the rewritten kernels of :func:`rewritten_kernels`, computed once for frozen
+    weights; without them the program rewrites the layers' kernels itself (as training must)."""
     roles = subpixel_chains(model)
+    kernels = kernels or {}
     if edge_pad is None:
         edge_pad = lambda x: jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")  # noqa: E731
+
+    def bias(layer):
+        return layer.bias.value if layer.use_bias else None
 
     def operation(layer):
         role = roles.get(layer.name)
@@ -378,39 +401,65 @@ def fast_operations(model: keras.Model, edge_pad=None):
         if role == "pad":
             return edge_pad
         if role == "conv":
-            return lambda x: subpixel_conv(x, layer.kernel.value, layer.bias.value if layer.use_bias else None)
+            return lambda x: subpixel_conv(x, layer.kernel.value, bias(layer), phases=kernels.get(layer.name))
         if runs_space_to_depth(layer):
-            return lambda x: space_to_depth_conv(x, layer.kernel.value,
-                                                 layer.bias.value if layer.use_bias else None)
+            return lambda x: space_to_depth_conv(x, layer.kernel.value, bias(layer), folded=kernels.get(layer.name))
         return layer
 
     return operation
 
 
+def rewritten_kernels(model: keras.Model, trainable) -> dict:
+    """``{layer name: kernel}``: the kernels :func:`fast_operations` computes with, rewritten from
+    ``trainable`` (the values of ``model.trainable_variables``): :func:`subpixel_kernels` for the
+    sub-pixel convolutions, :func:`space_to_depth_kernel` for the space-to-depth ones.
+
+    A stylizer's weights are frozen, so it computes these once (:func:`prepared_kernels`) and passes
+    them to its apply programs: a program (one per image size or size bucket) then neither rewrites
+    the kernels on every call nor compiles the rewriting (``benchmarks/results/fast_folder.md``)."""
+    roles = subpixel_chains(model)
+    out = {}
+    with keras.StatelessScope(state_mapping=list(zip(model.trainable_variables, trainable))):
+        for layer in model.layers:
+            if roles.get(layer.name) == "conv":
+                out[layer.name] = subpixel_kernels(layer.kernel.value)
+            elif runs_space_to_depth(layer):
+                out[layer.name] = space_to_depth_kernel(layer.kernel.value, SPACE_TO_DEPTH_BLOCK)
+    return out
+
+
+def prepared_kernels(model: keras.Model, trainable) -> dict:
+    """:func:`rewritten_kernels` of ``trainable``, computed now (one small program)."""
+    return jax.jit(lambda t: rewritten_kernels(model, t))(list(trainable))
+
+
 def apply_fn(model: keras.Model, rewrites: bool = True):
-    """The pure function ``(params, images) -> stylized images`` of ``model`` (jit it freely).
+    """The pure function ``(params, images, kernels=None) -> stylized images`` of ``model`` (jit it
+    freely).
 
     ``rewrites`` (default on): convolutions with a large kernel and few outputs run in the
     equivalent space-to-depth form (:func:`space_to_depth_conv`) and upsampling + convolution as
     sub-pixel convolutions (:func:`subpixel_conv`), same outputs to float32 rounding
-    (:func:`fast_operations`); off: every layer as Keras computes it (``model.stateless_call``)."""
+    (:func:`fast_operations`); off: every layer as Keras computes it (``model.stateless_call``).
+    ``kernels``: :func:`prepared_kernels` of ``params.trainable``, for frozen weights."""
 
-    def apply(params: TransformParams, images: jnp.ndarray) -> jnp.ndarray:
+    def apply(params: TransformParams, images: jnp.ndarray, kernels: Optional[dict] = None) -> jnp.ndarray:
         if not rewrites:
             outputs, _ = model.stateless_call(params.trainable, params.non_trainable, images)
             return outputs
-        return fast_call(model, params.trainable, params.non_trainable, images)
+        return fast_call(model, params.trainable, params.non_trainable, images, kernels)
 
     return apply
 
 
-def fast_call(model: keras.Model, trainable, non_trainable, inputs):
+def fast_call(model: keras.Model, trainable, non_trainable, inputs, kernels: Optional[dict] = None):
     """``model.stateless_call(trainable, non_trainable, inputs)[0]`` with the rewrites of
     :func:`fast_operations` (a functional model without state updates, such as the transform nets
-    here; ``inputs`` an array or a list of arrays)."""
+    here; ``inputs`` an array or a list of arrays; ``kernels``: :func:`prepared_kernels` of
+    ``trainable``, for frozen weights)."""
     mapping = list(zip(model.trainable_variables, trainable))
     mapping += list(zip(model.non_trainable_variables, non_trainable))
     flat = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     with keras.StatelessScope(state_mapping=mapping):
-        outputs = model._run_through_graph(flat, operation_fn=fast_operations(model))  # Functional.call's walk
+        outputs = model._run_through_graph(flat, operation_fn=fast_operations(model, kernels=kernels))
     return outputs[0] if isinstance(outputs, (list, tuple)) else outputs

@@ -76,12 +76,15 @@ def make_folder(folder: Path, image_dir: Path, sizes, per_size: int = 4) -> Path
 
 class Timed:
     """Wraps a stylizer callable: the time of every call and whether it was the first of its
-    program (``key``: the program's input shape); forwards ``precompile`` (compiling ahead)."""
+    program (``key``: the program's input shape); forwards ``precompile`` (compiling ahead) and
+    ``plan_sizes`` (the folder's sizes), as the CLI's stylizers have them."""
 
-    def __init__(self, fn, key, precompile=None):
+    def __init__(self, fn, key, precompile=None, plan_sizes=None):
         self.fn, self.key, self.calls, self.seen = fn, key, [], set()
         if precompile is not None:
             self.precompile = precompile
+        if plan_sizes is not None:
+            self.plan_sizes = plan_sizes
 
     def __call__(self, image, preserve_colors=None):
         import jax
@@ -161,8 +164,8 @@ def run_setting(model_kind: str, bucket, folder: Path, out: Path, width: int, bl
 
     if model_kind == "fast":
         st = Stylizer(transform_net(width, blocks, seed=0), bucket=bucket)
-        fn, precompile = st, st.precompile
-        key = (lambda hw: st.bucketed.shape_for(*hw)) if st.bucketed else (lambda hw: hw)
+        fn, precompile, plan_sizes = st, st.precompile, st.plan_sizes
+        key = (lambda hw: st.bucketed.shape_for(*hw) if st._in_bucket(*hw) else hw)
     else:
         from neuralstyle.arbitrary import ArbitraryStylizer, style_predictor, style_transformer
 
@@ -177,8 +180,9 @@ def run_setting(model_kind: str, bucket, folder: Path, out: Path, width: int, bl
         def precompile(shape):  # and its precompile
             net.precompile(shape, strength=1.0)
 
-        key = (lambda hw: net.bucketed.shape_for(*hw)) if net.bucketed else (lambda hw: hw)
-    timed = Timed(fn, key, precompile)
+        plan_sizes = net.plan_sizes
+        key = (lambda hw: net.bucketed.shape_for(*hw) if net._in_bucket(*hw) else hw)
+    timed = Timed(fn, key, precompile, plan_sizes)
 
     def run(mode: bool) -> tuple[list, float, float]:
         t, c = time.perf_counter(), time.process_time()

@@ -137,6 +137,7 @@ def arbitrary_stylizer(cfg: DictConfig):
         network.precompile(shape, strength=float(strength))
 
     stylize.precompile = precompile
+    stylize.plan_sizes = network.plan_sizes
     return stylize
 
 

@@ -463,6 +463,15 @@ class ArbitraryStylizer:
         self._transform = Programs(apply_jit(transform, conv_backend))
         self.bucketed = Bucketed(self.transformer, sides, conv_backend) if sides else None
 
+    def plan_sizes(self, sizes) -> None:
+        """The ``(height, width)`` sizes about to be stylized: a size alone in its bucket then runs
+        at its own size, the cheaper program (:meth:`neuralstyle.fast.buckets.Bucketed.plan`)."""
+        if self.bucketed is not None:
+            self.bucketed.plan(sizes)
+
+    def _in_bucket(self, height: int, width: int) -> bool:
+        return self.bucketed is not None and self.bucketed.serves(height, width)
+
     def precompile(self, shape, batch: int = 1, strength: float = 1.0) -> None:
         """Compile ahead the transformer's program for ``batch`` photos of ``shape`` ``(H, W,
         ...)`` (its size bucket's, or its size's) and, for ``strength < 1``, the predictor's for
@@ -472,7 +481,7 @@ class ArbitraryStylizer:
         if min(height, width) < MIN_SIDE:
             return
         embeddings = jax.ShapeDtypeStruct((batch, EMBEDDING_DIM), jnp.float32)
-        if self.bucketed is not None:
+        if self._in_bucket(height, width):
             self.bucketed.precompile(*self._transformer_params, height, width, embeddings, batch=batch,
                                      kernels=self._kernels)
         else:
@@ -486,7 +495,7 @@ class ArbitraryStylizer:
     def _run_transformer(self, images: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
         """The transformer on ``images`` (B, H, W, 3) of one size with ``embeddings`` (B, 100)."""
         emb = np.asarray(embeddings, np.float32)  # NumPy: no small programs compiled per size
-        if self.bucketed is not None:
+        if self._in_bucket(*np.shape(images)[1:3]):
             return self.bucketed(*self._transformer_params, images, emb, kernels=self._kernels)
         return np.asarray(self._transform(self._transformer_params, np.asarray(images, np.float32), emb,
                                           self._kernels))

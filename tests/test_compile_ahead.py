@@ -64,12 +64,14 @@ def compiles():
 
 class Recording:
     """A stylizer wrapper recording each call's thread, input shape and result (and forwarding
-    ``precompile``, as the benchmark's and the CLI's wrappers do)."""
+    ``precompile`` and ``plan_sizes``, as the benchmark's and the CLI's wrappers do)."""
 
     def __init__(self, stylizer):
         self.stylizer, self.calls = stylizer, []
         if hasattr(stylizer, "precompile"):
             self.precompile = stylizer.precompile
+        if hasattr(stylizer, "plan_sizes"):
+            self.plan_sizes = stylizer.plan_sizes
 
     def __call__(self, image, preserve_colors=None):
         out = self.stylizer(image, preserve_colors)
@@ -77,7 +79,7 @@ class Recording:
         return out
 
 
-@pytest.mark.parametrize("bucket", [None, 32])
+@pytest.mark.parametrize("bucket", [None, 64])  # 64 px: the three sizes share one bucket
 def test_overlapped_equals_one_after_the_other_in_the_same_order(net, photos, tmp_path, bucket):
     runs = {}
     for overlap in (False, True):
@@ -96,7 +98,8 @@ def test_overlapped_equals_one_after_the_other_in_the_same_order(net, photos, tm
         assert a.read_bytes() == b.read_bytes()
     # every program compiled in the background thread, once, and the calls ran those executables
     # (the jit path, which would compile on a call, was never taken); the stylizer ran here
-    programs = len(SIZES) if bucket is None else len({(32 * -(-h // 32), 32 * -(-w // 32)) for h, w in SIZES})
+    programs = len(SIZES) if bucket is None else len({(64 * -(-h // 64), 64 * -(-w // 64)) for h, w in SIZES})
+    assert programs == (3 if bucket is None else 1)
     assert ovl_threads == ["neuralstyle-compile_0"] * programs  # nothing at all compiled on the way
     assert seq_threads == ["MainThread"] * programs
     assert {c[0] for c in ovl.calls} == {"MainThread"}

@@ -155,3 +155,46 @@ def test_apply_bucket_key():
     assert bucket_option(OmegaConf.create({})) == DEFAULT_BUCKET
     with pytest.raises(ConfigError, match="multiple of 4"):
         bucket_option(OmegaConf.create({"bucket": 130}))
+
+
+def test_a_size_alone_in_its_bucket_runs_at_its_own_size(net, transformer, tmp_path):
+    """``plan_sizes``: sizes that share a bucket run in it, a size alone in its bucket runs in the
+    program of its own size (the cheaper one), with the same result either way; ``stylize_files``
+    plans a folder's sizes, in turn and overlapped alike."""
+    from PIL import Image
+
+    from neuralstyle.fast import stylize_files
+
+    sizes = [(37, 50), (41, 29), (70, 20)]  # 64x64, 64x64, 128x64 buckets of 64 px
+    stylizer = Stylizer(net, bucket=64)
+    stylizer.plan_sizes(sizes + [None])  # None: a header that could not be read
+    assert stylizer.bucketed.alone == {(70, 20)}
+    assert [stylizer.bucketed.serves(*s) for s in sizes] == [True, True, False]
+    assert stylizer.bucketed.serves(100, 60)  # an unplanned size: its bucket, as without a plan
+    plain, unplanned = Stylizer(net, bucket=None), Stylizer(net, bucket=64)
+    rng = np.random.default_rng(7)
+    for h, w in sizes:
+        image = rng.random((h, w, 3)).astype(np.float32)
+        got = stylizer(image)
+        assert np.abs(got - plain(image)).max() <= TOL and np.abs(got - unplanned(image)).max() <= TOL
+    assert stylizer.bucketed.traces == 1 and stylizer._apply._cache_size() == 1  # 1 bucket + 1 own size
+    stylizer.plan_sizes([(70, 20), (100, 60)])  # a new plan replaces the old one
+    assert stylizer.bucketed.alone == frozenset()
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(folder / f"{i}.png")
+    for overlap in (False, True):
+        fresh = Stylizer(net, bucket=64)
+        stylize_files(fresh, folder, tmp_path / f"out_{overlap}", say=lambda m: None, overlap=overlap)
+        assert fresh.bucketed.alone == {(70, 20)} and fresh.bucketed.traces == 1
+
+    arbitrary = ArbitraryStylizer(style_predictor(weights=None), transformer, style_size=32, bucket=64)
+    arbitrary.plan_sizes(sizes)
+    assert arbitrary.bucketed.alone == {(70, 20)}
+    embedding = rng.normal(size=(100,)).astype(np.float32)
+    image = rng.random((70, 20, 3)).astype(np.float32)
+    want = ArbitraryStylizer(style_predictor(weights=None), transformer, bucket=None).stylize(image, embedding)
+    assert np.abs(arbitrary.stylize(image, embedding) - want).max() <= TOL
+    assert arbitrary.bucketed.traces == 0  # it ran at its own size

@@ -303,12 +303,20 @@ class Bucketed:
 
     ``traces`` counts the programs traced (one per bucket shape and batch size), for tests;
     ``conv_backend`` selects the CPU convolution kernels (:mod:`neuralstyle.fast.xla`);
-    :meth:`precompile` compiles a bucket's program ahead of use (:mod:`neuralstyle.fast.ahead`)."""
+    :meth:`precompile` compiles a bucket's program ahead of use (:mod:`neuralstyle.fast.ahead`).
+
+    :meth:`plan` (given the sizes about to be stylized, e.g. a folder's) marks the sizes that are
+    alone in their bucket; :meth:`serves` is then false for them, and the stylizers run them at
+    their own size, as without buckets: a bucket program saves compiles only when it serves two
+    sizes or more, and costs more to compile and to run than the program of one size (padding,
+    masked statistics; 20 photos of 5 sizes, fast net, 2-core Xeon: 15.3 s with every size in a
+    128 px bucket of its own, 12.4 s at their own sizes; ``benchmarks/results/fast_folder.md``)."""
 
     def __init__(self, model: keras.Model, sides: tuple[int, ...], conv_backend: str = DEFAULT_CONV_BACKEND):
         self.multiple = check_model(model)
         self.sides = sides
         self.traces = 0
+        self.alone: frozenset = frozenset()
         run = bucketed_fn(model)
 
         def counted(trainable, non_trainable, inputs, valid, kernels):
@@ -326,6 +334,23 @@ class Bucketed:
         images = jax.ShapeDtypeStruct((batch, bh, bw, 3), jnp.float32)
         self._run.compile(trainable, non_trainable, [images, *extra] if extra else images,
                           jax.ShapeDtypeStruct((2,), jnp.int32), kernels)
+
+    def plan(self, sizes) -> "Bucketed":
+        """Plan for the ``(height, width)`` sizes about to be stylized (``None`` entries skipped):
+        the sizes alone in their bucket (no other planned size shares it) are then not served
+        (:meth:`serves`); replaces an earlier plan.  Returns ``self``."""
+        by_bucket: dict = {}
+        for size in sizes:
+            if size is not None:
+                h, w = int(size[0]), int(size[1])
+                by_bucket.setdefault(self.shape_for(h, w), set()).add((h, w))
+        self.alone = frozenset(next(iter(s)) for s in by_bucket.values() if len(s) == 1)
+        return self
+
+    def serves(self, height: int, width: int) -> bool:
+        """Whether an ``height x width`` image runs in its bucket: false for a size :meth:`plan`
+        found alone in its bucket (its caller runs it at its own size), true otherwise."""
+        return (int(height), int(width)) not in self.alone
 
     def shape_for(self, height: int, width: int) -> tuple[int, int]:
         """The bucket shape an ``height x width`` image runs in."""

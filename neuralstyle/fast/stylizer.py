@@ -115,6 +115,16 @@ class Stylizer:
             self._kernels, self._kernels_of = prepared_kernels(self.model, self.params.trainable), self.params
         return self._kernels
 
+    def plan_sizes(self, sizes) -> None:
+        """The ``(height, width)`` sizes about to be stylized (:func:`stylize_files` passes a
+        folder's): a size alone in its bucket then runs at its own size, the cheaper program
+        (:meth:`~neuralstyle.fast.buckets.Bucketed.plan`).  Without buckets: nothing to plan."""
+        if self.bucketed is not None:
+            self.bucketed.plan(sizes)
+
+    def _in_bucket(self, height: int, width: int) -> bool:
+        return self.bucketed is not None and self.bucketed.serves(height, width)
+
     def precompile(self, shape) -> None:
         """Compile ahead the program that an ``(H, W, ...)`` image of ``shape`` will run in (its
         size bucket's, or its size's), so that its first call does not compile; thread-safe
@@ -123,7 +133,7 @@ class Stylizer:
         height, width = int(shape[0]), int(shape[1])
         if min(height, width) < MIN_SIDE:
             return
-        if self.bucketed is not None:
+        if self._in_bucket(height, width):
             self.bucketed.precompile(self.params.trainable, self.params.non_trainable, height, width,
                                      kernels=self.kernels)
         else:
@@ -137,7 +147,7 @@ class Stylizer:
         if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < MIN_SIDE:
             raise ImageError(f"expected an (H, W, 3) image with sides of at least {MIN_SIDE} px, "
                              f"got shape {image.shape}")
-        if self.bucketed is not None:
+        if self._in_bucket(*image.shape[:2]):
             out = self.bucketed(self.params.trainable, self.params.non_trainable, image[None],
                                 kernels=self.kernels)[0]
         else:
@@ -341,12 +351,16 @@ def stylize_files(stylizer: Stylizer, input_path, output=None, default_dir: Path
 
         iterator = tqdm(plans, desc="apply", unit="image")
     if not overlap:
+        if hasattr(stylizer, "plan_sizes"):
+            stylizer.plan_sizes([planned_shape(plan.source, size) for plan in plans])
         for plan in iterator:
             image, icc_profile = _load(plan, size)
             written.append(_save(plan, stylizer(image, preserve_colors), bit_depth, icc_profile))
         return written
     precompile = getattr(stylizer, "precompile", None)
     shapes = [planned_shape(plan.source, size) for plan in plans] if precompile else []
+    if hasattr(stylizer, "plan_sizes"):
+        stylizer.plan_sizes(shapes)
     # the io thread runs its tasks in submission order: load i + 1, save i, load i + 2, ...
     with CompileAhead(precompile, shapes) as ahead, \
             ThreadPoolExecutor(1, thread_name_prefix="neuralstyle-io") as io:

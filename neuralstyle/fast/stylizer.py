@@ -89,7 +89,9 @@ class Stylizer:
     ``bucket`` (default :data:`~neuralstyle.fast.buckets.DEFAULT_BUCKET` px): images run in size
     buckets, one compiled program per bucket shape instead of one per image size, with the same
     result (:mod:`neuralstyle.fast.buckets`); a step in pixels, an increasing list of sides, or
-    ``None`` for one program per image size.
+    ``None`` for one program per image size.  Given the sizes about to come (:meth:`plan_sizes`,
+    which :func:`stylize_files` calls with a folder's), a size alone in its bucket runs at its own
+    size instead.
 
     ``conv_backend`` (default ``"eigen"``): the CPU convolution kernels of the compiled program,
     XLA's Eigen convolutions (several times faster here) or ``"xla"``, XLA's default; same result
@@ -324,10 +326,11 @@ def stylize_files(stylizer: Stylizer, input_path, output=None, default_dir: Path
     one with a ``precompile(shape)`` method (:class:`Stylizer`, the arbitrary-style stylizer of
     ``neuralstyle.apply``) gets its programs compiled ahead.
 
-    ``overlap=True`` (default): the images' sizes are read from the files' headers first
-    (:func:`planned_shape`), and the programs for the distinct sizes (or size buckets) compile in
-    a background thread in order of first use (:mod:`neuralstyle.fast.ahead`) while earlier
-    images are stylized; the next image is decoded and the previous result encoded and written in
+    The images' sizes are read from the files' headers first (:func:`planned_shape`) and given to
+    a stylizer's ``plan_sizes`` (:meth:`Stylizer.plan_sizes`: a size alone in its size bucket runs
+    at its own size).  ``overlap=True`` (default): the programs for the distinct sizes (or size
+    buckets) compile in a background thread in order of first use (:mod:`neuralstyle.fast.ahead`)
+    while earlier images are stylized; the next image is decoded and the previous result encoded and written in
     a second thread meanwhile.  Images are stylized and written in the same order as without it
     (input order), with the same results (the same programs), the same files written before an
     error, and the same errors (a compile error of the background thread is raised when the
@@ -350,17 +353,17 @@ def stylize_files(stylizer: Stylizer, input_path, output=None, default_dir: Path
         from tqdm.auto import tqdm
 
         iterator = tqdm(plans, desc="apply", unit="image")
+    precompile = getattr(stylizer, "precompile", None)
+    plan_sizes = getattr(stylizer, "plan_sizes", None)
+    needed = plan_sizes or (precompile and overlap)
+    shapes = [planned_shape(plan.source, size) for plan in plans] if needed else []
+    if plan_sizes:
+        plan_sizes(shapes)
     if not overlap:
-        if hasattr(stylizer, "plan_sizes"):
-            stylizer.plan_sizes([planned_shape(plan.source, size) for plan in plans])
         for plan in iterator:
             image, icc_profile = _load(plan, size)
             written.append(_save(plan, stylizer(image, preserve_colors), bit_depth, icc_profile))
         return written
-    precompile = getattr(stylizer, "precompile", None)
-    shapes = [planned_shape(plan.source, size) for plan in plans] if precompile else []
-    if hasattr(stylizer, "plan_sizes"):
-        stylizer.plan_sizes(shapes)
     # the io thread runs its tasks in submission order: load i + 1, save i, load i + 2, ...
     with CompileAhead(precompile, shapes) as ahead, \
             ThreadPoolExecutor(1, thread_name_prefix="neuralstyle-io") as io:

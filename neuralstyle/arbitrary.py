@@ -457,7 +457,8 @@ class ArbitraryStylizer:
         self._kernels = prepared_kernels(self.transformer, self._transformer_params[0])
 
         def transform(params, images, embeddings, kernels):
-            return fast_call(self.transformer, params[0], params[1], [images, embeddings], kernels)
+            return fast_call(self.transformer, params[0], params[1], [images, embeddings], kernels,
+                             gather_pads=True)
 
         self._predict = Programs(apply_jit(predict, conv_backend))
         self._transform = Programs(apply_jit(transform, conv_backend))

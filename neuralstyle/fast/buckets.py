@@ -133,18 +133,7 @@ def reflect_pad_valid(x: jnp.ndarray, p: int, valid_h, valid_w) -> jnp.ndarray:
     (B, H, W, C), into a buffer of (B, H + 2p, W + 2p, C): its top-left ``valid + 2p`` window equals
     ``pad(x[:, :valid_h, :valid_w], p, mode="reflect")`` (the border pixel is not repeated, like
     :class:`~neuralstyle.fast.transform.ReflectionPadding2D`); the rest is finite filler."""
-    return _reflect_axis(_reflect_axis(x, p, valid_h, 1), p, valid_w, 2)
-
-
-def _reflect_axis(x, p: int, valid, axis: int):
-    if p == 0:
-        return x
-    lead = jnp.flip(jax.lax.slice_in_dim(x, 1, p + 1, axis=axis), axis)  # x[p], ..., x[1]
-    tail = jnp.zeros_like(jax.lax.slice_in_dim(x, 0, p, axis=axis))
-    y = jnp.concatenate([lead, x, tail], axis=axis)
-    # rows valid + p ... valid + 2p - 1 of y are x[valid - 2], ..., x[valid - 1 - p]
-    edge = jnp.flip(jax.lax.dynamic_slice_in_dim(x, valid - 1 - p, p, axis=axis), axis)
-    return jax.lax.dynamic_update_slice_in_dim(y, edge, valid + p, axis=axis)
+    return _gather_valid(x, p, valid_h, valid_w, "reflect")
 
 
 def edge_pad_valid(x: jnp.ndarray, valid_h, valid_w) -> jnp.ndarray:
@@ -153,14 +142,30 @@ def edge_pad_valid(x: jnp.ndarray, valid_h, valid_w) -> jnp.ndarray:
     ``pad(x[:, :valid_h, :valid_w], 1, mode="edge")`` (the padding of the sub-pixel form of
     upsampling + convolution, :func:`~neuralstyle.fast.transform.subpixel_conv`); the rest is
     finite filler."""
-    return _edge_axis(_edge_axis(x, valid_h, 1), valid_w, 2)
+    return _gather_valid(x, 1, valid_h, valid_w, "edge")
 
 
-def _edge_axis(x, valid, axis: int):
-    lead = jax.lax.slice_in_dim(x, 0, 1, axis=axis)  # row -1 := row 0
-    y = jnp.concatenate([lead, x, jnp.zeros_like(lead)], axis=axis)
-    edge = jax.lax.dynamic_slice_in_dim(x, valid - 1, 1, axis=axis)  # row valid := row valid - 1
-    return jax.lax.dynamic_update_slice_in_dim(y, edge, valid + 1, axis=axis)
+def padding_source(n: int, p: int, valid, mode: str) -> jnp.ndarray:
+    """The source row of each of the ``n + 2p`` rows of a side of ``n`` rows padded by ``p`` around
+    its first ``valid`` rows (traced): row ``p + j`` is row ``j`` for ``0 <= j < valid``, mirrored
+    (``"reflect"``, border not repeated) or repeated (``"edge"``) beyond, and clipped into
+    ``[0, n)`` past ``valid + p`` (filler)."""
+    j = jnp.arange(n + 2 * p) - p
+    if mode == "edge":
+        source = jnp.clip(j, 0, valid - 1)
+    else:
+        source = jnp.where(j < 0, -j, jnp.where(j < valid, j, 2 * (valid - 1) - j))
+    return jnp.clip(source, 0, n - 1)
+
+
+def _gather_valid(x, p: int, valid_h, valid_w, mode: str):
+    """Both sides of ``x`` padded around their valid region by two gathers (indices computed from
+    the traced extents; :func:`padding_source`).  A gather rather than a concatenation and a
+    dynamic update: XLA's CPU code generation is cheaper (the fast net's 128 px bucket program
+    compiled in 0.72-0.84 s instead of 0.96-1.08 s at 213x320-1024x768 on a 2-core Xeon, same
+    values bit for bit, same run time)."""
+    x = jnp.take(x, padding_source(x.shape[1], p, valid_h, mode), axis=1, mode="clip")
+    return jnp.take(x, padding_source(x.shape[2], p, valid_w, mode), axis=2, mode="clip")
 
 
 def valid_mask(shape, valid_h, valid_w) -> jnp.ndarray:

@@ -105,7 +105,7 @@ class Stylizer:
         self.params = get_params(self.model)
         # computed now, here, rather than by the first (perhaps background) compile
         self._kernels, self._kernels_of = prepared_kernels(self.model, self.params.trainable), self.params
-        self._apply = Programs(apply_jit(apply_fn(self.model), conv_backend))
+        self._apply = Programs(apply_jit(apply_fn(self.model, gather_pads=True), conv_backend))
         self.bucketed = Bucketed(self.model, sides, conv_backend) if sides else None
 
     @property

@@ -51,7 +51,14 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..errors import ConfigError  # noqa: E402
-from .transform import STRIDE, CropLike, PadToMultiple, ReflectionPadding2D, fast_operations  # noqa: E402
+from .transform import (  # noqa: E402
+    STRIDE,
+    CropLike,
+    PadToMultiple,
+    ReflectionPadding2D,
+    fast_operations,
+    padding_source,
+)
 from .ahead import Programs  # noqa: E402
 from .xla import DEFAULT_CONV_BACKEND, apply_jit  # noqa: E402
 
@@ -145,27 +152,21 @@ def edge_pad_valid(x: jnp.ndarray, valid_h, valid_w) -> jnp.ndarray:
     return _gather_valid(x, 1, valid_h, valid_w, "edge")
 
 
-def padding_source(n: int, p: int, valid, mode: str) -> jnp.ndarray:
+def valid_padding_rows(n: int, p: int, valid, mode: str) -> jnp.ndarray:
     """The source row of each of the ``n + 2p`` rows of a side of ``n`` rows padded by ``p`` around
-    its first ``valid`` rows (traced): row ``p + j`` is row ``j`` for ``0 <= j < valid``, mirrored
-    (``"reflect"``, border not repeated) or repeated (``"edge"``) beyond, and clipped into
-    ``[0, n)`` past ``valid + p`` (filler)."""
-    j = jnp.arange(n + 2 * p) - p
-    if mode == "edge":
-        source = jnp.clip(j, 0, valid - 1)
-    else:
-        source = jnp.where(j < 0, -j, jnp.where(j < valid, j, 2 * (valid - 1) - j))
-    return jnp.clip(source, 0, n - 1)
+    its first ``valid`` rows (traced): :func:`~neuralstyle.fast.transform.padding_source` of the
+    valid rows, clipped into ``[0, n)`` past ``valid + p`` (filler)."""
+    return jnp.clip(padding_source(jnp.arange(n + 2 * p) - p, valid, mode, jnp), 0, n - 1)
 
 
 def _gather_valid(x, p: int, valid_h, valid_w, mode: str):
     """Both sides of ``x`` padded around their valid region by two gathers (indices computed from
-    the traced extents; :func:`padding_source`).  A gather rather than a concatenation and a
+    the traced extents; :func:`valid_padding_rows`).  A gather rather than a concatenation and a
     dynamic update: XLA's CPU code generation is cheaper (the fast net's 128 px bucket program
     compiled in 0.72-0.84 s instead of 0.96-1.08 s at 213x320-1024x768 on a 2-core Xeon, same
     values bit for bit, same run time)."""
-    x = jnp.take(x, padding_source(x.shape[1], p, valid_h, mode), axis=1, mode="clip")
-    return jnp.take(x, padding_source(x.shape[2], p, valid_w, mode), axis=2, mode="clip")
+    x = jnp.take(x, valid_padding_rows(x.shape[1], p, valid_h, mode), axis=1, mode="clip")
+    return jnp.take(x, valid_padding_rows(x.shape[2], p, valid_w, mode), axis=2, mode="clip")
 
 
 def valid_mask(shape, valid_h, valid_w) -> jnp.ndarray:

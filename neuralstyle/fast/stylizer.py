@@ -330,8 +330,8 @@ def stylize_files(stylizer: Stylizer, input_path, output=None, default_dir: Path
     a stylizer's ``plan_sizes`` (:meth:`Stylizer.plan_sizes`: a size alone in its size bucket runs
     at its own size).  ``overlap=True`` (default): the programs for the distinct sizes (or size
     buckets) compile in a background thread in order of first use (:mod:`neuralstyle.fast.ahead`)
-    while earlier images are stylized; the next image is decoded and the previous result encoded and written in
-    a second thread meanwhile.  Images are stylized and written in the same order as without it
+    while earlier images are stylized; the next image is decoded and the previous result encoded
+    and written in a second thread meanwhile.  Images are stylized and written in the same order as without it
     (input order), with the same results (the same programs), the same files written before an
     error, and the same errors (a compile error of the background thread is raised when the
     first image that needs the program comes up, with a note saying so); both threads are gone

@@ -233,15 +233,22 @@ def set_params(model: keras.Model, params: TransformParams) -> keras.Model:
 
 # --------------------------------------------------------------------------- padding by gathering
 
+def padding_source(j, n, mode: str = "reflect", xp=np):
+    """The source row of padded row ``j`` of a side whose rows ``0 .. n - 1`` are kept (``j < 0``:
+    before them, ``j >= n``: after them): ``"reflect"`` mirrors without repeating the border row
+    (``[a b c]`` by 1: ``[b a b c b]``, as :class:`ReflectionPadding2D`), ``"edge"`` repeats it.
+    ``xp``: ``numpy`` for constant indices, ``jax.numpy`` for a traced ``n`` (size buckets)."""
+    if mode == "edge":
+        return xp.clip(j, 0, n - 1)
+    return xp.where(j < 0, -j, xp.where(j < n, j, 2 * (n - 1) - j))
+
+
 def padding_rows(n: int, before: int, after: int, mode: str = "reflect") -> np.ndarray:
-    """The source index of every row of a side of ``n`` rows padded by ``before`` and ``after``:
-    ``"reflect"`` mirrors without repeating the border row (``[a b c]`` by 1: ``[b a b c b]``, as
-    :class:`ReflectionPadding2D`), ``"edge"`` repeats it."""
-    if mode == "reflect":
-        if max(before, after) >= n:
-            raise ValueError(f"reflection padding by {max(before, after)} needs more than {n} rows")
-        return np.concatenate([np.arange(before, 0, -1), np.arange(n), np.arange(n - 2, n - 2 - after, -1)])
-    return np.concatenate([np.zeros(before, np.int64), np.arange(n), np.full(after, n - 1)])
+    """The source index of every row of a side of ``n`` rows padded by ``before`` and ``after``
+    (:func:`padding_source`)."""
+    if mode == "reflect" and max(before, after) >= n:
+        raise ValueError(f"reflection padding by {max(before, after)} needs more than {n} rows")
+    return padding_source(np.arange(-before, n + after), n, mode)
 
 
 def gather_pad(x: jnp.ndarray, top: int, bottom: int, left: int, right: int, mode: str = "reflect") -> jnp.ndarray:

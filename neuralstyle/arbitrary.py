@@ -55,7 +55,14 @@ import numpy as np  # noqa: E402
 
 from .images.color import combine_luminance  # noqa: E402
 from .errors import ConfigError, ImageError, WeightsError  # noqa: E402
-from .fast.transform import CropLike, PadToMultiple, ReflectionPadding2D, fast_call, prepared_kernels  # noqa: E402
+from .fast.transform import (  # noqa: E402
+    CropLike,
+    PadToMultiple,
+    ReflectionPadding2D,
+    conditioning_fn,
+    fast_call,
+    prepared_kernels,
+)
 from .fast.buckets import DEFAULT_BUCKET, BucketSpec, Bucketed, check_bucket  # noqa: E402
 from .fast.ahead import Programs  # noqa: E402
 from .fast.xla import DEFAULT_CONV_BACKEND, apply_jit, check_conv_backend  # noqa: E402
@@ -417,6 +424,9 @@ class ArbitraryStylizer:
     ``embed(styles)`` maps style images to ``(N, 100)`` embeddings; ``stylize(photos, embedding)``
     returns the photos (one ``(H, W, 3)`` image, or a batch) in that style, same size as given.
     The predictor is compiled once per input shape, the transformer once per size bucket (``bucket``);
+    the style's conditional-norm parameters (the 26 gamma and beta heads of an embedding) are
+    computed by a small program of their own, once per style, so that the per-size programs do
+    not compile them (:func:`~neuralstyle.fast.transform.conditioning_layers`);
     :meth:`precompile` compiles them ahead of use (:func:`neuralstyle.fast.stylize_files` does, in
     a background thread).
 
@@ -456,11 +466,19 @@ class ArbitraryStylizer:
         # the weights are frozen: the rewritten kernels are computed once, not in every program
         self._kernels = prepared_kernels(self.transformer, self._transformer_params[0])
 
-        def transform(params, images, embeddings, kernels):
+        conditions = conditioning_fn(self.transformer)
+
+        def condition(params, embeddings):
+            return conditions(params[0], [embeddings])
+
+        def transform(params, images, embeddings, kernels, given):
+            # ``given``: the style's gamma and beta (condition), computed once per embedding rather
+            # than in every image size's program; ``embeddings`` is then unused here
             return fast_call(self.transformer, params[0], params[1], [images, embeddings], kernels,
-                             gather_pads=True)
+                             gather_pads=True, given=given)
 
         self._predict = Programs(apply_jit(predict, conv_backend))
+        self._condition = Programs(apply_jit(condition, conv_backend))
         self._transform = Programs(apply_jit(transform, conv_backend))
         self.bucketed = Bucketed(self.transformer, sides, conv_backend) if sides else None
 
@@ -482,13 +500,15 @@ class ArbitraryStylizer:
         if min(height, width) < MIN_SIDE:
             return
         embeddings = jax.ShapeDtypeStruct((batch, EMBEDDING_DIM), jnp.float32)
+        self._condition.compile(self._transformer_params, embeddings)
+        given = jax.eval_shape(self._condition, self._transformer_params, embeddings)
         if self._in_bucket(height, width):
             self.bucketed.precompile(*self._transformer_params, height, width, embeddings, batch=batch,
-                                     kernels=self._kernels)
+                                     kernels=self._kernels, given=given)
         else:
             self._transform.compile(self._transformer_params,
                                     jax.ShapeDtypeStruct((batch, height, width, 3), jnp.float32), embeddings,
-                                    self._kernels)
+                                    self._kernels, given)
         if strength < 1.0:
             style = style_input_shape((height, width), self.style_size)
             self._predict.compile(self._predictor_params, jax.ShapeDtypeStruct((1, *style, 3), jnp.float32))
@@ -496,10 +516,11 @@ class ArbitraryStylizer:
     def _run_transformer(self, images: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
         """The transformer on ``images`` (B, H, W, 3) of one size with ``embeddings`` (B, 100)."""
         emb = np.asarray(embeddings, np.float32)  # NumPy: no small programs compiled per size
+        given = self._condition(self._transformer_params, emb)  # one program per batch size
         if self._in_bucket(*np.shape(images)[1:3]):
-            return self.bucketed(*self._transformer_params, images, emb, kernels=self._kernels)
+            return self.bucketed(*self._transformer_params, images, emb, kernels=self._kernels, given=given)
         return np.asarray(self._transform(self._transformer_params, np.asarray(images, np.float32), emb,
-                                          self._kernels))
+                                          self._kernels, given))
 
     # -- embeddings ---------------------------------------------------------------------------
 

@@ -53,12 +53,21 @@ def default_cache_dir() -> Path:
     return Path(base) / "neuralstyle" / "jax"
 
 
+#: Programs that compile in at least this many seconds go to the persistent compilation cache
+#: (JAX's default: 1 s).  The feed-forward stylizers' apply programs compile in 0.42-0.48 s (own
+#: size) and 0.7-0.85 s (128 px bucket) on the 2-core Xeon and load from the cache in about a
+#: tenth of that; with 0.5 s, their own-size programs fell just under the bar and a second run
+#: compiled them all again (``benchmarks/results/fast_folder.md``).  Programs under it (the
+#: prepared kernels, the style heads: 0.03-0.06 s) compile about as fast as they would load.
+CACHE_MIN_COMPILE_SECONDS = 0.2
+
+
 def enable_compilation_cache(setting: Any = "default") -> Optional[Path]:
     """Turn on JAX's persistent compilation cache; return its folder (``None``: off).
 
     ``setting`` is a folder, ``"default"`` (:func:`default_cache_dir`) or ``None``/``False``
     (off).  ``JAX_COMPILATION_CACHE_DIR`` in the environment takes precedence: JAX reads it
-    itself.  Programs that compile in under 0.5 s are not cached, unless
+    itself.  Programs that compile in under :data:`CACHE_MIN_COMPILE_SECONDS` are not cached, unless
     ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` in the environment says otherwise (JAX reads it).
     """
     import jax
@@ -75,7 +84,7 @@ def enable_compilation_cache(setting: Any = "default") -> Optional[Path]:
         return None
     jax.config.update("jax_compilation_cache_dir", str(folder))
     if not os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECONDS)
     return folder
 
 

@@ -1,6 +1,7 @@
 """Compiling apply programs ahead, in a background thread, while stylize_files decodes, stylizes
-and writes photos (neuralstyle/fast/ahead.py, neuralstyle/fast/stylizer.py): the same results in
-the same order as one image after the other, every program compiled ahead and none twice, errors
+and writes photos (neuralstyle/fast/ahead.py, neuralstyle/fast/stylizer.py): the same results
+written in the same order as one image after the other (a later photo whose program is ready may
+be stylized while an earlier one's compiles), every program compiled ahead and none twice, errors
 of either thread raised where they were before, no thread left behind, and a switch to turn it
 off."""
 
@@ -75,7 +76,7 @@ class Recording:
 
     def __call__(self, image, preserve_colors=None):
         out = self.stylizer(image, preserve_colors)
-        self.calls.append((threading.current_thread().name, image.shape[:2], out))
+        self.calls.append((threading.current_thread().name, image.shape[:2], out, image.tobytes()))
         return out
 
 
@@ -91,9 +92,12 @@ def test_overlapped_equals_one_after_the_other_in_the_same_order(net, photos, tm
     (seq, seq_written, seq_threads), (ovl, ovl_written, ovl_threads) = runs[False], runs[True]
     names = [f"{i:02d}.png" for i in range(2 * len(SIZES))]
     assert [p.name for p in seq_written] == [p.name for p in ovl_written] == names  # input order
-    assert [c[1] for c in seq.calls] == [c[1] for c in ovl.calls] == [SIZES[i % 3] for i in range(6)]
-    for (_, shape, a), (_, _, b) in zip(seq.calls, ovl.calls):
-        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6, err_msg=str(shape))  # float32 rounding
+    assert [c[1] for c in seq.calls] == [SIZES[i % 3] for i in range(6)]
+    # overlapped, a photo whose program is ready may go before one whose program still compiles
+    assert sorted(c[1] for c in ovl.calls) == sorted(c[1] for c in seq.calls)
+    overlapped = {c[3]: c[2] for c in ovl.calls}
+    for _, shape, a, key in seq.calls:
+        np.testing.assert_allclose(overlapped[key], a, rtol=0, atol=1e-6, err_msg=str(shape))  # float32 rounding
     for a, b in zip(seq_written, ovl_written):
         assert a.read_bytes() == b.read_bytes()
     # every program compiled in the background thread, once, and the calls ran those executables
@@ -183,8 +187,60 @@ def test_a_background_compile_error_is_raised_at_its_first_image(photos, tmp_pat
     with pytest.raises(RuntimeError, match="XLA said no") as err:
         stylize_files(stylizer, photos, out, say=lambda m: None)
     assert any("compiling ahead" in note and "33x17" in note for note in err.value.__notes__)
-    assert stylizer.calls == [SIZES[0]]  # stopped before the image that needed the program
+    # stopped at the first image that needed the program (a later photo of a ready program may
+    # have been stylized meanwhile, and is not written: the files are those written in turn)
+    assert stylizer.calls[0] == SIZES[0] and SIZES[1] not in stylizer.calls
     assert sorted(p.name for p in out.iterdir()) == ["00.png"]  # what came before is written, whole
+    assert not _ours()
+
+
+class Slow:
+    """A stylizer whose program for ``slow`` compiles until a photo of another size went ahead of
+    the first ``slow`` one (was stylized second or later before that program was ready), or
+    ``timeout`` s pass: in input order that never happens."""
+
+    def __init__(self, slow, timeout=20.0):
+        self.slow, self.timeout, self.calls = slow, timeout, []
+        self.went_ahead, self.compiled = threading.Event(), threading.Event()
+
+    def precompile(self, shape):
+        if tuple(shape) == self.slow:
+            self.went_ahead.wait(self.timeout)
+            self.compiled.set()
+
+    def __call__(self, image, preserve_colors=None):
+        if tuple(image.shape[:2]) != self.slow and self.calls and not self.compiled.is_set():
+            self.went_ahead.set()
+        self.calls.append(image.shape[:2])
+        return image
+
+
+def test_a_photo_whose_program_is_ready_goes_before_one_still_compiling(photos, tmp_path, monkeypatch):
+    """Overlapped, while the program of the next photo to write compiles, a later photo of the
+    window whose program is ready is stylized (its result waits); files are still written in input
+    order, and the same as in turn."""
+    order = []
+    save = stylizer_module._save
+
+    def recording_save(plan, *args):
+        order.append(plan.source.name)
+        return save(plan, *args)
+
+    monkeypatch.setattr(stylizer_module, "_save", recording_save)
+    stylizer = Slow(SIZES[1])  # photos 01 and 04
+    written = stylize_files(stylizer, photos, tmp_path / "out", say=lambda m: None)
+    assert stylizer.went_ahead.is_set()
+    first_slow = stylizer.calls.index(SIZES[1])
+    assert first_slow > 1  # photo 01 was not second: later ones went before it
+    assert stylizer.calls[:first_slow] == [SIZES[0]] * 2  # 00 and 03 (02's program compiles after 01's)
+    assert [p.name for p in written] == order == [f"{i:02d}.png" for i in range(6)]
+    for path in written:
+        np.testing.assert_array_equal(load_image(path), load_image(photos / path.name))
+    # a window of one image (one photo's pixels fill it): in input order
+    monkeypatch.setattr(stylizer_module, "LOOKAHEAD_PIXELS", 1)
+    stylizer = Slow(SIZES[1], timeout=0.2)
+    stylize_files(stylizer, photos, tmp_path / "one", say=lambda m: None)
+    assert stylizer.calls == [SIZES[i % 3] for i in range(6)] and not stylizer.went_ahead.is_set()
     assert not _ours()
 
 

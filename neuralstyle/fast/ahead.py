@@ -132,6 +132,17 @@ class CompileAhead:
             self._pool.shutdown(wait=True, cancel_futures=True)  # the running compile finishes
             self._pool = None
 
+    def compiling(self, shape) -> bool:
+        """Whether the program for ``shape`` is planned here and not compiled yet."""
+        future = self._futures.get(tuple(shape)) if shape is not None else None
+        return future is not None and not future.done()
+
+    def ready(self, shape) -> bool:
+        """Whether the program for ``shape`` was compiled ahead and is ready to run now (false for
+        a shape not planned, one still compiling or waiting, and one whose compile failed)."""
+        future = self._futures.get(tuple(shape)) if shape is not None else None
+        return future is not None and future.done() and not future.cancelled() and future.exception() is None
+
     def wait(self, shape: tuple) -> None:
         """Block until the program for ``shape`` is compiled; re-raise its compile error here."""
         future = self._futures.get(tuple(shape))

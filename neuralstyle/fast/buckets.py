@@ -262,21 +262,24 @@ def bucketed_fn(model: keras.Model) -> Callable:
     ``inputs`` is what ``model`` takes (an image batch (B, Hb, Wb, 3), or ``[images, embeddings]``),
     the images already placed in the bucket by :func:`to_bucket`; ``valid`` is the int32 pair
     ``(valid height, valid width)`` returned by it; ``kernels``: the rewritten kernels of frozen
-    weights (:func:`~neuralstyle.fast.transform.prepared_kernels`).  The output has the bucket's
-    shape; its top-left ``H x W`` window is the network's result for the ``H x W`` image."""
+    weights (:func:`~neuralstyle.fast.transform.prepared_kernels`); ``given``: per-style layer
+    outputs computed outside (:func:`~neuralstyle.fast.transform.conditioning_layers`).  The output
+    has the bucket's shape; its top-left ``H x W`` window is the network's result for the
+    ``H x W`` image."""
     check_model(model)
 
-    def run(trainable, non_trainable, inputs, valid, kernels=None):
+    def run(trainable, non_trainable, inputs, valid, kernels=None, given=None):
         images = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
         bh, bw = images.shape[1], images.shape[2]
 
         def extent(x):
             return valid_extent(x.shape[1], valid[0], bh), valid_extent(x.shape[2], valid[1], bw)
 
-        fast = fast_operations(model, edge_pad=lambda x: edge_pad_valid(x, *extent(x)), kernels=kernels)
+        fast = fast_operations(model, edge_pad=lambda x: edge_pad_valid(x, *extent(x)), kernels=kernels,
+                               given=given)
 
         def operation(layer):
-            if fast(layer) is not layer:  # space-to-depth, sub-pixel (its padding: of the valid region)
+            if fast(layer) is not layer:  # given, space-to-depth, sub-pixel (its padding: of the valid region)
                 return fast(layer)
             if isinstance(layer, PadToMultiple):
                 return lambda x: x  # done on the host by to_bucket
@@ -325,21 +328,21 @@ class Bucketed:
         self.alone: frozenset = frozenset()
         run = bucketed_fn(model)
 
-        def counted(trainable, non_trainable, inputs, valid, kernels):
+        def counted(trainable, non_trainable, inputs, valid, kernels, given):
             self.traces += 1
-            return run(trainable, non_trainable, inputs, valid, kernels)
+            return run(trainable, non_trainable, inputs, valid, kernels, given)
 
         self._run = Programs(apply_jit(counted, conv_backend))
 
     def precompile(self, trainable, non_trainable, height: int, width: int, *extra, batch: int = 1,
-                   kernels: Optional[dict] = None) -> None:
+                   kernels: Optional[dict] = None, given: Optional[dict] = None) -> None:
         """Compile ahead the program that ``batch`` images of ``height x width`` run in (their
-        bucket's; :mod:`neuralstyle.fast.ahead`); ``extra`` and ``kernels`` as for a call (arrays
-        or ``jax.ShapeDtypeStruct``).  A no-op when that program is compiled already."""
+        bucket's; :mod:`neuralstyle.fast.ahead`); ``extra``, ``kernels`` and ``given`` as for a
+        call (arrays or ``jax.ShapeDtypeStruct``).  A no-op when that program is compiled already."""
         bh, bw = self.shape_for(height, width)
         images = jax.ShapeDtypeStruct((batch, bh, bw, 3), jnp.float32)
         self._run.compile(trainable, non_trainable, [images, *extra] if extra else images,
-                          jax.ShapeDtypeStruct((2,), jnp.int32), kernels)
+                          jax.ShapeDtypeStruct((2,), jnp.int32), kernels, given)
 
     def plan(self, sizes) -> "Bucketed":
         """Plan for the ``(height, width)`` sizes about to be stylized (``None`` entries skipped):
@@ -364,10 +367,10 @@ class Bucketed:
                             -(-width // self.multiple) * self.multiple, self.sides)
 
     def __call__(self, trainable, non_trainable, images: np.ndarray, *extra,
-                 kernels: Optional[dict] = None) -> np.ndarray:
+                 kernels: Optional[dict] = None, given: Optional[dict] = None) -> np.ndarray:
         """``images`` (B, H, W, 3) of one size -> results (B, H, W, C); ``kernels``: the rewritten
         kernels of frozen weights (:func:`~neuralstyle.fast.transform.prepared_kernels`), else
-        the program rewrites them itself."""
+        the program rewrites them itself; ``given``: see :func:`bucketed_fn`."""
         images = np.asarray(images, np.float32)
         h, w = images.shape[1:3]
         shape = self.shape_for(h, w)
@@ -376,5 +379,5 @@ class Bucketed:
         batch = np.stack([p[0] for p in placed])
         valid = np.asarray(placed[0][1], np.int32)
         inputs = [batch, *extra] if extra else batch
-        out = self._run(trainable, non_trainable, inputs, valid, kernels)
+        out = self._run(trainable, non_trainable, inputs, valid, kernels, given)
         return np.asarray(out)[:, :h, :w]

@@ -23,10 +23,11 @@ Where results go (:func:`plan_outputs`; every rename and skip is printed on stde
   its input be skipped.  A file named explicitly (``output=result.jpg`` for a single input) is
   written as asked, unless it is the input itself.
 
-A folder (:func:`stylize_files`) is stylized in input order with the programs for its photos'
-sizes compiled ahead in a background thread while earlier photos are stylized, and photos decoded
-and written in another thread (:mod:`neuralstyle.fast.ahead`); ``overlap=False`` does one thing
-after the other, with the same results.
+A folder (:func:`stylize_files`) is written in input order with the programs for its photos'
+sizes compiled ahead in a background thread while earlier photos are stylized (a later photo whose
+program is ready goes first while the next one's compiles), and photos decoded and written in
+another thread (:mod:`neuralstyle.fast.ahead`); ``overlap=False`` does one thing after the other,
+with the same results.
 
 For print, results can be 16-bit PNG or TIFF (``bit_depth=16``), and each result carries the ICC
 profile of its input photo (none, i.e. sRGB by assumption, when the photo has none); see
@@ -330,12 +331,14 @@ def stylize_files(stylizer: Stylizer, input_path, output=None, default_dir: Path
     a stylizer's ``plan_sizes`` (:meth:`Stylizer.plan_sizes`: a size alone in its size bucket runs
     at its own size).  ``overlap=True`` (default): the programs for the distinct sizes (or size
     buckets) compile in a background thread in order of first use (:mod:`neuralstyle.fast.ahead`)
-    while earlier images are stylized; the next image is decoded and the previous result encoded
-    and written in a second thread meanwhile.  Images are stylized and written in the same order as without it
-    (input order), with the same results (the same programs), the same files written before an
-    error, and the same errors (a compile error of the background thread is raised when the
-    first image that needs the program comes up, with a note saying so); both threads are gone
-    when this returns or raises.  ``overlap=False``: one image after the other in this thread,
+    while earlier images are stylized; images are decoded and results encoded and written in a
+    second thread meanwhile.  While the program of the next image to write still compiles, a later
+    image (of a window of :data:`LOOKAHEAD_IMAGES` images and :data:`LOOKAHEAD_PIXELS` pixels)
+    whose program is ready is stylized first, and its result waits for its turn.  Results are
+    written in the same order as without it (input order), with the same values (the same
+    programs), the same files written before an error, and the same errors (a load or compile
+    error is raised when its image is the next to write; a compile error with a note saying it
+    came from the background thread); both threads are gone when this returns or raises.  ``overlap=False``: one image after the other in this thread,
     each program compiled on first use.  Measured on 20 photos of 5 sizes:
     ``benchmarks/results/fast_folder.md``."""
     inputs = input_files(input_path)
@@ -347,35 +350,85 @@ def stylize_files(stylizer: Stylizer, input_path, output=None, default_dir: Path
     if not plans:
         raise ConfigError(f"nothing to write: every result would replace an input or a file not "
                           f"written by neuralstyle.apply; choose another output= (was {output})")
-    written = []
-    iterator = plans
+    bar = None
     if progress and len(plans) > 1:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(plans, desc="apply", unit="image")
+        bar = tqdm(total=len(plans), desc="apply", unit="image")
     precompile = getattr(stylizer, "precompile", None)
     plan_sizes = getattr(stylizer, "plan_sizes", None)
     needed = plan_sizes or (precompile and overlap)
-    shapes = [planned_shape(plan.source, size) for plan in plans] if needed else []
+    shapes = [planned_shape(plan.source, size) for plan in plans] if needed else [None] * len(plans)
     if plan_sizes:
         plan_sizes(shapes)
-    if not overlap:
-        for plan in iterator:
-            image, icc_profile = _load(plan, size)
-            written.append(_save(plan, stylizer(image, preserve_colors), bit_depth, icc_profile))
-        return written
-    # the io thread runs its tasks in submission order: load i + 1, save i, load i + 2, ...
-    with CompileAhead(precompile, shapes) as ahead, \
-            ThreadPoolExecutor(1, thread_name_prefix="neuralstyle-io") as io:
-        loading, saving = io.submit(_load, plans[0], size), None
-        for i, plan in enumerate(iterator):
-            image, icc_profile = loading.result()
-            if i + 1 < len(plans):
-                loading = io.submit(_load, plans[i + 1], size)
-            ahead.wait(image.shape[:2])
-            result = stylizer(image, preserve_colors)
+    try:
+        if not overlap:
+            written = []
+            for plan in plans:
+                image, icc_profile = _load(plan, size)
+                written.append(_save(plan, stylizer(image, preserve_colors), bit_depth, icc_profile))
+                if bar is not None:
+                    bar.update()
+            return written
+        with CompileAhead(precompile, shapes) as ahead, \
+                ThreadPoolExecutor(1, thread_name_prefix="neuralstyle-io") as io:
+            return _overlapped(stylizer, plans, shapes, ahead, io, size, preserve_colors, bit_depth, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+#: How far :func:`stylize_files` (overlapped) may stylize ahead of the next result to write, while
+#: that result's program still compiles: at most this many images...
+LOOKAHEAD_IMAGES = 16
+#: ...of at most this many pixels in all (their decoded inputs and results wait in memory, about
+#: 24 bytes a pixel: 200 MB; a larger image still goes alone).
+LOOKAHEAD_PIXELS = 8_000_000
+
+
+def _pixels(shape) -> int:
+    return LOOKAHEAD_PIXELS if shape is None else int(shape[0]) * int(shape[1])
+
+
+def _overlapped(stylizer, plans: list, shapes: list, ahead: CompileAhead, io: ThreadPoolExecutor,
+                size, preserve_colors, bit_depth: int, bar) -> list[Path]:
+    """:func:`stylize_files` with ``overlap=True``: inputs decoded in input order in the ``io``
+    thread, a window ahead (:data:`LOOKAHEAD_IMAGES`, :data:`LOOKAHEAD_PIXELS`); the first
+    image not written yet is stylized as soon as its program is ready, and while it compiles, a
+    later image of the window whose program is ready is stylized instead (its result waits);
+    results are written in input order by the ``io`` thread.  Load and compile errors surface
+    when the image is the first unwritten one, as in turn, so the same files are written before
+    them."""
+    written, loads, results, skip = [], {}, {}, set()
+    loaded = write = 0  # loads submitted for plans[:loaded]; results submitted for plans[:write]
+    saving = None
+    while write < len(plans):
+        while loaded < len(plans) and (loaded == write or (
+                loaded - write < LOOKAHEAD_IMAGES
+                and sum(map(_pixels, shapes[write:loaded + 1])) <= LOOKAHEAD_PIXELS)):
+            loads[loaded] = io.submit(_load, plans[loaded], size)
+            loaded += 1
+        pick = write
+        if ahead.compiling(shapes[write]):
+            pick = next((i for i in range(write + 1, loaded)
+                         if i not in results and i not in skip and ahead.ready(shapes[i])), write)
+        try:
+            image, icc_profile = loads[pick].result()
+        except Exception:
+            if pick == write:
+                raise  # its turn: the error is this image's, as in turn
+            skip.add(pick)  # raised again at its turn
+            continue
+        del loads[pick]
+        ahead.wait(image.shape[:2])
+        results[pick] = stylizer(image, preserve_colors), icc_profile
+        if bar is not None:
+            bar.update()
+        while write in results:
+            result, icc_profile = results.pop(write)
             if saving is not None:
                 written.append(saving.result())  # a failed write stops here, as in turn
-            saving = io.submit(_save, plan, result, bit_depth, icc_profile)
-        written.append(saving.result())
+            saving = io.submit(_save, plans[write], result, bit_depth, icc_profile)
+            write += 1
+    written.append(saving.result())
     return written

@@ -57,7 +57,7 @@ def default_cache_dir() -> Path:
 #: (JAX's default: 1 s).  The feed-forward stylizers' apply programs compile in 0.42-0.48 s (own
 #: size) and 0.7-0.85 s (128 px bucket) on the 2-core Xeon and load from the cache in about a
 #: tenth of that; with 0.5 s, their own-size programs fell just under the bar and a second run
-#: compiled them all again (``benchmarks/results/fast_folder.md``).  Programs under it (the
+#: compiled them all again (``benchmarks/results/fast_folder_gather.md``, warm).  Programs under it (the
 #: prepared kernels, the style heads: 0.03-0.06 s) compile about as fast as they would load.
 CACHE_MIN_COMPILE_SECONDS = 0.2
 

@@ -2,8 +2,9 @@
 not of the papers).
 
 ``jax.jit`` compiles one XLA program per input shape, on the first call with that shape: on a
-folder of photos of several sizes each new size waits for its compile (about 1 s per program for
-the fast transform net on a 2-core Xeon, ``benchmarks/results/fast_folder.md``).  XLA compiles
+folder of photos of several sizes each new size waits for its compile (about 0.5 s and 0.85
+CPU-seconds per program for the fast transform net on a 2-core Xeon, about 1.1 CPU-seconds with
+tracing and first runs, ``benchmarks/results/fast_folder.md``).  XLA compiles
 without holding Python's GIL, so the programs for the sizes still to come can compile in another
 thread while the current photo is stylized, decoded or written.
 
@@ -19,7 +20,9 @@ thread while the current photo is stylized, decoded or written.
 * :class:`CompileAhead` (a context manager, used by :func:`neuralstyle.fast.stylize_files`) runs
   ``precompile(shape)`` for each distinct planned shape in order of first use, in one worker
   thread; :meth:`CompileAhead.wait` blocks until a shape's program is ready and re-raises its
-  compile error in the calling thread, with a note saying where it came from.  Leaving the
+  compile error in the calling thread, with a note saying where it came from; :meth:`CompileAhead.ready`
+  says whether a shape's program can run now (:func:`neuralstyle.fast.stylize_files` stylizes such a
+  photo first while the next one's program compiles).  Leaving the
   context cancels the compiles not started and waits for the running one: no thread outlives it.
 
 Where it does not help (every photo of one size, a warm cache, programs that compile in

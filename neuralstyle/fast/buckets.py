@@ -319,7 +319,7 @@ class Bucketed:
     their own size, as without buckets: a bucket program saves compiles only when it serves two
     sizes or more, and costs more to compile and to run than the program of one size (padding,
     masked statistics; 20 photos of 5 sizes, fast net, 2-core Xeon: 15.3 s with every size in a
-    128 px bucket of its own, 12.4 s at their own sizes; ``benchmarks/results/fast_folder.md``)."""
+    128 px bucket of its own, 12.4 s at their own sizes; ``benchmarks/results/fast_folder_a1b6ae3.md``)."""
 
     def __init__(self, model: keras.Model, sides: tuple[int, ...], conv_backend: str = DEFAULT_CONV_BACKEND):
         self.multiple = check_model(model)

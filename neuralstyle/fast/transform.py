@@ -531,8 +531,9 @@ def conditioning_layers(model: keras.Model, image_input: int = 0) -> list[str]:
     values, the same for every image size.  A stylizer computes them once per style
     (:func:`conditioning_fn`) and gives them to its apply programs (``given`` of
     :func:`fast_call`), which then neither compute nor compile them: one program per image size
-    compiled 0.60 -> 0.47 s for the released transformer (26 heads) on the 2-core Xeon, same
-    outputs (``benchmarks/results/fast_folder.md``)."""
+    compiled 0.60 -> 0.47 s for the released transformer (26 heads) on the 2-core Xeon (one
+    480x640 and one 456x800 program each way), same outputs; the folder figures are in
+    ``benchmarks/results/fast_folder.md``."""
     image = model.inputs[image_input]._keras_history.operation.name
     on_image, grown = {image}, True
     while grown:  # until every layer downstream of the image is found, whatever the listing order

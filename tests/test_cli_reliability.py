@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from neuralstyle import ConfigError, ImageError, load_image
-from neuralstyle.entry import enable_compilation_cache
+from neuralstyle.entry import CACHE_MIN_COMPILE_SECONDS, enable_compilation_cache
 from neuralstyle.errors import Interrupted
 from neuralstyle.images import atomic_write
 from neuralstyle.recipe import compose, config_dir
@@ -288,15 +288,20 @@ def test_compilation_cache_setting(tmp_path, monkeypatch):
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "env"))
     assert enable_compilation_cache("default") == tmp_path / "env"  # the environment wins
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
     before = jax.config.jax_compilation_cache_dir
+    threshold = jax.config.jax_persistent_cache_min_compile_time_secs
     try:
         assert enable_compilation_cache(None) is None
         assert enable_compilation_cache(str(tmp_path / "cfg")) == tmp_path / "cfg"
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cfg")
+        # programs of 0.2 s or more are kept: the stylizers' apply programs (0.4-0.5 s) among them
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == CACHE_MIN_COMPILE_SECONDS
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
         assert enable_compilation_cache("default") == tmp_path / "xdg" / "neuralstyle" / "jax"
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", threshold)
 
 
 @pytest.mark.slow

@@ -165,7 +165,7 @@ def run_setting(model_kind: str, bucket, folder: Path, out: Path, width: int, bl
     if model_kind == "fast":
         st = Stylizer(transform_net(width, blocks, seed=0), bucket=bucket)
         fn, precompile, plan_sizes = st, st.precompile, st.plan_sizes
-        key = (lambda hw: st.bucketed.shape_for(*hw) if st._in_bucket(*hw) else hw)
+        key = (lambda hw: st.program_shape(*hw))
     else:
         from neuralstyle.arbitrary import ArbitraryStylizer, style_predictor, style_transformer
 
@@ -181,7 +181,7 @@ def run_setting(model_kind: str, bucket, folder: Path, out: Path, width: int, bl
             net.precompile(shape, strength=1.0)
 
         plan_sizes = net.plan_sizes
-        key = (lambda hw: net.bucketed.shape_for(*hw) if net._in_bucket(*hw) else hw)
+        key = (lambda hw: net.program_shape(*hw))
     timed = Timed(fn, key, precompile, plan_sizes)
 
     def run(mode: bool) -> tuple[list, float, float]:

@@ -63,7 +63,7 @@ from .fast.transform import (  # noqa: E402
     fast_call,
     prepared_kernels,
 )
-from .fast.buckets import DEFAULT_BUCKET, BucketSpec, Bucketed, check_bucket  # noqa: E402
+from .fast.buckets import DEFAULT_BUCKET, BucketPlanning, BucketSpec, Bucketed, check_bucket  # noqa: E402
 from .fast.ahead import Programs  # noqa: E402
 from .fast.xla import DEFAULT_CONV_BACKEND, apply_jit, check_conv_backend  # noqa: E402
 from .images import load_image, resize  # noqa: E402
@@ -418,7 +418,7 @@ def style_input_shape(shape, style_size: int = STYLE_SIZE) -> tuple[int, int]:
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
-class ArbitraryStylizer:
+class ArbitraryStylizer(BucketPlanning):
     """Any photo in any style, in one forward pass (Ghiasi et al. 2017; see the module docstring).
 
     ``embed(styles)`` maps style images to ``(N, 100)`` embeddings; ``stylize(photos, embedding)``
@@ -482,15 +482,6 @@ class ArbitraryStylizer:
         self._transform = Programs(apply_jit(transform, conv_backend))
         self.bucketed = Bucketed(self.transformer, sides, conv_backend) if sides else None
 
-    def plan_sizes(self, sizes) -> None:
-        """The ``(height, width)`` sizes about to be stylized: a size alone in its bucket then runs
-        at its own size, the cheaper program (:meth:`neuralstyle.fast.buckets.Bucketed.plan`)."""
-        if self.bucketed is not None:
-            self.bucketed.plan(sizes)
-
-    def _in_bucket(self, height: int, width: int) -> bool:
-        return self.bucketed is not None and self.bucketed.serves(height, width)
-
     def precompile(self, shape, batch: int = 1, strength: float = 1.0) -> None:
         """Compile ahead the transformer's program for ``batch`` photos of ``shape`` ``(H, W,
         ...)`` (its size bucket's, or its size's) and, for ``strength < 1``, the predictor's for
@@ -502,7 +493,7 @@ class ArbitraryStylizer:
         embeddings = jax.ShapeDtypeStruct((batch, EMBEDDING_DIM), jnp.float32)
         self._condition.compile(self._transformer_params, embeddings)
         given = jax.eval_shape(self._condition, self._transformer_params, embeddings)
-        if self._in_bucket(height, width):
+        if self.in_bucket(height, width):
             self.bucketed.precompile(*self._transformer_params, height, width, embeddings, batch=batch,
                                      kernels=self._kernels, given=given)
         else:
@@ -517,7 +508,7 @@ class ArbitraryStylizer:
         """The transformer on ``images`` (B, H, W, 3) of one size with ``embeddings`` (B, 100)."""
         emb = np.asarray(embeddings, np.float32)  # NumPy: no small programs compiled per size
         given = self._condition(self._transformer_params, emb)  # one program per batch size
-        if self._in_bucket(*np.shape(images)[1:3]):
+        if self.in_bucket(*np.shape(images)[1:3]):
             return self.bucketed(*self._transformer_params, images, emb, kernels=self._kernels, given=given)
         return np.asarray(self._transform(self._transformer_params, np.asarray(images, np.float32), emb,
                                           self._kernels, given))

@@ -170,7 +170,9 @@ def test_a_size_alone_in_its_bucket_runs_at_its_own_size(net, transformer, tmp_p
     stylizer.plan_sizes(sizes + [None])  # None: a header that could not be read
     assert stylizer.bucketed.alone == {(70, 20)}
     assert [stylizer.bucketed.serves(*s) for s in sizes] == [True, True, False]
+    assert [stylizer.program_shape(*s) for s in sizes] == [(64, 64), (64, 64), (70, 20)]
     assert stylizer.bucketed.serves(100, 60)  # an unplanned size: its bucket, as without a plan
+    assert stylizer.program_shape(100, 60) == (128, 64) and Stylizer(net, bucket=None).program_shape(37, 50) == (37, 50)
     plain, unplanned = Stylizer(net, bucket=None), Stylizer(net, bucket=64)
     rng = np.random.default_rng(7)
     for h, w in sizes:
@@ -193,6 +195,7 @@ def test_a_size_alone_in_its_bucket_runs_at_its_own_size(net, transformer, tmp_p
     arbitrary = ArbitraryStylizer(style_predictor(weights=None), transformer, style_size=32, bucket=64)
     arbitrary.plan_sizes(sizes)
     assert arbitrary.bucketed.alone == {(70, 20)}
+    assert [arbitrary.program_shape(*s) for s in sizes] == [(64, 64), (64, 64), (70, 20)]
     embedding = rng.normal(size=(100,)).astype(np.float32)
     image = rng.random((70, 20, 3)).astype(np.float32)
     want = ArbitraryStylizer(style_predictor(weights=None), transformer, bucket=None).stylize(image, embedding)

@@ -381,3 +381,29 @@ class Bucketed:
         inputs = [batch, *extra] if extra else batch
         out = self._run(trainable, non_trainable, inputs, valid, kernels, given)
         return np.asarray(out)[:, :h, :w]
+
+
+class BucketPlanning:
+    """What a stylizer with size buckets (:class:`~neuralstyle.fast.Stylizer`,
+    :class:`~neuralstyle.arbitrary.ArbitraryStylizer`) does with its ``bucketed`` (a
+    :class:`Bucketed`, or ``None`` for one program per image size): plan a folder's sizes and say
+    which program an image runs in."""
+
+    bucketed: Optional[Bucketed] = None
+
+    def plan_sizes(self, sizes) -> None:
+        """The ``(height, width)`` sizes about to be stylized (:func:`~neuralstyle.fast.stylize_files`
+        passes a folder's): a size alone in its bucket then runs at its own size, the cheaper
+        program (:meth:`Bucketed.plan`).  Without buckets: nothing to plan."""
+        if self.bucketed is not None:
+            self.bucketed.plan(sizes)
+
+    def in_bucket(self, height: int, width: int) -> bool:
+        """Whether an ``height x width`` image runs in its size bucket's program (else in the
+        program of its own size)."""
+        return self.bucketed is not None and self.bucketed.serves(height, width)
+
+    def program_shape(self, height: int, width: int) -> tuple[int, int]:
+        """The ``(height, width)`` of the program an ``height x width`` image runs in: its
+        bucket's shape, or its own size."""
+        return self.bucketed.shape_for(height, width) if self.in_bucket(height, width) else (height, width)

@@ -57,7 +57,7 @@ from ..errors import ConfigError, ImageError  # noqa: E402
 from ..images import load_image, resize_long_edge, save_image  # noqa: E402
 from ..images.io import read_icc_profile  # noqa: E402
 from .ahead import CompileAhead, Programs  # noqa: E402
-from .buckets import DEFAULT_BUCKET, BucketSpec, Bucketed, check_bucket  # noqa: E402
+from .buckets import DEFAULT_BUCKET, BucketPlanning, BucketSpec, Bucketed, check_bucket  # noqa: E402
 from .data import IMAGE_SUFFIXES  # noqa: E402
 from .transform import CUSTOM_OBJECTS, apply_fn, get_params, prepared_kernels  # noqa: E402
 from .xla import DEFAULT_CONV_BACKEND, apply_jit, check_conv_backend  # noqa: E402
@@ -84,7 +84,7 @@ def load_transform(path: Union[str, Path]) -> keras.Model:
         raise ConfigError(f"model: could not load {path} as a Keras model ({first})") from None
 
 
-class Stylizer:
+class Stylizer(BucketPlanning):
     """A trained transform network as a function of images; see the module docstring.
 
     ``bucket`` (default :data:`~neuralstyle.fast.buckets.DEFAULT_BUCKET` px): images run in size
@@ -118,16 +118,6 @@ class Stylizer:
             self._kernels, self._kernels_of = prepared_kernels(self.model, self.params.trainable), self.params
         return self._kernels
 
-    def plan_sizes(self, sizes) -> None:
-        """The ``(height, width)`` sizes about to be stylized (:func:`stylize_files` passes a
-        folder's): a size alone in its bucket then runs at its own size, the cheaper program
-        (:meth:`~neuralstyle.fast.buckets.Bucketed.plan`).  Without buckets: nothing to plan."""
-        if self.bucketed is not None:
-            self.bucketed.plan(sizes)
-
-    def _in_bucket(self, height: int, width: int) -> bool:
-        return self.bucketed is not None and self.bucketed.serves(height, width)
-
     def precompile(self, shape) -> None:
         """Compile ahead the program that an ``(H, W, ...)`` image of ``shape`` will run in (its
         size bucket's, or its size's), so that its first call does not compile; thread-safe
@@ -136,7 +126,7 @@ class Stylizer:
         height, width = int(shape[0]), int(shape[1])
         if min(height, width) < MIN_SIDE:
             return
-        if self._in_bucket(height, width):
+        if self.in_bucket(height, width):
             self.bucketed.precompile(self.params.trainable, self.params.non_trainable, height, width,
                                      kernels=self.kernels)
         else:
@@ -150,7 +140,7 @@ class Stylizer:
         if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < MIN_SIDE:
             raise ImageError(f"expected an (H, W, 3) image with sides of at least {MIN_SIDE} px, "
                              f"got shape {image.shape}")
-        if self._in_bucket(*image.shape[:2]):
+        if self.in_bucket(*image.shape[:2]):
             out = self.bucketed(self.params.trainable, self.params.non_trainable, image[None],
                                 kernels=self.kernels)[0]
         else:

@@ -528,8 +528,8 @@ def conditioning_layers(model: keras.Model, image_input: int = 0) -> list[str]:
 
     For a conditional network such as the arbitrary-style transformer (Ghiasi et al. 2017,
     :mod:`neuralstyle.arbitrary`) these are the conditional norms' gamma and beta heads: per-style
-    values, the same for every image size.  A stylizer computes them once per style
-    (:func:`conditioning_fn`) and gives them to its apply programs (``given`` of
+    values, the same for every image size.  A stylizer computes them in a small program of
+    their own (:func:`conditioning_fn`) and gives them to its apply programs (``given`` of
     :func:`fast_call`), which then neither compute nor compile them: one program per image size
     compiled 0.60 -> 0.47 s for the released transformer (26 heads) on the 2-core Xeon (one
     480x640 and one 456x800 program each way), same outputs; the folder figures are in

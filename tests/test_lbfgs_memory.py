@@ -10,6 +10,7 @@ import pytest
 
 from neuralstyle import LBFGS, ConfigError
 from neuralstyle.optim import lbfgs as lb
+from neuralstyle.optim import memory
 from neuralstyle.optim.driver import Monitor, optimize, stack_runs
 
 
@@ -175,3 +176,44 @@ def test_the_memory_benchmark_runs(tmp_path, image_dir):
         if r["case"] == "full history":
             assert r["pairs_held"] == r["history"]  # the full case fills both histories
     assert "vs PyTorch" in (tmp_path / "lbfgs_memory.md").read_text()
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
+@pytest.mark.skipif(memory._malloc_trim() is None,
+                    reason="the C library has no malloc_trim (not glibc)")
+def test_release_freed_memory_returns_the_heaps_free_pages():
+    """128 MiB of 64 KiB blocks freed but for the last one (which pins the heap's top, as a live
+    buffer does after a program ran) stay resident until release_freed_memory hands them back."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    blocks = []
+    for _ in range(2048):
+        block = libc.malloc(64 * 1024)
+        ctypes.memset(block, 1, 64 * 1024)
+        blocks.append(block)
+    try:
+        for block in blocks[:-1]:
+            libc.free(block)
+        held = _rss_mib()
+        assert memory.release_freed_memory() is True
+        assert _rss_mib() < held - 100
+    finally:
+        libc.free(blocks[-1])
+
+
+def test_compiling_a_step_releases_the_freed_memory(monkeypatch):
+    """compile_ahead (every driver step and trial) hands freed heap back once it has compiled."""
+    from neuralstyle.optim import driver
+
+    calls = []
+    monkeypatch.setattr(driver, "release_freed_memory", lambda: calls.append(1) or True)
+    compiled = driver.compile_ahead(lambda x: 2 * x, jnp.ones(3))
+    assert len(calls) == 1
+    np.testing.assert_array_equal(np.asarray(compiled(jnp.ones(3))), 2.0)

@@ -63,6 +63,7 @@ from ..objective import StyleObjective, Targets
 from ..tuning import step_compiler_options
 from .lbfgs import LBFGS, Trial, init_state, make_lbfgs_functions, warm_up
 from .lbfgs import restart as restart_runs
+from .memory import release_freed_memory
 from .steps import evaluate, make_step, make_update, project
 
 
@@ -150,16 +151,20 @@ class LoopResult:
 def compile_ahead(fn, *args):
     """``jax.jit(fn)`` compiled ahead of time for ``args``, with the compiler options this
     machine's tuning chose (:func:`neuralstyle.tuning.step_compiler_options`; none without a
-    tuning); a type error becomes a ConfigError."""
+    tuning); a type error becomes a ConfigError.  Afterwards the heap memory that compiling (and the
+    programs before it, e.g. the targets') freed goes back to the operating system
+    (:func:`~neuralstyle.optim.memory.release_freed_memory`)."""
     options = step_compiler_options()
     try:
-        return jax.jit(fn, **({"compiler_options": options} if options else {})).lower(*args).compile()
+        compiled = jax.jit(fn, **({"compiler_options": options} if options else {})).lower(*args).compile()
     except (TypeError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0]
         raise ConfigError(
             f"could not compile the update step ({first_line}); check the optimizer and loss "
             "settings (e.g. a learning rate given as a string)"
         ) from None
+    release_freed_memory()
+    return compiled
 
 
 def _format(loss: float, terms: dict) -> str:

@@ -227,9 +227,9 @@ def markdown(rep: dict) -> str:
     lines += ["", "vs PyTorch: peak RSS above baseline (or above the RSS after the targets) divided by "
               "torch.optim.LBFGS's in the same case (at most 1: no more memory than PyTorch for the same "
               "history size).  Above the RSS after the targets leaves out what computing the targets left "
-              "in the process's heap (JAX: XLA's freed buffers of the targets program, which glibc keeps: "
-              "at 1024 px the RSS rose by 668 MiB over that program's run and fell back with "
-              "malloc_trim).  s/iteration: "
+              "in the process's heap (JAX: XLA's freed buffers of the targets program, which glibc keeps "
+              "until the driver hands them back after compiling the step, "
+              "neuralstyle.optim.memory.release_freed_memory).  s/iteration: "
               "median over the iterations after the first (context only; benchmarks/speed times "
               "them).  Other load: the share of the machine's CPU other processes used during the "
               "phase."]

@@ -56,8 +56,8 @@ def test_shared_objective_equals_each_configurations_objective(random_vgg19):
                                 style_layers=union("style_layers"))
     rng = np.random.default_rng(0)
     content, style, image = (jnp.asarray(rng.uniform(0, 1, (1, 32, 32, 3)), jnp.float32) for _ in range(3))
-    value_and_grad = lambda objective: jax.value_and_grad(  # noqa: E731
-        lambda p, x, t: objective(p, x, t)[0], argnums=1)
+    value_and_grad = lambda objective: jax.jit(jax.value_and_grad(  # noqa: E731
+        lambda p, x, t: objective(p, x, t)[0], argnums=1))  # compiled: eagerly, 600 small programs
     traces = []
 
     def shared(objective, p, x, t):
@@ -78,7 +78,7 @@ def test_shared_objective_equals_each_configurations_objective(random_vgg19):
         assert sum(configured.style_layer_weights) == pytest.approx(
             sum(own.style_layer_weights), rel=1e-6)
         own_targets = own.targets(own.params, content, style)
-        want_value, want_grad = value_and_grad(own)(own.params, image, own_targets)  # eager
+        want_value, want_grad = value_and_grad(own)(own.params, image, own_targets)
         got_value, got_grad = shared_value_and_grad(configured, base.params, image, targets)
         np.testing.assert_allclose(got_value, want_value, rtol=1e-5)
         np.testing.assert_allclose(got_grad, want_grad, rtol=1e-4, atol=1e-6 * float(jnp.abs(want_grad).max()))

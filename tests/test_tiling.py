@@ -14,6 +14,16 @@ RNG = np.random.default_rng(5)
 LAYERS = dict(content_layers=["conv3_1"], style_layers=["conv1_1", "conv2_1", "conv3_1", "conv4_1"])
 
 
+def untiled_targets(objective, params, content, style, blend=None):
+    """The untiled targets, compiled (eagerly, every primitive compiles a small program of its own)."""
+    return jax.jit(objective.targets, static_argnames="blend")(params, content, style, blend=blend)
+
+
+def untiled_value_and_grad(objective, params, image, targets):
+    """The untiled objective's value and gradient, compiled."""
+    return jax.jit(jax.value_and_grad(objective, argnums=1, has_aux=True))(params, image, targets)
+
+
 @pytest.fixture(scope="module")
 def vgg19_avg():
     """Random VGG19 with average pooling: its gradient is a function of the pixels everywhere.
@@ -42,14 +52,14 @@ def images():
 
 @pytest.fixture(scope="module")
 def exact(objective, images):
-    """The untiled objective's value and gradient (eager) and the exactly tiled ones (tiles of 32
-    px, the default halo), on the same targets: computed once for the tests that compare them."""
+    """The untiled objective's value and gradient and the exactly tiled ones (tiles of 32 px, the
+    default halo), on the same targets: computed once for the tests that compare them."""
     content, style, image = images
     params = objective.params
     tiled = TiledObjective(objective, tile=32)
-    targets = objective.targets(params, content, style)
+    targets = untiled_targets(objective, params, content, style)
     tiled_targets = tiled.targets(objective, params, content, style)
-    untiled = jax.value_and_grad(objective, argnums=1, has_aux=True)(params, image, targets)
+    untiled = untiled_value_and_grad(objective, params, image, targets)
     return dict(tiled=tiled, targets=targets, tiled_targets=tiled_targets, untiled=untiled,
                 got=tiled.value_and_grad(objective, params, image, tiled_targets))
 
@@ -82,7 +92,7 @@ def test_tiled_features_equal_untiled(objective, images):
     content = images[0]
     tiled = TiledObjective(objective, tile=32)
     got = tiled.features(objective, objective.params, content, objective.style_layers)
-    want = objective.extractor.apply(objective.params, content)
+    want = jax.jit(objective.extractor.apply)(objective.params, content)
     for layer in objective.style_layers:
         assert got[layer].shape == want[layer].shape
         scale = float(jnp.abs(want[layer]).max())
@@ -121,14 +131,13 @@ def test_moment_families_tile_exactly(family, vgg19_avg, images):
     styles = [style, style[:, ::-1, :, ::-1]]
     params = objective.params
     tiled = TiledObjective(objective, tile=32)
-    targets = objective.targets(params, content, styles, blend=(0.7, 0.3))
+    targets = untiled_targets(objective, params, content, styles, blend=(0.7, 0.3))
     tiled_targets = tiled.targets(objective, params, content, styles, blend=(0.7, 0.3))
     assert len(tiled_targets.style) == len(targets.style)
     for want, got in zip(jax.tree.leaves(targets.style), jax.tree.leaves(tiled_targets.style)):
         scale = float(jnp.abs(want).max()) or 1.0
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * scale)
-    (want, want_terms), want_grad = jax.value_and_grad(objective, argnums=1, has_aux=True)(
-        params, image, targets)
+    (want, want_terms), want_grad = untiled_value_and_grad(objective, params, image, targets)
     (got, got_terms), got_grad = tiled.value_and_grad(objective, params, image, tiled_targets)
     assert float(want_terms["style"]) > 0
     assert float(got_terms["style"]) == pytest.approx(float(want_terms["style"]), rel=1e-4)
@@ -164,8 +173,8 @@ def test_max_pooling_near_ties_are_the_only_difference(random_vgg19, images):
     objective = StyleObjective.build(random_vgg19, content_weight=3.0, style_weight=1e-2, tv_weight=0.5,
                                      **LAYERS)
     params = objective.params
-    (want, _), want_grad = jax.value_and_grad(objective, argnums=1, has_aux=True)(
-        params, image, objective.targets(params, content, style))
+    (want, _), want_grad = untiled_value_and_grad(objective, params, image,
+                                                  untiled_targets(objective, params, content, style))
     tiled = TiledObjective(objective, tile=32)
     (got, _), got_grad = tiled.value_and_grad(objective, params, image, tiled.targets(objective, params, content, style))
     assert float(got) == pytest.approx(float(want), rel=1e-5)

@@ -39,6 +39,7 @@ sliced Wasserstein, histogram, MRF) are refused.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -216,7 +217,7 @@ class TiledObjective:
         shape = image.shape[1:3]
         out = {}
         for tile in self.tiles(shape):
-            features = self._features(objective, params, image[:, tile.py0:tile.py1, tile.px0:tile.px1])
+            features = self._features(objective, params, _window_of(image, tile))
             masks = self._masks(tile, shape)
             for layer in layers:
                 s = self.strides[layer]
@@ -227,23 +228,26 @@ class TiledObjective:
                 cols = np.flatnonzero(masks[layer][0, :, :, 0].any(axis=0))
                 out[layer][:, tile.py0 // s + rows[0]: tile.py0 // s + rows[-1] + 1,
                            tile.px0 // s + cols[0]: tile.px0 // s + cols[-1] + 1] = \
-                    np.asarray(features[layer][:, rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+                    np.asarray(features[layer])[:, rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
         return {n: jnp.asarray(v) for n, v in out.items()}
 
     def style_statistics(self, objective: StyleObjective, params, image: jnp.ndarray) -> dict:
         """``{layer: statistics}`` of a ``(1, H, W, 3)`` style image (as ``StyleLoss.target``
         gives them) from its moments accumulated over tiles."""
+        statistics, _ = _style_targets(objective, [self._style_moments(objective, params, image)], (1.0,))
+        return statistics[0]
+
+    def _style_moments(self, objective: StyleObjective, params, image: jnp.ndarray) -> dict:
         moments, _ = self._accumulate(objective, params,
                                       self._plan(objective, image, None, with_content=False))
-        return {n: target_of_moments(objective.style_loss, m) for n, m in moments.items()}
+        return moments
 
     def targets(self, objective: StyleObjective, params, content: jnp.ndarray, style, blend=None) -> Targets:
         """As :meth:`StyleObjective.targets` (without masks), tile by tile."""
         styles = list(style) if isinstance(style, (list, tuple)) else [style]
         content_features = self.features(objective, params, content, objective.content_layers)
-        statistics, weights = mix_style_statistics(
-            objective.style_loss, [self.style_statistics(objective, params, s) for s in styles],
-            style_blend_weights(blend, len(styles)))
+        statistics, weights = _style_targets(objective, [self._style_moments(objective, params, s) for s in styles],
+                                             style_blend_weights(blend, len(styles)))
         return Targets(
             content=content_features,
             style=tuple(statistics),
@@ -259,8 +263,7 @@ class TiledObjective:
         for layer in objective.content_layers:
             s = self.strides[layer]
             h, w = self._feature_shape(layer, tile.py1 - tile.py0, tile.px1 - tile.px0)
-            crops[layer] = targets.content[layer][:, tile.py0 // s: tile.py0 // s + h,
-                                                  tile.px0 // s: tile.px0 // s + w]
+            crops[layer] = _crop(targets.content[layer], tile.py0 // s, tile.px0 // s, h, w)
         return crops
 
     def _plan(self, objective, image, targets, with_content=True) -> list:
@@ -268,7 +271,7 @@ class TiledObjective:
         computed once and used by both passes."""
         shape = image.shape[1:3]
         counts = self._counts(shape)
-        return [(tile, image[:, tile.py0:tile.py1, tile.px0:tile.px1], self._masks(tile, shape),
+        return [(tile, _window_of(image, tile), self._masks(tile, shape),
                  self._shares(objective, tile, counts),
                  self._content_crops(objective, targets, tile) if with_content else None)
                 for tile in self.tiles(shape)]
@@ -278,8 +281,10 @@ class TiledObjective:
         total_stats, content = None, 0.0
         for _, window, masks, shares, crops in plan:
             stats, tile_content = self._statistics(objective, params, window, masks, crops, shares)
-            total_stats = stats if total_stats is None else jax.tree.map(jnp.add, total_stats, stats)
-            content = content + tile_content
+            if total_stats is None:
+                total_stats, content = stats, tile_content
+            else:
+                total_stats, content = _add_trees((total_stats, content), (stats, tile_content))
         return total_stats, content
 
     def _shares(self, objective, tile: Tile, counts) -> dict:
@@ -380,6 +385,37 @@ def _tile_surrogate(objective, params, window, masks, content_targets, shares, d
     stats, content = _tile_statistics(objective, params, window, masks, content_targets, shares)
     linear = sum(jnp.sum(a * b) for a, b in zip(jax.tree.leaves(d_stats), jax.tree.leaves(stats)))
     return linear + objective.content_weight * content
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _crop(x, top, left, height: int, width: int):
+    """``x[:, top:top + height, left:left + width]`` with traced offsets: one program per crop
+    shape, where eager slicing compiles one per position (a tiled run's first pass compiled about
+    180 small programs).  The crop must lie inside ``x`` (``dynamic_slice`` would move it)."""
+    if height > x.shape[1] or width > x.shape[2]:
+        raise ValueError(f"a {height}x{width} crop does not fit {x.shape}")
+    return jax.lax.dynamic_slice(x, (0, top, left, 0), (x.shape[0], height, width, x.shape[3]))
+
+
+def _window_of(image, tile: Tile):
+    """The tile's window (interior and halo) of a ``(1, H, W, 3)`` image."""
+    return _crop(image, tile.py0, tile.px0, tile.py1 - tile.py0, tile.px1 - tile.px0)
+
+
+@functools.partial(jax.jit, static_argnames="weights")
+def _style_targets(objective: StyleObjective, moments: list, weights: tuple):
+    """``(statistics, weights)`` of :func:`~neuralstyle.objective.mix_style_statistics` from each
+    style image's accumulated moments, in one program (run eagerly, the Wasserstein family's
+    matrix square roots and the mixture compiled about 120 small programs)."""
+    loss = objective.style_loss
+    return mix_style_statistics(loss, [{n: target_of_moments(loss, m) for n, m in each.items()}
+                                       for each in moments], weights)
+
+
+@jax.jit
+def _add_trees(a, b):
+    """Leafwise ``a + b`` in one program (the statistics pass's running sums)."""
+    return jax.tree.map(jnp.add, a, b)
 
 
 def _add_window(total, window, y, x):

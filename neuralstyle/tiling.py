@@ -228,7 +228,7 @@ class TiledObjective:
                 cols = np.flatnonzero(masks[layer][0, :, :, 0].any(axis=0))
                 out[layer][:, tile.py0 // s + rows[0]: tile.py0 // s + rows[-1] + 1,
                            tile.px0 // s + cols[0]: tile.px0 // s + cols[-1] + 1] = \
-                    np.asarray(features[layer])[:, rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+                    np.asarray(_crop(features[layer], rows[0], cols[0], len(rows), len(cols)))
         return {n: jnp.asarray(v) for n, v in out.items()}
 
     def style_statistics(self, objective: StyleObjective, params, image: jnp.ndarray) -> dict:
@@ -390,8 +390,8 @@ def _tile_surrogate(objective, params, window, masks, content_targets, shares, d
 @functools.partial(jax.jit, static_argnums=(3, 4))
 def _crop(x, top, left, height: int, width: int):
     """``x[:, top:top + height, left:left + width]`` with traced offsets: one program per crop
-    shape, where eager slicing compiles one per position (a tiled run's first pass compiled about
-    180 small programs).  The crop must lie inside ``x`` (``dynamic_slice`` would move it)."""
+    shape, where eager slicing compiles one per tile position.  The crop must lie inside ``x``
+    (``dynamic_slice`` would move it)."""
     if height > x.shape[1] or width > x.shape[2]:
         raise ValueError(f"a {height}x{width} crop does not fit {x.shape}")
     return jax.lax.dynamic_slice(x, (0, top, left, 0), (x.shape[0], height, width, x.shape[3]))

@@ -178,17 +178,14 @@ def test_the_memory_benchmark_runs(tmp_path, image_dir):
     assert "vs PyTorch" in (tmp_path / "lbfgs_memory.md").read_text()
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
-
-
 @pytest.mark.skipif(memory._malloc_trim() is None,
                     reason="the C library has no malloc_trim (not glibc)")
 def test_release_freed_memory_returns_the_heaps_free_pages():
     """128 MiB of 64 KiB blocks freed but for the last one (which pins the heap's top, as a live
     buffer does after a program ran) stay resident until release_freed_memory hands them back."""
     import ctypes
+
+    from benchmarks.harness import rss_mib
 
     libc = ctypes.CDLL(None)
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
@@ -201,9 +198,9 @@ def test_release_freed_memory_returns_the_heaps_free_pages():
     try:
         for block in blocks[:-1]:
             libc.free(block)
-        held = _rss_mib()
+        held = rss_mib()
         assert memory.release_freed_memory() is True
-        assert _rss_mib() < held - 100
+        assert rss_mib() < held - 100
     finally:
         libc.free(blocks[-1])
 

@@ -12,8 +12,10 @@ TF-tutorial recipe (VGG19 ImageNet, astronaut + great_wave, content initializati
 Reported per size and N: compile seconds, steady-state milliseconds per step (warm-up steps
 excluded; a batched step advances N images), image-steps per second, the end-to-end wall time of
 the whole sweep (compile + all steps), the ratio batched / sequential of both throughputs, the
-peak RSS of each phase, and the largest pixel difference between the batched and sequential
-results (they compute the same thing).  Results: ``benchmarks/results/batched.json`` and
+peak RSS of each phase, the largest relative difference of each run's loss at the start image
+between the batched and sequential runs (they compute the same objective: float32 rounding), and
+the largest pixel difference after the steps (informative: Adam's first updates have the learning
+rate's size whatever the gradient's, so rounding can move a pixel by a whole step).  Results: ``benchmarks/results/batched.json`` and
 ``batched.md`` (or ``--out DIR``).
 
     python -m benchmarks.batched                       # about 3 minutes on 2 quiet cores
@@ -68,7 +70,7 @@ def measure(objective, content, style, n_max: int, ns: list[int], warmup: int, s
         m = r.metrics
         seq.append({"weights": w, "compile_s": m["compile_time_s"], "wall_s": wall,
                     "ms_per_step": _steady_ms(m["history_elapsed_s"], warmup, steps),
-                    "final_loss": m["final"]["total"], "image": r.image,
+                    "initial_loss": m["initial"]["total"], "final_loss": m["final"]["total"], "image": r.image,
                     "memory": mem.result(), "foreign_cpu_load": foreign_load(snap, cpu_snapshot())})
         log(f"  sequential run {k + 1}/{n_max}: compile {m['compile_time_s']:.1f} s, "
              f"{seq[-1]['ms_per_step']:.0f} ms/step, load {seq[-1]['foreign_cpu_load']}")
@@ -101,6 +103,13 @@ def measure(objective, content, style, n_max: int, ns: list[int], warmup: int, s
                            "wall_s": round(seq_wall, 2), "images_per_s_end_to_end": round(n / seq_wall, 4),
                            "peak_rss_mib": max(r["memory"]["peak_rss_mib"] or 0 for r in s),
                            "foreign_cpu_load": max(r["foreign_cpu_load"] or 0 for r in s)},
+            # the same objective at the same start (before any step): equal to float32 rounding
+            "max_relative_initial_loss_difference": float(max(
+                abs(b.runs[k]["initial"]["total"] - s[k]["initial_loss"]) / abs(s[k]["initial_loss"])
+                for k in range(n))),
+            # after Adam's steps: informative only; Adam's first updates have the learning rate's size
+            # whatever the gradient's, so a rounding-level difference of the gradient (another
+            # batch shape, another CPU) can move a pixel by a whole step
             "max_abs_pixel_difference": float(max(np.abs(b.images[k] - s[k]["image"]).max()
                                                   for k in range(n))),
             "max_relative_loss_difference": float(max(
@@ -140,7 +149,11 @@ def markdown(report: dict) -> str:
         "calls (each compiles its own step). ms/step is steady state (warm-up excluded); a batched "
         "step advances all N images, so image-steps/s = N * 1000 / ms. End to end = compile + "
         "all steps (targets included) of the whole sweep of N runs. Ratio = batched throughput / "
-        "sequential throughput (above 1: batching is faster). Peak RSS: " + MEMORY_METHOD_HERE + ".",
+        "sequential throughput (above 1: batching is faster). Initial loss diff: batched against "
+        "sequential loss of each run at the start image (the same objective: float32 rounding). "
+        "Pixel diff after the steps: informative only (Adam's first updates have the learning "
+        "rate's size whatever the gradient's, so rounding can move a pixel by a step). "
+        "Peak RSS: " + MEMORY_METHOD_HERE + ".",
         "",
     ]
 
@@ -149,15 +162,17 @@ def markdown(report: dict) -> str:
         return [size, r["n"], f"{b['ms_per_step']:.0f}", f"{b['image_steps_per_s']:.3g}", f"{s['ms_per_step']:.0f}",
                 f"{s['image_steps_per_s']:.3g}", f"**{r['ratio_steady']:.2f}**", f"{b['compile_s']:.1f}",
                 f"{s['compile_s']:.1f}", f"{b['wall_s']:.1f}", f"{s['wall_s']:.1f}", f"{r['ratio_end_to_end']:.2f}",
-                f"{b['memory']['peak_rss_mib']:.0f}", f"{r['max_abs_pixel_difference']:.1e}",
+                f"{b['memory']['peak_rss_mib']:.0f}",
+                f"{r.get('max_relative_initial_loss_difference', float('nan')):.1e}",
+                f"{r['max_abs_pixel_difference']:.1e}",
                 f"{b['foreign_cpu_load'] or 0:.0%} / {s['foreign_cpu_load']:.0%}"]
 
     lines += harness.markdown_table(
         ["size", "N", "batched ms/step", "batched image-steps/s", "sequential ms/step", "sequential image-steps/s",
          "ratio (steady)", "batched compile s", "sequential compile s (sum)", "batched wall s",
-         "sequential wall s", "ratio (end to end)", "batched peak RSS MiB", "max pixel diff",
-         "other load (batched / sequential)"],
-        (cells(size, r) for size, res in report["sizes"].items() for r in res["rows"]), align="r" * 15)
+         "sequential wall s", "ratio (end to end)", "batched peak RSS MiB", "max rel. initial loss diff",
+         "max pixel diff after the steps", "other load (batched / sequential)"],
+        (cells(size, r) for size, res in report["sizes"].items() for r in res["rows"]), align="r" * 16)
     lines += harness.warnings_section(report)
     return "\n".join(lines) + "\n"
 

@@ -119,9 +119,12 @@ def test_vgg19_layers_at_256_px_are_one_band():
 
 
 @pytest.mark.parametrize("shape", [(1, 17, 23, 8), (2, 12, 9, 5), (1, 32, 30, 16)])
-def test_bands_give_the_same_values_bit_for_bit(shape, band_bytes):
-    """Every tile is computed as without bands: forward and input gradient are equal, not close,
-    also under vmap (the driver's run axis)."""
+def test_bands_give_the_same_values(shape, band_bytes):
+    """Every tile is computed as without bands: forward and input gradient equal to float32
+    rounding, also under vmap (the driver's run axis).  Not bit for bit: a band's matrix product
+    has fewer rows, and the CPU's matrix kernels may sum it in another order (equal on an AVX-512
+    Xeon, last bits differ on an AVX2-only EPYC: at most 5e-7 of the largest value); a band with a
+    wrong halo or a misplaced row would be off by the values themselves."""
     x = jnp.asarray(RNG.standard_normal(shape).astype(np.float32))
     kernel = RNG.standard_normal((3, 3, shape[-1], 6)).astype(np.float32) / 3
     u = winograd_kernel(kernel)
@@ -135,7 +138,8 @@ def test_bands_give_the_same_values_bit_for_bit(shape, band_bytes):
     banded = jax.jit(forward_and_input_gradient)(x, u, cotangent)
     batched = jax.jit(jax.vmap(forward_and_input_gradient, in_axes=(0, None, 0)))(x[None], u, cotangent[None])
     for got, want in zip(banded + batched, whole + batched_whole):
-        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        want = np.asarray(want)
+        np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-5 * np.abs(want).max())
     assert relative(banded[0], direct_conv(x, kernel)) < 1e-5
 
 

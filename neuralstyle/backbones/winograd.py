@@ -30,7 +30,10 @@ What this module does with it:
   the convolution's working memory; :func:`winograd_conv2d` computes them in bands of tile rows of
   at most :data:`BAND_BYTES`, one band after the other (:func:`tile_bands`), so that a layer's
   working memory stays small next to the activations a step keeps for its backward pass.  The
-  values are those of the convolution in one piece, bit for bit.
+  values are those of the convolution in one piece to float32 rounding: every tile gets the
+  same transforms and products, but a band's matrix product has fewer rows, and the CPU's matrix
+  kernels may block and sum it in another order (bit for bit on a 2-core Xeon with AVX-512; last
+  bits differ, about 5e-7 of the largest value, on an AMD EPYC with AVX2 only).
 
 Departure from a general convolution: the gradient with respect to the kernel is not computed
 (it is returned as zero).  This is meant for frozen backbones, whose weights are constants of the
@@ -175,7 +178,7 @@ def _winograd(x, u, flip: bool):
     output; each band's input is selected through :func:`_after` of the previous band's output,
     so a band's input transform, products and output transform are done before the next band's
     start and only one band's ``V`` and ``M`` are ever live.  Every tile is computed as without
-    bands (bit for bit the same output)."""
+    bands (the same output to float32 rounding; see the module docstring)."""
     n, h, w, c = x.shape
     k = u.shape[1] if flip else u.shape[2]
     th, tw = (h + 1) // 2, (w + 1) // 2

@@ -25,8 +25,8 @@ SETTINGS = [
 
 
 @pytest.fixture(scope="module")
-def objective(random_vgg19):
-    return StyleObjective.build(random_vgg19, **SETTINGS[0], **LAYERS)
+def objective(random_vgg19_avg):
+    return StyleObjective.build(random_vgg19_avg, **SETTINGS[0], **LAYERS)
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,8 @@ def _counting_jit(fn):
     return jax.jit(lambda *args: traces.append(1) or fn(*args)), traces
 
 
-def _built(random_vgg19, setting):
-    return StyleObjective.build(random_vgg19, **setting, **LAYERS)
+def _built(random_vgg19_avg, setting):
+    return StyleObjective.build(random_vgg19_avg, **setting, **LAYERS)
 
 
 def test_weights_are_leaves_and_the_rest_is_static(objective):
@@ -73,14 +73,14 @@ def test_weights_are_leaves_and_the_rest_is_static(objective):
     assert jax.tree_util.tree_structure(other_loss) != treedef
 
 
-def test_changing_a_weight_does_not_retrace(random_vgg19, objective, inputs):
+def test_changing_a_weight_does_not_retrace(random_vgg19_avg, objective, inputs):
     image, targets = inputs
     tx = optax.adam(0.02, b1=0.99, eps=0.1)
     step, traces = _counting_jit(make_step(tx))
     params, state = objective.params, tx.init(image)
     for setting in SETTINGS:
         _, _, loss, terms = step(_variant(objective, setting), image, state, params, targets)
-        built = _built(random_vgg19, setting)
+        built = _built(random_vgg19_avg, setting)
         want, want_terms = built(built.params, image, targets)  # eager, Python-float weights
         assert float(loss) == pytest.approx(float(want), rel=1e-6)
         for k in ("content", "style", "tv"):
@@ -91,13 +91,13 @@ def test_changing_a_weight_does_not_retrace(random_vgg19, objective, inputs):
     assert len(traces) == 1
 
 
-def test_lbfgs_trial_takes_the_objective(random_vgg19, objective, inputs):
+def test_lbfgs_trial_takes_the_objective(random_vgg19_avg, objective, inputs):
     image, targets = inputs
     trial, traces = _counting_jit(make_lbfgs_functions(LBFGS(memory_size=3))[1])
     zeros = jnp.zeros_like(image)
     for setting in SETTINGS:
         got = trial(_variant(objective, setting), image, zeros, zeros, 0.0, objective.params, targets)
-        built = _built(random_vgg19, setting)
+        built = _built(random_vgg19_avg, setting)
         want = jax.value_and_grad(lambda x: built(built.params, x, targets)[0])(image)
         assert float(got.loss) == pytest.approx(float(want[0]), rel=1e-6)
         np.testing.assert_allclose(got.grad, want[1], rtol=1e-4,

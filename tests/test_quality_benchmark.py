@@ -45,14 +45,14 @@ def test_ofat_grid_composes_and_covers_the_factors():
     assert len(tiny_grid()) == 4
 
 
-def test_shared_objective_equals_each_configurations_objective(random_vgg19):
+def test_shared_objective_equals_each_configurations_objective(random_vgg19_avg):
     """Zero weights switch layers off exactly: same value and gradient as the config's own
     objective, from one compiled program for every configuration (the weights are leaves)."""
     variants = [v for v in ofat_grid() if v.factor in ("base", "content_layer", "style_layers",
                                                          "layer_weights")]
     configs = compose_all(variants, ["size=32", "backbone.weights=null", "style_weight=1"])
     union = lambda key: union_layers(configs, key, "vgg19")  # noqa: E731
-    base = StyleObjective.build(random_vgg19, content_layers=union("content_layers"),
+    base = StyleObjective.build(random_vgg19_avg, content_layers=union("content_layers"),
                                 style_layers=union("style_layers"))
     rng = np.random.default_rng(0)
     content, style, image = (jnp.asarray(rng.uniform(0, 1, (1, 32, 32, 3)), jnp.float32) for _ in range(3))
@@ -69,7 +69,7 @@ def test_shared_objective_equals_each_configurations_objective(random_vgg19):
     checked = 0
     for cfg in configs:
         own = StyleObjective.build(
-            random_vgg19, content_layers=list(cfg.content_layers), style_layers=list(cfg.style_layers),
+            random_vgg19_avg, content_layers=list(cfg.content_layers), style_layers=list(cfg.style_layers),
             style_layer_weights=list(cfg.style_layer_weights) if not isinstance(
                 cfg.style_layer_weights, str) else cfg.style_layer_weights,
             content_weight=float(cfg.content_weight), style_weight=float(cfg.style_weight),

@@ -25,20 +25,8 @@ def untiled_value_and_grad(objective, params, image, targets):
 
 
 @pytest.fixture(scope="module")
-def vgg19_avg():
-    """Random VGG19 with average pooling: its gradient is a function of the pixels everywhere.
-    With max pooling, two nearly equal values in a pooling window (equal up to rounding) can be
-    ordered differently in a tile's window than in the whole image, and the gradient then flows to
-    the other pixel: both are valid subgradients, but they differ by far more than rounding (see
-    :func:`test_max_pooling_near_ties_are_the_only_difference`)."""
-    from neuralstyle import VGG
-
-    return VGG("vgg19", weights=None, seed=0, pooling="avg")
-
-
-@pytest.fixture(scope="module")
-def objective(vgg19_avg):
-    return StyleObjective.build(vgg19_avg, content_weight=3.0, style_weight=1e-2, tv_weight=0.5,
+def objective(random_vgg19_avg):
+    return StyleObjective.build(random_vgg19_avg, content_weight=3.0, style_weight=1e-2, tv_weight=0.5,
                                 **LAYERS)
 
 
@@ -118,14 +106,14 @@ def test_tiled_loss_and_gradient_equal_untiled(objective, images, exact):
 
 
 @pytest.mark.parametrize("family", ["wasserstein2", "mean_std", "bn_statistics"])
-def test_moment_families_tile_exactly(family, vgg19_avg, images):
+def test_moment_families_tile_exactly(family, random_vgg19_avg, images):
     """Families whose statistics follow from position means (a mean and a second moment, the
     covariance or standard deviation computed from them) tile like the Gram loss: the same loss and
     gradient, and the same style targets, up to float32 rounding.  Two style images exercise the
     Wasserstein family's own mixture (means and second moments mixed) on the tiled path too."""
     loss = {"wasserstein2": gaussian_wasserstein_loss(), "mean_std": mean_std_loss(),
             "bn_statistics": bn_statistics_loss()}[family]
-    objective = StyleObjective.build(vgg19_avg, content_weight=3.0, style_weight=1e-2, tv_weight=0.5,
+    objective = StyleObjective.build(random_vgg19_avg, content_weight=3.0, style_weight=1e-2, tv_weight=0.5,
                                      style_loss=loss, **LAYERS)
     content, style, image = images
     styles = [style, style[:, ::-1, :, ::-1]]

@@ -218,7 +218,8 @@ print("MATCH")
 def test_two_devices_train_like_one(reference, tmp_path):
     code = DATA_PARALLEL.format(tests=str(REPO / "tests"), size=SIZE, folder=str(reference["folder"]),
                                 tmp=str(tmp_path))
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "KERAS_BACKEND": "jax"}
+    flags = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), "--xla_force_host_platform_device_count=2"]))
+    env = {**os.environ, "XLA_FLAGS": flags, "KERAS_BACKEND": "jax"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]

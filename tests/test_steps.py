@@ -15,8 +15,8 @@ RNG = np.random.default_rng(0)
 
 
 @pytest.fixture(scope="module")
-def objective(random_vgg19):
-    return StyleObjective.build(random_vgg19, content_layers=["conv2_2"],
+def objective(random_vgg19_avg):
+    return StyleObjective.build(random_vgg19_avg, content_layers=["conv2_2"],
                                 style_layers=["conv1_1", "conv2_1", "conv3_1"],
                                 content_weight=1.0, style_weight=1e-3, tv_weight=1.0)
 
@@ -42,8 +42,8 @@ def test_terms_add_up_and_content_term_vanishes_at_content(objective, pair):
     assert float(terms["style"]) > 0 and float(terms["tv"]) > 0
 
 
-def test_weights_scale_their_terms(random_vgg19, objective, pair):
-    doubled = StyleObjective.build(random_vgg19, content_layers=["conv2_2"],
+def test_weights_scale_their_terms(random_vgg19_avg, objective, pair):
+    doubled = StyleObjective.build(random_vgg19_avg, content_layers=["conv2_2"],
                                    style_layers=["conv1_1", "conv2_1", "conv3_1"],
                                    content_weight=2.0, style_weight=2e-3, tv_weight=0.0)
     x = jnp.asarray(pair[0][::-1].copy())[None]
@@ -54,11 +54,11 @@ def test_weights_scale_their_terms(random_vgg19, objective, pair):
     assert float(b["tv"]) == 0.0
 
 
-def test_explicit_layer_weights(random_vgg19, pair):
+def test_explicit_layer_weights(random_vgg19_avg, pair):
     kw = dict(content_layers=["conv2_2"], style_layers=["conv1_1", "conv2_1"], tv_weight=0.0,
               content_weight=0.0, style_weight=1.0)
-    first = StyleObjective.build(random_vgg19, style_layer_weights=[1.0, 0.0], **kw)
-    only = StyleObjective.build(random_vgg19, **{**kw, "style_layers": ["conv1_1"]},
+    first = StyleObjective.build(random_vgg19_avg, style_layer_weights=[1.0, 0.0], **kw)
+    only = StyleObjective.build(random_vgg19_avg, **{**kw, "style_layers": ["conv1_1"]},
                                 style_layer_weights="sum")
     x = jnp.asarray(pair[0][::-1].copy())[None]
     _, a = first(first.params, x, _targets(first, pair))

@@ -195,13 +195,10 @@ def test_bad_conv_choices_are_refused():
 
 @pytest.fixture(scope="module")
 def extractors():
-    """Random VGG19 extractors with average pooling.  Max pooling sends each window's cotangent to
-    its largest input, and when two inputs of a window are equal up to rounding, the two
-    convolutions' rounding can pick different ones: the gradient then moves by far more than
-    rounding (XLA against itself at an input perturbed by 1e-7 relative: 3 of 12 random inputs
-    moved the gradient by 8e-5 to 5.6e-3 of its largest entry; one such CPU failed this test with
-    5.8e-4).  With average pooling the same 12 inputs stay within 6e-7.  Pooling is not what is
-    compared here; the max-pooling gradient has its own test in ``test_backbones.py``."""
+    """Random VGG19 extractors with average pooling, as conftest's ``random_vgg19_avg`` (which
+    says why: with max pooling, rounding can route a near-tied window's gradient to another input;
+    one CPU failed this test so, with 5.8e-4).  Pooling is not what is compared here; the
+    max-pooling gradient has its own test in ``test_backbones.py``."""
     layers = ["conv1_1", "conv3_1", "conv4_1", "conv5_2"]
     return {conv: VGG("vgg19", weights=None, seed=0, conv=conv, pooling="avg").extractor(layers)
             for conv in ("xla", "winograd", "auto")}

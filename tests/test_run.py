@@ -30,7 +30,12 @@ MIN_SIZE = {"mrf_starry": 64, "style_scale": 64, "pyramid": 128, "print_4096": 1
 EXTRA = {"pyramid": ["pyramid.steps=[1,1,0]"],  # 2 steps in all
          # 64 -> 128 px, the 128 px scale tiled by 64 px tiles
          "print_4096": ["pyramid.start_size=64", "pyramid.steps=[1,1]", "tile.size=64"]}
-TINY = ["size=32", "steps=2", "backbone.weights=null", "snapshot_every=1", "progress=false"]
+# XLA's convolution: a 2-step run at 32 px only compiles, and the Winograd layers of conv=auto
+# (block3_conv2 on) add about 1.4 s to each step's compile (3.5 s against 2.1 s; they pay back
+# from about the 15th step: 34 against 134 ms per step; AMD EPYC, benchmarks.winograd --sizes 32).
+# These 18 experiments took 85-92 s instead of 108-131 s (-n 2).  The Winograd path is tested in
+# test_winograd.py, and the CLI test below runs the default conv=auto.
+TINY = ["size=32", "steps=2", "backbone.weights=null", "snapshot_every=1", "progress=false", "backbone.conv=xla"]
 
 
 def compose_config(overrides):
@@ -139,7 +144,8 @@ def test_cli_flagship_writes_outputs_and_prints_result_path(image_dir, tmp_path)
 
 def test_cli_multirun_sweeps_one_directory_each(image_dir, tmp_path):
     proc = cli(["-m", "style_weight=1e-3,1e-1", "size=32", "steps=1", "backbone.weights=null",
-                "progress=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, image_dir)
+                "backbone.conv=xla", "progress=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+               tmp_path, image_dir)
     assert proc.returncode == 0, proc.stderr
     runs = sorted(p.parent for p in (tmp_path / "sweep").rglob("metrics.json"))
     assert len(runs) == 2

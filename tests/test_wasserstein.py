@@ -268,10 +268,12 @@ def test_recipe_selects_the_family():
 
 @pytest.mark.slow
 def test_optimizing_w2_alone_lowers_it(imagenet_vgg19, image_dir):
-    """As tests/test_quality.py does for the other families: 40 Adam steps (lr 0.02, b1 0.99,
-    eps 0.1) of the style term alone, chelsea / starry_night at 64 px, relu1_1..relu5_1.
-    Measured on this project's CPU machine: the W2 style loss falls by a factor of 4.0 (the other
-    families: 1.07 to 12, see FAMILY_FACTORS there); the test asks for 80% of it."""
+    """As tests/test_quality.py does for the other families, but 20 Adam steps instead of 40
+    (lr 0.02, b1 0.99, eps 0.1) of the style term alone, chelsea / starry_night at 64 px,
+    relu1_1..relu5_1: each step takes a 512x512 matrix square root at relu4_1 and relu5_1 (about
+    0.5 s a step on the 2-core AMD EPYC).  Measured there: the W2 style loss falls by a factor of
+    2.59 in 20 steps (4.0 in 40; the other families fall by 1.07 to 12 in 40, see FAMILY_FACTORS
+    there); the test asks for 80% of it."""
     from neuralstyle import StyleObjective, load_content_and_style, stylize
 
     objective = StyleObjective.build(
@@ -279,11 +281,11 @@ def test_optimizing_w2_alone_lowers_it(imagenet_vgg19, image_dir):
         style_layers=["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"],
         content_weight=0.0, style_weight=1.0, tv_weight=0.0, style_loss=gaussian_wasserstein_loss())
     content, style = load_content_and_style("chelsea", "starry_night", size=64, image_dir=image_dir)
-    m = stylize(objective, content, style, optax.adam(0.02, b1=0.99, eps=0.1), steps=40,
+    m = stylize(objective, content, style, optax.adam(0.02, b1=0.99, eps=0.1), steps=20,
                 progress=False).metrics
     factor = m["initial"]["style"] / m["final"]["style"]
     print("w2 factor", factor)
-    assert np.isfinite(m["final"]["style"]) and factor > 3.2
+    assert np.isfinite(m["final"]["style"]) and factor > 2.1
 
 
 def test_the_objective_blends_several_styles_by_mixing_their_moments(random_vgg19):

@@ -167,7 +167,7 @@ class PerceptualMetrics:
         self.directions = tuple(fixed_directions(c, projections, seed=i) for i, c in enumerate(channels))
         self.weights_source = self.extractor.weights_source
         self._features = jax.jit(self.extractor.apply)
-        self._distances = jax.jit(self._distances_of)  # one program: eagerly, dozens of small ones
+        self._distances = jax.jit(self._distances_of)  # one program per image shape, not dozens of eager ones
 
     def features(self, images) -> dict:
         """The five LPIPS-layer feature maps of ``(H, W, 3)`` or ``(B, H, W, 3)`` images in [0, 1]."""

@@ -171,9 +171,13 @@ class PerceptualMetrics:
 
     def features(self, images) -> dict:
         """The five LPIPS-layer feature maps of ``(H, W, 3)`` or ``(B, H, W, 3)`` images in [0, 1]."""
+        return self._features(self.params, self._checked_batch(images))
+
+    def _checked_batch(self, images) -> jnp.ndarray:
+        """``(H, W, 3)`` or ``(B, H, W, 3)`` images as a batch the extractor accepts, or a clear error."""
         x = _as_batch(images, "image")
         self.extractor.check_input(x.shape[1:], "image")
-        return self._features(self.params, x)
+        return x
 
     def style_statistics(self, style) -> dict:
         """What :meth:`style_distance_from_features` compares with: the style image's Gram
@@ -217,9 +221,7 @@ class PerceptualMetrics:
         compiled with the distances into one program per image shape (at 64 px on the 2-core AMD
         EPYC, compiled at XLA's level 0 as in the tests: the first call took 1.2 s instead of 3.9 s
         eagerly, later calls 0.29 s instead of 0.36 s)."""
-        x = _as_batch(image, "image")
-        self.extractor.check_input(x.shape[1:], "image")
-        values = self._distances(self.params, x, content_features, style_statistics)
+        values = self._distances(self.params, self._checked_batch(image), content_features, style_statistics)
         return {k: float(v[0]) for k, v in values.items()}
 
     def lpips(self, image_a, image_b) -> np.ndarray:

@@ -19,10 +19,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 # compilation is most of the suite's time, and most of that is LLVM's optimization of the fused
 # elementwise kernels (convolutions and matrix products call Eigen/oneDNN, compiled ahead of time).
 # Level 0 compiled a VGG19 loss gradient at 64 px in 2.1 s against 3.0-4.2 s, and ran it
-# 1.25-1.4x slower (AMD EPYC, AVX2, quiet; the whole suite took 0.88x the worker time).  Results are the same up to float rounding, which every test
-# already tolerates (AVX2 and AVX-512 CPUs round differently too).  Set the level in XLA_FLAGS to
-# test another; subprocesses (CLI and benchmark tests) inherit it.  Benchmarks run outside pytest
-# keep XLA's default.
+# 1.25-1.4x slower (AMD EPYC, AVX2, quiet; the whole suite took 0.88x the worker time).  Results
+# are the same up to float rounding, which every test already tolerates (AVX2 and AVX-512 CPUs
+# round differently too).  Set the level in XLA_FLAGS to test another; subprocesses (CLI and
+# benchmark tests) inherit it.  Benchmarks run outside pytest keep XLA's default.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = " ".join(
         filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]))

@@ -29,10 +29,12 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 # XLA:CPU's older elemental emitters (--xla_cpu_use_fusion_emitters=false) compile the fused
 # kernels in about half the time of its newer fusion emitters: a 32-128 px VGG19 Adam step with
 # XLA's convolution 0.56-0.91 against 1.0-1.2 s, with Winograd 1.2-1.5 against 1.5-2.1 s; the
-# Winograd step then runs up to 1.6x slower at 64 px.  On the six most compile-heavy test files
-# the summed test time was 0.82x (999 against 1222 s; AMD EPYC, AVX2, level 0 in both).  An XLA
-# that no longer knows a flag aborts the process at start-up, so the flag is tried once in a
-# subprocess (about 2 s; xdist workers and the CLI and benchmark subprocesses inherit the result).
+# Winograd step then runs up to 1.6x slower at 64 px, so compute-bound tests gain nothing.  Both
+# settings run at the same time on one 2-core AMD EPYC (AVX2, level 0, -n 1 each): test_run.py,
+# test_quality.py and test_fast_train.py took 572 against 598 s summed (0.96x; fast_train 0.82x,
+# run 0.96x, quality 1.01x).  An XLA that no longer knows a flag aborts the process at start-up, so
+# the flag is tried once in a subprocess (about 2 s; xdist workers and the CLI and benchmark
+# subprocesses inherit the result).
 _EMITTERS_FLAG = "--xla_cpu_use_fusion_emitters=false"
 
 

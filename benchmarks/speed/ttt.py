@@ -395,7 +395,8 @@ def grade(out: dict, spec: dict, args) -> None:
     runs = {f"{impl}_{opt}": r for impl in ("jax", "torch") for opt, r in (out.get(impl) or {}).items()}
     log(f"time to quality: grading the snapshots of {len(runs)} runs ...")
     files = {n: r["snapshots"]["file"] for n, r in runs.items()}
-    res = run_once("ttt_quality", dict(spec, files=files), None, timeout=3600)  # untimed: no waiting
+    # untimed: no waiting for quiet, and the environment's XLA_FLAGS (the tests' cheap-compile flags)
+    res = run_once("ttt_quality", dict(spec, files=files), os.environ.get("XLA_FLAGS"), timeout=3600)
     if "error" in res:
         out["warnings"].append(f"time to quality: grading failed: {res['error']}")
         log(out["warnings"][-1] + "\n" + res.get("output_tail", ""))

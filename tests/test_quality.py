@@ -113,20 +113,20 @@ def gatys_objective(vgg, content_weight):
 def test_gatys_recipe_from_noise(imagenet_vgg19_avg, image_dir):
     """Paper setting (avg pooling, conv4_2, eq. 1 and eq. 4 normalizations, L-BFGS from noise).
 
-    With alpha/beta = 1e-3 the style term falls by ~46x in 40 iterations at 64 px (measured).
+    With alpha/beta = 1e-3 the style term falls by ~44x in 40 iterations at 64 px (measured).
     The content term pulls the image towards the photo: with alpha/beta = 0.1 the relative
-    content error after 40 iterations is 0.85 against 1.66 without a content term (measured; on
-    this unnormalized network the paper's 1e-3 barely moves it in 40 iterations, see
-    conf/run/experiment/gatys2016.yaml).
+    content error after 40 iterations is 0.85 against 1.65 with 1e-3 (measured on an AMD EPYC).
+    On this unnormalized network the paper's 1e-3 barely moves it in 40 iterations (1.652 without
+    a content term, so that run is not repeated here; see conf/run/experiment/gatys2016.yaml).
     """
     content, style = load_content_and_style("chelsea", "starry_night", size=64, image_dir=image_dir)
     runs = {cw: stylize(gatys_objective(imagenet_vgg19_avg, cw), content, style, lbfgs(), steps=40,
-                        init="noise", progress=False) for cw in (0.0, 1.0, 100.0)}
+                        init="noise", progress=False) for cw in (1.0, 100.0)}
     m = runs[1.0].metrics
     assert m["final"]["style"] < m["initial"]["style"] / 10
     reference = gatys_objective(imagenet_vgg19_avg, 1.0)
     distance = {cw: relative_content_error(reference, r.image, content) for cw, r in runs.items()}
-    assert distance[100.0] < 0.7 * distance[0.0], distance
+    assert distance[100.0] < 0.7 * distance[1.0], distance
 
 
 # Factor by which 20 Adam steps (lr 0.02, b1 0.99, eps 0.1) of the style term alone lower each

@@ -138,6 +138,45 @@ def test_bad_backbone_arguments():
         VGG("resnet50", weights=None)
 
 
+def test_random_weights_are_glorot_uniform_zero_bias_and_seeded():
+    """Random weights are drawn with NumPy (``neuralstyle.initializers``), not by Keras's
+    initializers: Glorot-uniform kernels, U(-l, l) with l = sqrt(6 / (9 c_in + 9 c_out)), zero
+    biases, the same for the same seed."""
+    first, again, other = (VGG("vgg19", weights=None, seed=s, conv="xla") for s in (3, 3, 4))
+    convs = [layer for layer in first.model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert len(convs) == 16
+    for layer in convs:
+        kernel, bias = (np.asarray(w) for w in layer.get_weights())
+        limit = np.sqrt(6.0 / (9 * kernel.shape[2] + 9 * kernel.shape[3]))
+        assert np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.99 * limit
+        assert kernel.std() == pytest.approx(limit / np.sqrt(3.0), rel=0.05)  # a uniform's std
+        assert not bias.any()
+        np.testing.assert_array_equal(kernel, again.model.get_layer(layer.name).get_weights()[0])
+        assert not np.array_equal(kernel, other.model.get_layer(layer.name).get_weights()[0])
+    assert first.weights_source == "random (seed 3)"
+
+
+def test_first_values_leave_no_variable_waiting_for_keras():
+    """Models built without values and then given them are ordinary Keras models afterwards: a
+    later stateless scope (Keras initializes waiting variables when one closes) changes nothing
+    and raises nothing, and a first value of the wrong shape names the variable."""
+    from neuralstyle.initializers import built_without_values, set_first_values, zeros
+
+    backbone = VGG("vgg16", weights=None, seed=1, conv="xla")
+    before = [np.asarray(w) for w in backbone.model.get_weights()]
+    dense = keras.layers.Dense(3)
+    dense.build((None, 2))  # a variable created and initialized by Keras after ours
+    with keras.StatelessScope():
+        pass
+    for value, now in zip(before, backbone.model.get_weights()):
+        np.testing.assert_array_equal(value, now)
+    model = built_without_values(lambda: keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, use_bias=False, name="d")]))
+    with pytest.raises(ValueError, match=r"d/kernel has shape \(3,\), expected \(4, 2\)"):
+        set_first_values(model, lambda v: np.zeros(3))
+    set_first_values(model, zeros)
+    np.testing.assert_array_equal(model(np.ones((1, 4), np.float32)), np.zeros((1, 2)))
+
+
 def test_unknown_layer_is_rejected_by_extractor(random_vgg19):
     with pytest.raises(LayerError, match="conv6_1.*valid Keras names"):
         random_vgg19.extractor(["conv6_1"])

@@ -28,6 +28,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..errors import ConfigError, WeightsError  # noqa: E402
+from ..initializers import built_without_values, glorot_uniform, set_first_values, zeros  # noqa: E402
 from ..tuning import tuned_winograd_channels  # noqa: E402
 from .layer_names import CONVS_PER_BLOCK, canonical_layer_name, keras_layer_names  # noqa: E402
 from .weights import (  # noqa: E402
@@ -242,9 +243,9 @@ def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
     def clone(layer):
         return layer.__class__.from_config({**layer.get_config(), "dtype": policy})
 
-    copy = keras.models.clone_model(model, clone_function=clone)
-    for source, target in zip(model.weights, copy.weights):
-        target.assign(keras.ops.cast(source.value, target.dtype))
+    copy = built_without_values(lambda: keras.models.clone_model(model, clone_function=clone))
+    sources = {id(target): source for source, target in zip(model.weights, copy.weights)}
+    set_first_values(copy, lambda target: np.asarray(keras.ops.cast(sources[id(target)].value, target.dtype)))
     return copy
 
 
@@ -365,14 +366,16 @@ class VGG:
             raise ConfigError(f"pooling must be 'max' or 'avg', got {self.pooling!r}")
         check_precision(self.precision)
         keras.utils.set_random_seed(self.seed)
-        self.model = _APPLICATIONS[self.arch](
-            include_top=False, weights=None, input_shape=(None, None, 3)
-        )
+        application = _APPLICATIONS[self.arch]
+        self.model = built_without_values(
+            lambda: application(include_top=False, weights=None, input_shape=(None, None, 3)))
+        set_first_values(self.model, zeros)  # then random (glorot_uniform) or loaded weights
         winograd_layers(self.model, self.conv, self.precision)  # a bad conv fails here, not later
         self.weights_source = self._load_weights()
 
     def _load_weights(self) -> str:
         if self.weights is None or str(self.weights).lower() in ("none", "null", "random"):
+            glorot_uniform(self.model, self.seed)
             return f"random (seed {self.seed})"
         if str(self.weights) == "torchvision":
             if self.arch != "vgg16":

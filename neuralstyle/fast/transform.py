@@ -57,6 +57,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..errors import ConfigError  # noqa: E402
+from ..initializers import glorot_uniform  # noqa: E402,F401  (neuralstyle.fast.transform.glorot_uniform)
 
 #: The product of the strides of the downsampling convolutions: inputs are padded to a multiple.
 STRIDE = 4
@@ -189,24 +190,6 @@ def transform_net(width: int = 32, residual_blocks: int = 5, seed: int = 0,
     model = keras.Model(inputs, outputs, name=name)
     glorot_uniform(model, int(seed))
     return model
-
-
-def glorot_uniform(model: keras.Model, seed: int) -> None:
-    """Glorot-uniform kernels (Keras's default initializer) drawn with NumPy from ``seed``, for
-    every ``Conv2D`` and ``DepthwiseConv2D`` of ``model`` (a depthwise kernel ``(kh, kw, C, m)`` has
-    fan-in ``kh kw``, since each output sees one channel, and fan-out ``kh kw m``).
-
-    Keras's own initializers compile one JAX program per kernel shape (seconds each on a CPU);
-    building with zero kernels and assigning NumPy draws gives the same distribution at once,
-    reproducibly, without touching the global Keras seed."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
-            kh, kw, cin, cout = layer.kernel.shape
-            if isinstance(layer, keras.layers.DepthwiseConv2D):
-                cin = 1
-            limit = np.sqrt(6.0 / (kh * kw * cin + kh * kw * cout))
-            layer.kernel.assign(rng.uniform(-limit, limit, tuple(layer.kernel.shape)).astype(np.float32))
 
 
 class TransformParams(NamedTuple):

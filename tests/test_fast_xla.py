@@ -97,8 +97,11 @@ def test_arbitrary_eigen_equals_xla_default():
 def test_train_step_eigen_equals_xla_default():
     """One step from the same state: equal loss and equal gradients (plain SGD with rate 1, so the
     update is the gradient; Adam's first step is about lr * sign(gradient) and would amplify
-    differences in gradients near zero)."""
-    vgg = VGG("vgg16", weights=None, seed=0)
+    differences in gradients near zero).  Average pooling: the two backends round differently, and
+    with max pooling a near-tie in a 2x2 window sends a pixel's gradient to another input (up to
+    0.49% of the gradient's norm with VGG16's seed-0 random weights, 1e-5 with seeds 1 and 2; with
+    average pooling 2-5e-6)."""
+    vgg = VGG("vgg16", weights=None, seed=0, pooling="avg")
     objective = StyleObjective.build(vgg, content_layers=["conv2_2"], style_layers=["conv1_2", "conv2_2"],
                                      content_layer_weights="sum", style_layer_weights="sum",
                                      content_weight=1.0, style_weight=1e-3, tv_weight=0.0,

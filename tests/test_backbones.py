@@ -170,7 +170,8 @@ def test_first_values_leave_no_variable_waiting_for_keras():
         pass
     for value, now in zip(before, backbone.model.get_weights()):
         np.testing.assert_array_equal(value, now)
-    model = built_without_values(lambda: keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, use_bias=False, name="d")]))
+    model = built_without_values(
+        lambda: keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, use_bias=False, name="d")]))
     with pytest.raises(ValueError, match=r"d/kernel has shape \(3,\), expected \(4, 2\)"):
         set_first_values(model, lambda v: np.zeros(3))
     set_first_values(model, zeros)

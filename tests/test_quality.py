@@ -26,8 +26,8 @@ def tutorial_objective(imagenet_vgg19):
 @pytest.fixture(scope="module")
 def astronaut_adam_60(tutorial_objective, image_dir):
     """60 steps of the tutorial's Adam on astronaut / Great Wave at 96 px: the style and content
-    test and the colour test read its result, the L-BFGS comparison the loss after 30 steps (``history[k]`` is the loss of the
-    k-th iterate, the final loss of a k-step run)."""
+    test and the colour test read its result, the L-BFGS comparison the loss after 30 steps
+    (``history[k]`` is the loss of the k-th iterate, the final loss of a k-step run)."""
     content, style = load_content_and_style("astronaut", "great_wave", size=96, image_dir=image_dir)
     result = stylize(tutorial_objective, content, style, optax.adam(**TUTORIAL_ADAM), steps=60,
                      progress=False)

@@ -86,7 +86,7 @@ class VGGFeatures(nn.Module):
 
     def preprocess(self, rgb01: torch.Tensor) -> torch.Tensor:
         """RGB in [0, 1] -> BGR * 255 - mean (Keras "caffe"); subclasses change it."""
-        mean = torch.tensor(CAFFE_MEAN_BGR, dtype=rgb01.dtype).view(1, 3, 1, 1)
+        mean = torch.tensor(CAFFE_MEAN_BGR, dtype=rgb01.dtype, device=rgb01.device).view(1, 3, 1, 1)
         return rgb01[:, [2, 1, 0]] * 255.0 - mean
 
     def forward(self, rgb01: torch.Tensor) -> dict:

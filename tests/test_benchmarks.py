@@ -48,6 +48,9 @@ def test_speed_quick(tmp_path):
             assert r["time_vs_torch"] == pytest.approx(r["median_ms"] / ref, rel=1e-3, abs=6e-4)
     sizes = report["jax"]["sizes"]["64"]
     assert len(sizes["adam"]["ms"]) == 2 and sizes["adam"]["memory"]["method"]
+    buffers = sizes["adam"]["program_buffers_mib"]  # XLA's buffer assignment of the compiled step
+    assert buffers["temp"] > 0 and buffers["argument"] > 0 and buffers["output"] > 0
+    assert sizes["gpu_peak_mib"] is None  # no accelerator here: no device allocator to read
     ttt = report["time_to_target"]
     assert ttt["size"] == 64 and ttt["target"] == report["config"]["time_to_target"]["target"]
     for impl in ["jax"] + (["torch"] if has_torch else []):

@@ -6,6 +6,10 @@ the library's driver, per size, with peak memory and the FLOPs of the step.
 * L-BFGS: :class:`neuralstyle.optim.LBFGS` through :func:`neuralstyle.optim.driver.optimize` (N = 1,
   as ``stylize`` runs it; its peak memory is that call's), then one ``direction`` and one
   ``trial`` call of :func:`neuralstyle.optim.make_lbfgs_functions`, for the breakdown.
+
+On an accelerator the peak RSS is the host's; ``gpu_peak_mib`` is then the device allocator's
+``peak_bytes_in_use`` of the whole process so far (XLA has no per-phase reset), read after each
+size: with one size per worker, as ``benchmarks.speed`` runs them, it is that size's peak.
 """
 
 from __future__ import annotations
@@ -66,7 +70,8 @@ def time_adam(objective, params, targets, image, warmup: int, steps: int) -> dic
     with PeakMemory() as mem:
         result = time_steps(step, warmup, steps)
     return {"compile_s": round(compile_s, 2), **result, "xla_flops": xla_flops(compiled),
-            "memory": mem.result(), "compile_memory": compile_mem.result()}
+            "memory": mem.result(), "compile_memory": compile_mem.result(),
+            "program_buffers_mib": program_buffers_mib(compiled)}
 
 
 def run_lbfgs(objective, params, targets, image, steps: int, monitor=None):
@@ -126,6 +131,32 @@ def time_lbfgs(objective, params, targets, image, warmup: int, steps: int) -> di
             "memory_note": "compile and iterations together (one driver call); the breakdown after it"}
 
 
+def program_buffers_mib(compiled) -> dict | None:
+    """What the compiled program itself holds while it runs, from XLA's buffer assignment (MiB):
+    its temporaries (activations, gradients, convolution workspaces), arguments and outputs.
+    On a GPU this is the step's real footprint; the allocator's peak can be far above it, because
+    XLA's convolution autotuning (at compile time) tries algorithms with large workspaces."""
+    try:
+        analysis = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001  not every backend or version offers it
+        return None
+    if analysis is None:
+        return None
+    return {k: round(getattr(analysis, f"{k}_size_in_bytes") / 2**20, 1) for k in ("temp", "argument", "output")}
+
+
+def device_peak_mib(key: str = "peak_bytes_in_use"):
+    """The first device's allocator peak since the process started (MiB; ``key="bytes_in_use"``:
+    what it holds now), or ``None`` on the CPU."""
+    import jax
+
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return None
+    value = (device.memory_stats() or {}).get(key)
+    return None if value is None else round(value / 2**20, 1)
+
+
 def worker(spec: dict) -> dict:
     """Adam (and L-BFGS when ``spec["lbfgs_steps"]``) at every size of ``spec["sizes"]``; then
     the time to target (``spec["ttt"]``) and the ``jnp.matmul`` yardstick (``spec["matmul_sizes"]``)."""
@@ -158,6 +189,7 @@ def worker(spec: dict) -> dict:
                                            spec["lbfgs_steps"])
             log(f"  [jax {size}px] L-BFGS: compile {lb['compile_s']} s, median {lb['median_ms']:.0f} "
                 f"ms/iteration, {lb['evaluations_per_iteration']} evaluations/iteration")
+        out["gpu_peak_mib"] = device_peak_mib()
 
     if spec.get("ttt"):  # in this process: same objective, images loaded again
         result["ttt"] = ttt.jax_run(dict(spec, **spec["ttt"]), (objective, weights_source, warnings))

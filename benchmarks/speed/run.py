@@ -64,6 +64,9 @@ def parse_args(argv=None):
                    help="a Hydra override of the JAX runs' recipe (+experiment=vgg19_wave), for "
                         "example backbone.conv=winograd; repeat for several")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager reference")
+    p.add_argument("--torch-device", default="cpu",
+                   help="where the PyTorch reference runs: 'cpu' (default) or 'cuda' (with a GPU; "
+                        "needs --ttt-size 0, the time to target runs PyTorch on the CPU only)")
     p.add_argument("--weights", default="imagenet", help="'imagenet' (default), 'random' or a weights file")
     p.add_argument("--images", choices=("photo", "random"), default="photo",
                    help=f"'photo': {CONTENT_IMAGE} content + {STYLE_IMAGE} style (default); 'random': square noise")
@@ -181,6 +184,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
         return serve(args.worker, args.spec, args.result)
+    if args.torch_device != "cpu" and args.ttt_size and not args.no_torch:
+        raise SystemExit(f"--torch-device {args.torch_device} needs --ttt-size 0: the time to target "
+                         "runs the PyTorch reference on the CPU only")
     args.ttt_snapshot_dir = tempfile.mkdtemp(prefix="ns-ttt-snapshots-")  # --ttt-quality's images
     try:
         return measure(args, argv)
@@ -215,7 +221,7 @@ def measure(args, argv) -> int:
     log(f"  NumPy BLAS: {report['yardsticks']['numpy_blas']['gflops']} GFLOP/s")
 
     base_spec = {"weights": args.weights, "images": args.images, "image_dir": args.image_dir,
-                 "overrides": list(args.override),
+                 "overrides": list(args.override), "torch_device": args.torch_device,
                  "matmul_sizes": matmul_sizes, "matmul_repeats": matmul_repeats}
     attached_ttt: dict = {}
     if not measure_jax(args, report, sizes, plan, base_spec, xla_flags, attached_ttt):

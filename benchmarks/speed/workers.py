@@ -26,7 +26,7 @@ from benchmarks.harness import REPO, log, wait_until_quiet
 
 WORKERS = {"jax": "benchmarks.speed.jax_worker:worker", "torch": "benchmarks.speed.torch_worker:worker",
            "ttt_jax": "benchmarks.speed.ttt:jax_run", "ttt_torch": "benchmarks.speed.ttt:torch_run",
-           "ttt_quality": "benchmarks.speed.ttt:quality_run"}
+           "ttt_quality": "benchmarks.speed.ttt:quality_run", "gpu_e2e": "benchmarks.gpu:e2e_worker"}
 
 QUIET = {"wait_s": 0.0, "retries": 0, "threshold": 0.15}
 

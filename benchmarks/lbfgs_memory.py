@@ -299,7 +299,7 @@ def main(argv=None) -> dict:
                     continue  # a preallocated history differs from a grown one only while it is not full
                 if args.wait_quiet > 0:
                     harness.wait_until_quiet(args.wait_quiet)
-                rev = commits.get(kind, "the checkout")[:7] if kind != "torch" else ""
+                rev = commits[kind][:7] if kind in commits else "the checkout" if kind != "torch" else ""
                 name = IMPLEMENTATIONS[kind].format(rev=rev)
                 log(f"{case['case']}: {name}, history {case['history']}, {case['iterations']} iterations")
                 t = time.perf_counter()

@@ -251,12 +251,13 @@ def tuning_state() -> str:
 
 
 def report(prog: str, argv: Optional[Sequence[str]] = None, **fields) -> dict:
-    """The head of a report: date (UTC), the command that reproduces it, machine, versions, and
-    the per-machine tuning in effect."""
+    """The head of a report: date (UTC), the command that reproduces it, machine, versions, the
+    per-machine tuning in effect, and ``XLA_FLAGS`` when the environment sets it."""
     args = list(sys.argv[1:] if argv is None else argv)
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": " ".join([f"python -m {prog}", *args]),
-            "machine": machine_info(), "versions": versions(), "tuning": tuning_state(), **fields}
+            "machine": machine_info(), "versions": versions(), "tuning": tuning_state(),
+            "xla_flags": os.environ.get("XLA_FLAGS") or None, **fields}
 
 
 def markdown_header(title: str, rep: dict) -> list[str]:
@@ -271,6 +272,7 @@ def markdown_header(title: str, rep: dict) -> list[str]:
         f"{m.get('ram_gib', '?')} GiB; load average at start {' '.join(m.get('loadavg_at_start', []))}",
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
         *([f"- per-machine tuning: {rep['tuning']}"] if rep.get("tuning") else []),
+        *([f"- XLA_FLAGS (the whole run): `{rep['xla_flags']}`"] if rep.get("xla_flags") else []),
         "",
     ]
 

@@ -24,6 +24,10 @@ change that is not the optimizer's, e.g. the backbone's working memory).  The li
 extracted with ``git archive``, so that uncommitted work in the checkout stays out of the figures
 (``--at worktree``: the checkout as it is).
 
+XLA's instruction order: the memory-minimizing one that ``python -m neuralstyle.run`` asks for
+(:func:`neuralstyle.entry.prefer_memory_minimizing_schedule`, recorded as ``XLA_FLAGS`` in the
+report), or XLA's default with ``--xla-default-order``.
+
 Memory: peak RSS of the worker process while it computes the targets (content features, Gram
 matrices) and optimizes (``harness.PeakMemory``: VmHWM reset just before), and above the RSS just
 before it (framework, weights and images loaded).  The targets are inside the measured phase
@@ -255,6 +259,10 @@ def main(argv=None) -> dict:
                    help="run --before in every case (default: the first only)")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                    help="before each worker, wait up to S seconds for other processes to go quiet")
+    p.add_argument("--xla-default-order", action="store_true",
+                   help="keep XLA's default (concurrency-optimized) instruction order; by default the "
+                        "workers run with the memory-minimizing order that python -m neuralstyle.run "
+                        "asks for (neuralstyle.entry.prefer_memory_minimizing_schedule)")
     p.add_argument("--quick", action="store_true", help="smoke run: 64 px, random weights, 2/4 iterations")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
@@ -276,6 +284,10 @@ def main(argv=None) -> dict:
     except ImportError:
         log("torch is not installed: only neuralstyle's rows")
         have_torch = False
+    if not args.xla_default_order:  # as the CLI runs: the workers inherit XLA_FLAGS
+        from neuralstyle.entry import prefer_memory_minimizing_schedule
+
+        prefer_memory_minimizing_schedule()
     rep = harness.report("benchmarks.lbfgs_memory", argv,
                          args={**vars(args), "image_dir": str(args.image_dir), "out": str(args.out)},
                          memory_method=harness.MEMORY_METHOD + "; each row is its own worker process")

@@ -88,6 +88,90 @@ def enable_compilation_cache(setting: Any = "default") -> Optional[Path]:
     return folder
 
 
+#: XLA's memory-minimizing instruction order for CPU programs, which the optimization entries
+#: (``run``, ``run_batched``) ask for at large sizes (:func:`choose_cpu_schedule`).  XLA's
+#: default, the concurrency-optimized order, lets independent operations overlap at the price of
+#: keeping more buffers alive: the buffers of a VGG19 value-and-gradient program (the L-BFGS
+#: trial) at 1024 px are 2355 MiB under it and 1466 MiB under this order, and the peak RSS of
+#: L-BFGS at 1024 px fell from 1.00x to 0.69x ``torch.optim.LBFGS``'s
+#: (``benchmarks/results/lbfgs_memory_avx2_memory_scheduler.md``); the steps are slower with it at
+#: 512 px (README, Speed).  It is a process-wide flag, read when JAX starts its CPU backend: a
+#: per-program compiler option of the same name is accepted and ignored by jaxlib 0.10.
+MEMORY_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+#: jaxlib releases ``[from, to)`` known to have that flag; an XLA that does not know a flag in
+#: ``XLA_FLAGS`` aborts the process, so other releases are left alone.
+MEMORY_SCHEDULER_JAXLIB = ((0, 10), (0, 12))
+
+
+def prefer_memory_minimizing_schedule() -> bool:
+    """Add :data:`MEMORY_SCHEDULER_FLAG` to ``XLA_FLAGS`` for this process; ``True`` if it did.
+
+    Nothing is changed when ``XLA_FLAGS`` already chooses a scheduler (the user's choice stands),
+    when JAX's backends have started (too late: the flags are read once), or when the installed
+    jaxlib is outside :data:`MEMORY_SCHEDULER_JAXLIB`."""
+    from importlib import metadata
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_enable_concurrency_optimized_scheduler" in flags:
+        return False
+    try:
+        version = tuple(int(p) for p in metadata.version("jaxlib").split(".")[:2])
+    except (metadata.PackageNotFoundError, ValueError):
+        return False
+    low, high = MEMORY_SCHEDULER_JAXLIB
+    if not low <= version < high:
+        return False
+    if "jax" in sys.modules:
+        from jax._src import xla_bridge
+
+        started = getattr(xla_bridge, "backends_are_initialized", lambda: bool(getattr(xla_bridge, "_backends", {})))
+        if started():
+            return False
+    os.environ["XLA_FLAGS"] = f"{flags} {MEMORY_SCHEDULER_FLAG}".strip()
+    return True
+
+
+#: ``cpu_schedule: auto`` picks the memory-minimizing order from this output size (long edge, px)
+#: up: there the memory matters most (L-BFGS at 1024 px: 0.69x PyTorch's peak instead of 1.00x),
+#: while at 512 px it made the steps 4-14% slower on a 2-core EPYC (README, Speed).
+MEMORY_ORDER_FROM_PX = 1024
+CPU_SCHEDULES = ("auto", "memory", "speed")
+
+
+def choose_cpu_schedule(cfg) -> bool:
+    """Apply the config key ``cpu_schedule`` (``auto``, ``memory`` or ``speed``, default
+    ``auto``) before JAX starts: ``memory`` asks for the memory-minimizing order
+    (:func:`prefer_memory_minimizing_schedule`), ``speed`` keeps XLA's default, ``auto`` is
+    ``memory`` when ``cfg.size`` is at least :data:`MEMORY_ORDER_FROM_PX`.  Returns whether the flag
+    was added.  A GPU or TPU is not affected (the flag is XLA's CPU compiler's)."""
+    from .errors import ConfigError
+
+    setting = str(cfg.get("cpu_schedule", "auto"))
+    if setting not in CPU_SCHEDULES:
+        raise ConfigError(f"cpu_schedule must be one of {list(CPU_SCHEDULES)}, got {setting!r}")
+    if setting == "speed":
+        return False
+    if setting == "auto":
+        try:
+            size = int(cfg.get("size"))
+        except (TypeError, ValueError):  # a bad size: the config check reports it next
+            return False
+        if size < MEMORY_ORDER_FROM_PX:
+            return False
+    return prefer_memory_minimizing_schedule()
+
+
+def with_cpu_schedule(task: Callable[[Any, Path], Any]) -> Callable[[Any, Path], Any]:
+    """``task`` preceded by :func:`choose_cpu_schedule` (inside :func:`run_entry`, so that a bad
+    value is reported like any config error, and before the task starts JAX)."""
+
+    def scheduled(cfg, output_dir: Path):
+        choose_cpu_schedule(cfg)
+        return task(cfg, output_dir)
+
+    return scheduled
+
+
 def quiet_logs() -> None:
     """JAX's "Unable to initialize backend 'tpu'" and orbax's per-checkpoint lines are noise."""
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)

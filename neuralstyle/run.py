@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .entry import run_entry  # noqa: I001  (first: sets KERAS_BACKEND and the run_id resolver)
+from .entry import run_entry, with_cpu_schedule  # noqa: I001  (first: sets KERAS_BACKEND and the run_id resolver)
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
@@ -125,7 +125,7 @@ def _experiment_name():
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def main(cfg: DictConfig) -> float:
-    return run_entry(run_from_config, cfg)
+    return run_entry(with_cpu_schedule(run_from_config), cfg)  # cpu_schedule: before JAX starts
 
 
 if __name__ == "__main__":

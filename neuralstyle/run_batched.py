@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from .entry import run_entry  # noqa: I001  (first: sets KERAS_BACKEND and the run_id resolver)
+from .entry import run_entry, with_cpu_schedule  # noqa: I001  (first: sets KERAS_BACKEND and the run_id resolver)
 
 import hydra  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
@@ -111,7 +111,7 @@ def run_batched_from_config(cfg, output_dir) -> list:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir("run_batched")), config_name="batched")
 def main(cfg) -> list:
-    return run_entry(run_batched_from_config, cfg)
+    return run_entry(with_cpu_schedule(run_batched_from_config), cfg)  # cpu_schedule: before JAX starts
 
 
 if __name__ == "__main__":

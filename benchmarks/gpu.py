@@ -43,6 +43,7 @@ GPU has free).  What a compiled step holds while it runs is its buffer assignmen
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -173,23 +174,27 @@ def run_e2e(args, report: dict, recipes) -> None:
 
 
 def run_speed(args, report: dict, precision: str) -> None:
+    """``benchmarks.speed`` in ``precision`` (float32 with the PyTorch reference on the GPU); its
+    report goes into ``report["speed"]`` (and stays in ``--speed-out`` if given)."""
     from benchmarks.speed import main as speed_main
 
     name = f"{args.name}_speed" + ("" if precision == "float32" else "_bf16")
-    out = Path(args.speed_out or tempfile.mkdtemp(prefix="ns-gpu-speed-"))
     warmup, adam, lbfgs = args.speed_steps
-    argv = ["--sizes", *map(str, args.speed_sizes), "--warmup", str(warmup), "--steps", str(adam),
-            "--lbfgs-steps", str(lbfgs), "--ttt-size", "0", "--weights", args.weights,
-            "--image-dir", str(args.image_dir), "--out", str(out), "--name", name,
-            "--override", f"precision={precision}"]
-    argv += ["--torch-device", "cuda"] if precision == "float32" else ["--no-torch"]
-    log(f"step speed, {precision}: python -m benchmarks.speed {' '.join(argv)}")
-    status = speed_main(argv)
-    path = out / f"{name}.json"
-    if status != 0 or not path.exists():
-        report["warnings"].append(f"step speed {precision}: benchmarks.speed exited with {status}")
-        return
-    report["speed"][precision] = json.loads(path.read_text())
+    folder = (contextlib.nullcontext(args.speed_out) if args.speed_out is not None
+              else tempfile.TemporaryDirectory(prefix="ns-gpu-speed-"))
+    with folder as out:
+        argv = ["--sizes", *map(str, args.speed_sizes), "--warmup", str(warmup), "--steps", str(adam),
+                "--lbfgs-steps", str(lbfgs), "--ttt-size", "0", "--weights", args.weights,
+                "--image-dir", str(args.image_dir), "--out", str(out), "--name", name,
+                "--override", f"precision={precision}"]
+        argv += ["--torch-device", "cuda"] if precision == "float32" else ["--no-torch"]
+        log(f"step speed, {precision}: python -m benchmarks.speed {' '.join(argv)}")
+        status = speed_main(argv)
+        path = Path(out) / f"{name}.json"
+        if status != 0 or not path.exists():
+            report["warnings"].append(f"step speed {precision}: benchmarks.speed exited with {status}")
+            return
+        report["speed"][precision] = json.loads(path.read_text())
 
 
 def grade(report: dict, images: Path, image_dir, metric_weights: str = "torchvision") -> None:

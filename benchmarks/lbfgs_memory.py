@@ -311,7 +311,7 @@ def main(argv=None) -> dict:
                     continue  # a preallocated history differs from a grown one only while it is not full
                 if args.wait_quiet > 0:
                     harness.wait_until_quiet(args.wait_quiet)
-                rev = commits[kind][:7] if kind in commits else "the checkout" if kind != "torch" else ""
+                rev = "" if kind == "torch" else commits[kind][:7] if kind in commits else "the checkout"
                 name = IMPLEMENTATIONS[kind].format(rev=rev)
                 log(f"{case['case']}: {name}, history {case['history']}, {case['iterations']} iterations")
                 t = time.perf_counter()

@@ -145,16 +145,15 @@ def program_buffers_mib(compiled) -> dict | None:
     return {k: round(getattr(analysis, f"{k}_size_in_bytes") / 2**20, 1) for k in ("temp", "argument", "output")}
 
 
-def device_peak_mib(key: str = "peak_bytes_in_use"):
-    """The first device's allocator peak since the process started (MiB; ``key="bytes_in_use"``:
-    what it holds now), or ``None`` on the CPU."""
+def device_peak_mib():
+    """The first device's allocator peak since the process started (MiB), or ``None`` on the CPU."""
     import jax
 
     device = jax.devices()[0]
     if device.platform == "cpu":
         return None
-    value = (device.memory_stats() or {}).get(key)
-    return None if value is None else round(value / 2**20, 1)
+    peak = (device.memory_stats() or {}).get("peak_bytes_in_use")
+    return None if peak is None else round(peak / 2**20, 1)
 
 
 def worker(spec: dict) -> dict:

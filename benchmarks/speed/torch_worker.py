@@ -54,7 +54,7 @@ def waiting(step, device):
     return synchronized
 
 
-def check(objective, tobj, content, style, device=None) -> dict:
+def check(objective, tobj, content, style, device="cpu") -> dict:
     """Both objectives at the content image (after setting ``tobj``'s targets)."""
     import jax
     import jax.numpy as jnp
@@ -65,8 +65,8 @@ def check(objective, tobj, content, style, device=None) -> dict:
     params = objective.params
     targets = jax.jit(objective.targets)(params, jnp.asarray(content)[None], jnp.asarray(style)[None])
     jax_value, jax_terms = jax.jit(objective)(params, jnp.asarray(content)[None], targets)
-    c = tr.to_nchw(content).to(device or "cpu")
-    tobj.set_targets(c, tr.to_nchw(style).to(device or "cpu"))
+    c = tr.to_nchw(content).to(device)
+    tobj.set_targets(c, tr.to_nchw(style).to(device))
     with torch.no_grad():
         tterms = {k: float(v) for k, v in tobj.terms(c).items()}
     tval = sum(tterms.values())

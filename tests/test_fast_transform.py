@@ -232,13 +232,13 @@ def test_prepared_kernels_give_the_same_outputs_and_leave_the_rewriting_out_of_t
     the self-rewriting program has."""
     from conftest import randomize_weights
 
-    from neuralstyle.fast.transform import prepared_kernels, subpixel_kernels
+    from neuralstyle.fast.transform import prepared_kernels, subpixel_kernel, subpixel_kernels
 
     model = randomize_weights(transform_net(width=8, residual_blocks=1, seed=0))
     params = get_params(model)
     kernels = prepared_kernels(model, params.trainable)
     assert sorted(kernels) == ["out_conv", "up1_conv", "up2_conv"]
-    assert kernels["up1_conv"].shape == (2, 2, 2, 2, 32, 16)  # phase (a, b) -> a 2x2 kernel
+    assert kernels["up1_conv"].shape == (2, 2, 32, 4 * 16)  # the 2x2 kernels of the 4 phases, side by side
     assert kernels["out_conv"].shape == (3, 3, 16 * 8, 16 * 3)  # block 4: 9x9 -> 3x3, 16x channels
     images = np.random.default_rng(2).random((1, 29, 42, 3)).astype(np.float32)
     fn = jax.jit(apply_fn(model))
@@ -251,6 +251,9 @@ def test_prepared_kernels_give_the_same_outputs_and_leave_the_rewriting_out_of_t
     # the phase kernels are the tap sums: phase (0, 0) of a kernel of ones sums 1, 2, 2 and 4 taps
     ones = subpixel_kernels(np.ones((3, 3, 1, 1), np.float32))
     np.testing.assert_array_equal(np.asarray(ones[0, 0, :, :, 0, 0]), [[1, 2], [2, 4]])
+    # side by side, output channel (a, b, o): phase (1, 0) is channel 2
+    stacked = subpixel_kernel(np.ones((3, 3, 1, 1), np.float32))
+    np.testing.assert_array_equal(np.asarray(stacked[:, :, 0, 2]), [[2, 4], [1, 2]])
 
 
 def test_stylizer_rewrites_its_kernels_again_when_its_params_are_replaced():

@@ -362,9 +362,12 @@ def subpixel_conv(x: jnp.ndarray, kernel: jnp.ndarray, bias: Optional[jnp.ndarra
     image is ever written; at 1024 px on a 2-core Xeon the two upsampling convolutions took 0.63 +
     0.46 s, as four 2x2 convolutions 0.37 + 0.23 s.  One convolution with 4 O outputs over the
     ``(H + 1) x (W + 1)`` windows instead of four over shifted ``H x W`` slices of ``x`` (this
-    library before) computes (H + 1)(W + 1) / HW as much, runs as fast, and leaves out of each
-    compiled program the four input slices and four phase kernels per layer: the fast net's apply
-    programs compiled in about 20% less CPU time (2-core AMD EPYC, AVX2; ``benchmarks/results``).
+    library before) computes (H + 1)(W + 1) / HW as much, runs as fast (apply and train step), and
+    leaves out of each compiled program the four input slices and four phase-kernel slices per
+    layer: the fast net's apply program has 35 instead of 51 LLVM kernels and compiles in about
+    0.74 instead of 0.9 s at 480x640, and a first run over a folder of 5 sizes spent 4.4-6.3
+    instead of 6.3-8.7 CPU-seconds compiling (2-core AMD EPYC, AVX2; README, Speed, and
+    ``benchmarks/results/fast_folder_avx2.md``).
     Same idea as the sub-pixel convolution of Shi et al. 2016 ("Real-Time Single Image and Video
     Super-Resolution Using an Efficient Sub-Pixel CNN"), here an exact rewrite of Odena et al.'s
     resize-convolution rather than a learned layer.  ``phases``: ``subpixel_kernel(kernel)``

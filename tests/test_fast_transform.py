@@ -1,6 +1,7 @@
 """The transform network of Johnson et al. 2016: shapes, layers against their formulas, export."""
 
 import jax
+import jax.numpy as jnp
 import keras
 import numpy as np
 import pytest
@@ -75,6 +76,37 @@ def test_instance_norm_matches_its_formula(net):
     var = x.var(axis=(1, 2), keepdims=True)
     expected = gamma * (x - mean) / np.sqrt(var + 1e-5) + beta
     np.testing.assert_allclose(np.asarray(layer(x)), expected, rtol=1e-4, atol=1e-4)
+    # the function the compiled programs use in its place (two reductions instead of Keras's three)
+    from neuralstyle.fast.transform import instance_norm, is_instance_norm
+
+    assert is_instance_norm(layer)
+    np.testing.assert_allclose(np.asarray(instance_norm(layer)(jnp.asarray(x))), expected, rtol=1e-4, atol=1e-4)
+    # lower-precision inputs: statistics in float32 (as Keras), the result in the layer's dtype
+    got = instance_norm(layer)(jnp.asarray(x, jnp.bfloat16))
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=0.05, atol=0.05)
+
+
+def test_only_one_group_per_channel_counts_as_an_instance_norm():
+    from neuralstyle.fast.transform import is_instance_norm
+
+    groups = keras.layers.GroupNormalization(groups=2)
+    groups.build((None, 4, 4, 8))
+    instance = keras.layers.GroupNormalization(groups=-1)
+    instance.build((None, 4, 4, 8))
+    assert is_instance_norm(instance) and not is_instance_norm(groups)
+    assert not is_instance_norm(keras.layers.LayerNormalization())
+
+
+def test_apply_program_takes_two_reductions_per_instance_norm():
+    """The rewritten network's program computes each norm's mean and variance, two reductions
+    (Keras's layer computes the mean twice): every instance norm of the net runs as
+    ``instance_norm``."""
+    model = transform_net(width=4, residual_blocks=1, seed=0)
+    norms = sum(is_norm for is_norm in (isinstance(layer, keras.layers.GroupNormalization) for layer in model.layers))
+    images = jax.ShapeDtypeStruct((1, 24, 20, 3), jnp.float32)
+    fast = jax.jit(apply_fn(model)).lower(get_params(model), images).as_text()
+    assert norms == 7 and fast.count("stablehlo.reduce") == 2 * norms
 
 
 def test_exported_model_reloads_and_gives_the_same_output(net, tmp_path):

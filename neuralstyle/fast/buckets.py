@@ -57,6 +57,8 @@ from .transform import (  # noqa: E402
     PadToMultiple,
     ReflectionPadding2D,
     fast_operations,
+    instance_norm,
+    is_instance_norm,
     padding_source,
 )
 from .ahead import Programs  # noqa: E402
@@ -186,23 +188,6 @@ def masked_moments(x: jnp.ndarray, valid_h, valid_w) -> tuple[jnp.ndarray, jnp.n
     return mean, var
 
 
-def _instance_norm(layer: keras.layers.GroupNormalization, extent) -> Callable:
-    """``GroupNormalization(groups=-1)`` with statistics over the valid region, in Keras's
-    arithmetic order (``x * inv + (beta - mean * inv)``)."""
-
-    def call(x):
-        mean, var = masked_moments(x, *extent(x))
-        inv = jax.lax.rsqrt(var + layer.epsilon)
-        if layer.scale:
-            inv = inv * jnp.reshape(layer.gamma.value, (1, 1, 1, -1))
-        res = -mean * inv
-        if layer.center:
-            res = res + jnp.reshape(layer.beta.value, (1, 1, 1, -1))
-        return x * inv + res
-
-    return call
-
-
 def _conditional_instance_norm(layer, extent) -> Callable:
     """:class:`~neuralstyle.arbitrary.ConditionalInstanceNorm` with statistics over the valid region."""
 
@@ -220,15 +205,6 @@ _POINTWISE = (keras.layers.ReLU, keras.layers.Activation, keras.layers.Rescaling
               keras.layers.Reshape, keras.layers.InputLayer)
 
 
-def _is_instance_norm(layer) -> bool:
-    """A ``GroupNormalization`` with one group per channel (Keras sets ``groups=-1`` to the
-    channel count when it builds the layer)."""
-    if not isinstance(layer, keras.layers.GroupNormalization):
-        return False
-    channels = layer.gamma.shape[0] if layer.scale else layer.beta.shape[0] if layer.center else None
-    return layer.groups == -1 or layer.groups == channels
-
-
 def _is_conditional_norm(layer) -> bool:
     return type(layer).__name__ == "ConditionalInstanceNorm"
 
@@ -242,7 +218,7 @@ def check_model(model: keras.Model) -> int:
                           f"{STRIDE}; run it with bucket=null")
     for layer in model.layers:
         ok = (isinstance(layer, _POINTWISE + (ReflectionPadding2D, PadToMultiple, CropLike))
-              or _is_instance_norm(layer) or _is_conditional_norm(layer)
+              or is_instance_norm(layer) or _is_conditional_norm(layer)
               or (isinstance(layer, keras.layers.UpSampling2D) and layer.interpolation == "nearest")
               or (isinstance(layer, keras.layers.Conv2D) and not isinstance(layer, keras.layers.Conv2DTranspose)
                   and (layer.padding == "valid" or tuple(layer.kernel_size) == (1, 1))
@@ -279,6 +255,10 @@ def bucketed_fn(model: keras.Model) -> Callable:
                                given=given)
 
         def operation(layer):
+            if _is_conditional_norm(layer):
+                return _conditional_instance_norm(layer, extent)
+            if is_instance_norm(layer):  # statistics over the valid region
+                return instance_norm(layer, moments=lambda x: masked_moments(x, *extent(x)))
             if fast(layer) is not layer:  # given, space-to-depth, sub-pixel (its padding: of the valid region)
                 return fast(layer)
             if isinstance(layer, PadToMultiple):
@@ -287,10 +267,6 @@ def bucketed_fn(model: keras.Model) -> Callable:
                 return lambda pair: pair[0]  # the caller crops
             if isinstance(layer, ReflectionPadding2D):
                 return lambda x: reflect_pad_valid(x, layer.padding, *extent(x))
-            if _is_conditional_norm(layer):
-                return _conditional_instance_norm(layer, extent)
-            if _is_instance_norm(layer):
-                return _instance_norm(layer, extent)
             return layer
 
         mapping = list(zip(model.trainable_variables, trainable))

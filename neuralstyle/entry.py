@@ -103,23 +103,27 @@ MEMORY_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 MEMORY_SCHEDULER_JAXLIB = ((0, 10), (0, 12))
 
 
+def jaxlib_knows_memory_scheduler() -> bool:
+    """Whether the installed jaxlib is one of :data:`MEMORY_SCHEDULER_JAXLIB` (it has
+    :data:`MEMORY_SCHEDULER_FLAG`)."""
+    from importlib import metadata
+
+    try:
+        version = tuple(int(p) for p in metadata.version("jaxlib").split(".")[:2])
+    except (metadata.PackageNotFoundError, ValueError):
+        return False
+    low, high = MEMORY_SCHEDULER_JAXLIB
+    return low <= version < high
+
+
 def prefer_memory_minimizing_schedule() -> bool:
     """Add :data:`MEMORY_SCHEDULER_FLAG` to ``XLA_FLAGS`` for this process; ``True`` if it did.
 
     Nothing is changed when ``XLA_FLAGS`` already chooses a scheduler (the user's choice stands),
     when JAX's backends have started (too late: the flags are read once), or when the installed
     jaxlib is outside :data:`MEMORY_SCHEDULER_JAXLIB`."""
-    from importlib import metadata
-
     flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_cpu_enable_concurrency_optimized_scheduler" in flags:
-        return False
-    try:
-        version = tuple(int(p) for p in metadata.version("jaxlib").split(".")[:2])
-    except (metadata.PackageNotFoundError, ValueError):
-        return False
-    low, high = MEMORY_SCHEDULER_JAXLIB
-    if not low <= version < high:
+    if "xla_cpu_enable_concurrency_optimized_scheduler" in flags or not jaxlib_knows_memory_scheduler():
         return False
     if "jax" in sys.modules:
         from jax._src import xla_bridge

@@ -103,7 +103,7 @@ def test_apply_program_takes_two_reductions_per_instance_norm():
     (Keras's layer computes the mean twice): every instance norm of the net runs as
     ``instance_norm``."""
     model = transform_net(width=4, residual_blocks=1, seed=0)
-    norms = sum(is_norm for is_norm in (isinstance(layer, keras.layers.GroupNormalization) for layer in model.layers))
+    norms = sum(isinstance(layer, keras.layers.GroupNormalization) for layer in model.layers)
     images = jax.ShapeDtypeStruct((1, 24, 20, 3), jnp.float32)
     fast = jax.jit(apply_fn(model)).lower(get_params(model), images).as_text()
     assert norms == 7 and fast.count("stablehlo.reduce") == 2 * norms

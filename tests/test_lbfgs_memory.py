@@ -178,23 +178,12 @@ def test_the_memory_benchmark_runs(tmp_path, image_dir):
         if r["case"] == "full history":
             assert r["pairs_held"] == r["history"]  # the full case fills both histories
     assert "vs PyTorch" in (tmp_path / "lbfgs_memory.md").read_text()
-    from neuralstyle.entry import MEMORY_SCHEDULER_FLAG
+    from neuralstyle.entry import MEMORY_SCHEDULER_FLAG, jaxlib_knows_memory_scheduler
 
     if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
         # the workers ran with the order the CLI asks for, and the report says so (where this
         # jaxlib is one the flag is known for)
-        assert (MEMORY_SCHEDULER_FLAG in (report["xla_flags"] or "")) == entry_adds_the_flag()
-
-
-def entry_adds_the_flag() -> bool:
-    """Whether :func:`neuralstyle.entry.prefer_memory_minimizing_schedule` would add its flag in a
-    fresh process here (the installed jaxlib is one it knows)."""
-    from importlib import metadata
-
-    from neuralstyle.entry import MEMORY_SCHEDULER_JAXLIB
-
-    low, high = MEMORY_SCHEDULER_JAXLIB
-    return low <= tuple(int(p) for p in metadata.version("jaxlib").split(".")[:2]) < high
+        assert (MEMORY_SCHEDULER_FLAG in (report["xla_flags"] or "")) == jaxlib_knows_memory_scheduler()
 
 
 @pytest.mark.skipif(memory._malloc_trim() is None,
